@@ -1,0 +1,312 @@
+"""Obscura's TOML configuration: schema, defaults and validation with clear errors.
+
+Every error names the file, the key and what is wrong; `obscura run` exits with status 2 and
+starts nothing when the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import platformdirs
+
+from accessories.setup_code import setup_code_problem
+
+DEFAULT_CONFIG_PATHS = (
+    Path(os.environ.get("OBSCURA_CONFIG", "")) if os.environ.get("OBSCURA_CONFIG") else None,
+    Path(platformdirs.user_config_dir("obscura")) / "obscura.toml",
+    Path("/etc/obscura/obscura.toml"),
+)
+SOURCE_SCHEMES = ("rtsp", "rtsps", "v4l2", "file", "demo")
+
+
+class ConfigError(Exception):
+    def __init__(self, path: Path | str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = str(path), key, problem
+        where = f" at key '{key}'" if key else ""
+        super().__init__(f"{path}: configuration error{where}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class CameraConfig:
+    name: str
+    source: str
+    rtsp_transport: str = "tcp"
+    prebuffer_seconds: float = 4.0
+    width: int | None = None  # v4l2 / demo capture size
+    height: int | None = None
+    fps: float | None = None
+    input_format: str | None = None  # v4l2: mjpeg | yuyv422 | h264
+    live_mode: str = "auto"  # auto | copy | transcode
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HapConfig:
+    address: str = "0.0.0.0"
+    port: int = 51826
+    setup_code: str | None = None
+    advertise: bool = True
+    advertised_address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusConfig:
+    enabled: bool = True
+    address: str = "127.0.0.1"
+    port: int = 8089
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: Path | None
+    name: str = "Obscura"
+    state_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("obscura")))
+    log_level: str = "info"
+    hap: HapConfig = field(default_factory=HapConfig)
+    status: StatusConfig = field(default_factory=StatusConfig)
+    cameras: tuple[CameraConfig, ...] = ()
+    demo: bool = False  # no config file: one demo camera
+
+
+def find_config(explicit: str | None) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def demo_config() -> Config:
+    return Config(
+        path=None,
+        name="Obscura Demo",
+        cameras=(CameraConfig(name="Demo camera", source="demo:"),),
+        demo=True,
+    )
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, "", "file not found") from None
+    except OSError as exc:
+        raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    return parse_config(raw, path)
+
+
+class _Reader:
+    """Typed access to one TOML table that remembers which keys were used."""
+
+    def __init__(self, path: Path, prefix: str, table: Any) -> None:
+        self.path, self.prefix = path, prefix
+        if not isinstance(table, dict):
+            raise ConfigError(path, prefix, f"must be a table, not {_tname(table)}")
+        self.table: dict[str, Any] = table
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(self.path, self.key(name), f"must be {_kinds(kinds)}, not a boolean")
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kinds):
+            raise ConfigError(
+                self.path, self.key(name), f"must be {_kinds(kinds)}, not {_tname(value)}"
+            )
+        return value
+
+    def fail(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self.key(name), problem)
+
+    def check_unknown(self) -> None:
+        for name in self.table:
+            if name not in self.used:
+                known = ", ".join(sorted(self.used))
+                raise ConfigError(self.path, self.key(name), f"unknown key (known keys: {known})")
+
+
+def _tname(value: Any) -> str:
+    return {
+        str: "a string", int: "an integer", float: "a number", bool: "a boolean",
+        list: "an array", dict: "a table",
+    }.get(type(value), type(value).__name__)
+
+
+def _kinds(kinds: tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _port(r: _Reader, name: str, default: int) -> int:
+    value = r.get(name, int, default)
+    if not 0 <= value <= 65535:
+        raise r.fail(name, f"must be a port number 0-65535, got {value}")
+    return value
+
+
+def _address(r: _Reader, name: str, default: str) -> str:
+    value = r.get(name, str, default)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise r.fail(name, f"must be an IP address like 0.0.0.0 or 127.0.0.1, got {value!r}") from None
+    return value
+
+
+def _choice(r: _Reader, name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = r.get(name, str, default)
+    if value not in choices:
+        raise r.fail(name, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def parse_config(raw: dict[str, Any], path: Path) -> Config:
+    top = _Reader(path, "", raw)
+    bridge = _Reader(path, "bridge", top.get("bridge", dict, {}))
+    name = bridge.get("name", str, "Obscura").strip()
+    if not name or len(name) > 64:
+        raise bridge.fail("name", "must be 1 to 64 characters")
+    state_dir_raw = bridge.get("state_dir", str, "")
+    state_dir = (
+        Path(state_dir_raw).expanduser()
+        if state_dir_raw
+        else Path(platformdirs.user_data_dir("obscura"))
+    )
+    if state_dir_raw and not state_dir.is_absolute():
+        state_dir = (path.parent / state_dir).resolve()
+    log_level = _choice(bridge, "log_level", "info", ("debug", "info", "warning", "error"))
+    bridge.check_unknown()
+
+    hap_r = _Reader(path, "hap", top.get("hap", dict, {}))
+    setup_code = hap_r.get("setup_code", str, None)
+    if setup_code is not None and (problem := setup_code_problem(setup_code)):
+        raise hap_r.fail("setup_code", problem)
+    advertised = hap_r.get("advertised_address", str, None)
+    if advertised is not None:
+        try:
+            ipaddress.ip_address(advertised)
+        except ValueError:
+            raise hap_r.fail("advertised_address", f"must be an IP address, got {advertised!r}") from None
+    hap = HapConfig(
+        address=_address(hap_r, "address", "0.0.0.0"),
+        port=_port(hap_r, "port", 51826),
+        setup_code=setup_code,
+        advertise=hap_r.get("advertise", bool, True),
+        advertised_address=advertised,
+    )
+    hap_r.check_unknown()
+
+    status_r = _Reader(path, "status", top.get("status", dict, {}))
+    status = StatusConfig(
+        enabled=status_r.get("enabled", bool, True),
+        address=_address(status_r, "address", "127.0.0.1"),
+        port=_port(status_r, "port", 8089),
+    )
+    status_r.check_unknown()
+
+    cams_raw = top.get("cameras", list, [])
+    cameras = tuple(_camera(path, i, c) for i, c in enumerate(cams_raw))
+    seen: dict[str, int] = {}
+    for i, cam in enumerate(cameras):
+        folded = cam.name.casefold()
+        if folded in seen:
+            raise ConfigError(
+                path, f"cameras[{i}].name", f"duplicate camera name {cam.name!r} (also cameras[{seen[folded]}])"
+            )
+        seen[folded] = i
+    top.used.update({"storage", "detect"})  # owned by later features; validated there
+    top.check_unknown()
+    return Config(
+        path=path, name=name, state_dir=state_dir, log_level=log_level, hap=hap,
+        status=status, cameras=cameras,
+    )
+
+
+def _camera(path: Path, index: int, raw: Any) -> CameraConfig:
+    r = _Reader(path, f"cameras[{index}]", raw)
+    name = r.get("name", str, None)
+    if name is None:
+        raise r.fail("name", "is required (the name shown in the Home app)")
+    name = name.strip()
+    if not name or len(name) > 64:
+        raise r.fail("name", "must be 1 to 64 characters")
+    source = r.get("source", str, None)
+    if source is None:
+        raise r.fail("source", "is required (rtsp://…, v4l2:///dev/video0, file:///…, or demo:)")
+    problem = source_problem(source)
+    if problem:
+        raise r.fail("source", problem)
+    prebuffer = r.get("prebuffer_seconds", float, 4.0)
+    if not 1.0 <= prebuffer <= 30.0:
+        raise r.fail("prebuffer_seconds", f"must be between 1 and 30 seconds, got {prebuffer}")
+    width = r.get("width", int, None)
+    height = r.get("height", int, None)
+    if (width is None) != (height is None):
+        raise r.fail("width" if width is None else "height", "width and height go together")
+    for key, value in (("width", width), ("height", height)):
+        if value is not None and not (16 <= value <= 7680 and value % 2 == 0):
+            raise r.fail(key, f"must be an even number of pixels between 16 and 7680, got {value}")
+    fps = r.get("fps", float, None)
+    if fps is not None and not 1 <= fps <= 120:
+        raise r.fail("fps", f"must be between 1 and 120, got {fps}")
+    cam = CameraConfig(
+        name=name,
+        source=source,
+        rtsp_transport=_choice(r, "rtsp_transport", "tcp", ("tcp", "udp")),
+        prebuffer_seconds=prebuffer,
+        width=width,
+        height=height,
+        fps=fps,
+        input_format=_choice_opt(r, "input_format", ("mjpeg", "yuyv422", "h264")),
+        live_mode=_choice(r, "live_mode", "auto", ("auto", "copy", "transcode")),
+        enabled=r.get("enabled", bool, True),
+    )
+    r.used.update({"detect", "zones", "subjects"})  # issue #3's keys
+    r.check_unknown()
+    return cam
+
+
+def _choice_opt(r: _Reader, name: str, choices: tuple[str, ...]) -> str | None:
+    if name not in r.table:
+        r.used.add(name)
+        return None
+    return _choice(r, name, choices[0], choices)
+
+
+def source_problem(source: str) -> str | None:
+    """Why a camera source URL is unusable, or None. Never echoes credentials."""
+    from bridge.redact import redact_url
+
+    scheme = source.split(":", 1)[0].lower() if ":" in source else ""
+    if scheme not in SOURCE_SCHEMES:
+        return (
+            f"unsupported source {redact_url(source)!r}: use rtsp://host/path, "
+            "v4l2:///dev/video0, file:///path/video.mp4 or demo:"
+        )
+    parts = urlsplit(source)
+    if scheme in ("rtsp", "rtsps") and not parts.hostname:
+        return f"RTSP source {redact_url(source)!r} has no host"
+    if scheme in ("v4l2", "file") and not parts.path:
+        return f"{scheme} source needs a path, like {scheme}:///dev/video0"
+    return None

@@ -1,0 +1,135 @@
+"""H.264 bitstream helpers: Annex B / AVCC conversion and SPS facts.
+
+Every consumer inside the bridge works on Annex B access units whose keyframes carry SPS and
+PPS; files (MP4/MKV) deliver AVCC length-prefixed NALs, RTSP and x264 deliver Annex B.
+"""
+
+from __future__ import annotations
+
+NAL_IDR = 5
+NAL_SEI = 6
+NAL_SPS = 7
+NAL_PPS = 8
+NAL_AUD = 9
+
+START_CODE = b"\x00\x00\x00\x01"
+
+_PROFILES = {66: "baseline", 77: "main", 88: "extended", 100: "high"}
+
+
+def nal_type(nal: bytes) -> int:
+    return nal[0] & 0x1F if nal else 0
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """Split an Annex B buffer into NAL units (without start codes)."""
+    nals: list[bytes] = []
+    i = data.find(b"\x00\x00\x01")
+    if i < 0:
+        return [data] if data else []
+    while i >= 0:
+        start = i + 3
+        nxt = data.find(b"\x00\x00\x01", start)
+        end = len(data) if nxt < 0 else nxt
+        # A 4-byte start code leaves one zero byte at the end of the previous NAL; trim trailing
+        # zeros (NALs never end in 0x00 thanks to the rbsp trailing bit).
+        nal = data[start:end].rstrip(b"\x00") if nxt >= 0 else data[start:end]
+        if nal:
+            nals.append(nal)
+        i = nxt
+    return nals
+
+
+def join_annexb(nals: list[bytes]) -> bytes:
+    return b"".join(START_CODE + n for n in nals)
+
+
+def split_avcc(data: bytes, length_size: int = 4) -> list[bytes]:
+    nals: list[bytes] = []
+    pos = 0
+    while pos + length_size <= len(data):
+        size = int.from_bytes(data[pos : pos + length_size], "big")
+        pos += length_size
+        if size == 0 or pos + size > len(data):
+            break
+        nals.append(data[pos : pos + size])
+        pos += size
+    return nals
+
+
+def parse_avcc_extradata(extradata: bytes) -> tuple[list[bytes], int]:
+    """avcC box payload → (SPS and PPS NALs, NAL length size)."""
+    if len(extradata) < 7 or extradata[0] != 1:
+        raise ValueError("not an avcC record")
+    length_size = (extradata[4] & 0x03) + 1
+    nals: list[bytes] = []
+    pos = 5
+    num_sps = extradata[pos] & 0x1F
+    pos += 1
+    for _ in range(num_sps):
+        n = int.from_bytes(extradata[pos : pos + 2], "big")
+        nals.append(extradata[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    num_pps = extradata[pos]
+    pos += 1
+    for _ in range(num_pps):
+        n = int.from_bytes(extradata[pos : pos + 2], "big")
+        nals.append(extradata[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    return nals, length_size
+
+
+def parameter_sets_from_extradata(extradata: bytes | None) -> tuple[list[bytes], int | None]:
+    """SPS/PPS from codec extradata in either form; the AVCC length size or None for Annex B."""
+    if not extradata:
+        return [], None
+    if extradata[0] == 1:
+        return parse_avcc_extradata(extradata)
+    return [n for n in split_annexb(extradata) if nal_type(n) in (NAL_SPS, NAL_PPS)], None
+
+
+def profile_of(sps: bytes) -> str:
+    if len(sps) < 2:
+        return "main"
+    return _PROFILES.get(sps[1], "high")
+
+
+class AccessUnitNormalizer:
+    """Turns a stream's packets into Annex B access units with SPS/PPS before each keyframe."""
+
+    def __init__(self, extradata: bytes | None) -> None:
+        params, self._length_size = parameter_sets_from_extradata(extradata)
+        self.sps = next((n for n in params if nal_type(n) == NAL_SPS), b"")
+        self.pps = next((n for n in params if nal_type(n) == NAL_PPS), b"")
+
+    def normalize(self, data: bytes) -> tuple[bytes, bool]:
+        """Returns (Annex B access unit, contains IDR)."""
+        if self._length_size is not None:
+            nals = split_avcc(data, self._length_size)
+        else:
+            nals = split_annexb(data)
+        has_idr = False
+        has_params = False
+        kept: list[bytes] = []
+        for nal in nals:
+            t = nal_type(nal)
+            if t == NAL_AUD:
+                continue  # access unit delimiters are noise for RTP and re-muxing
+            if t == NAL_SPS:
+                self.sps, has_params = nal, True
+            elif t == NAL_PPS:
+                self.pps, has_params = nal, True
+            elif t == NAL_IDR:
+                has_idr = True
+            kept.append(nal)
+        if has_idr and not has_params and self.sps and self.pps:
+            kept = [self.sps, self.pps, *kept]
+        return join_annexb(kept), has_idr
+
+    @property
+    def parameter_sets(self) -> bytes:
+        return join_annexb([n for n in (self.sps, self.pps) if n])
+
+    @property
+    def profile(self) -> str:
+        return profile_of(self.sps)

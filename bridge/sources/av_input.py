@@ -1,0 +1,152 @@
+"""PyAV inputs: RTSP cameras, V4L2 USB cameras and local files (looping, paced to real time).
+
+H.264 inputs are copied packet by packet (no decode); anything else (MJPEG or YUYV webcams, a
+file in another codec) is decoded and re-encoded to H.264 once, here, for every consumer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import av
+import av.container
+import av.video.stream
+
+from bridge.media.encoder import H264Encoder
+from bridge.media.h264 import AccessUnitNormalizer
+from bridge.media.packet import StreamInfo
+
+
+@dataclass(frozen=True, slots=True)
+class AVInputOptions:
+    url: str  # what av.open gets: rtsp://…, /dev/video0, /path/file.mp4
+    format: str | None = None  # "v4l2" for USB cameras
+    options: dict[str, str] = field(default_factory=dict)  # demuxer options
+    open_timeout: float = 10.0
+    read_timeout: float = 5.0  # a camera silent this long is dead
+    loop: bool = False  # files: start again at the end
+    realtime: bool = False  # files: pace packets to their timestamps like a camera
+    encode_bitrate_kbps: int = 2000  # for non-H.264 inputs
+
+
+class AVInput:
+    def __init__(self, opts: AVInputOptions) -> None:
+        self.opts = opts
+        self._container: av.container.InputContainer | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+        self._normalizer: AccessUnitNormalizer | None = None
+        self._encoder: H264Encoder | None = None
+        self._fps = 15.0
+
+    def open(self) -> StreamInfo:
+        container = av.open(
+            self.opts.url,
+            format=self.opts.format,
+            options=self.opts.options,
+            timeout=(self.opts.open_timeout, self.opts.read_timeout),
+        )
+        self._container = container
+        if not container.streams.video:
+            raise RuntimeError("no video stream")
+        stream = container.streams.video[0]
+        self._stream = stream
+        ctx = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        self._fps = float(rate) if rate else 15.0
+        if not (1.0 <= self._fps <= 120.0):
+            self._fps = 15.0
+        bitrate = (ctx.bit_rate or 0) // 1000 or None
+        if ctx.name == "h264":
+            self._normalizer = AccessUnitNormalizer(ctx.extradata)
+            if not self._normalizer.sps:
+                # RTSP without sprop-parameter-sets: SPS/PPS come with the first keyframe.
+                self._prime_parameter_sets()
+            width, height = ctx.width, ctx.height
+            if not width or not height:
+                raise RuntimeError("H.264 stream without a known size")
+            return StreamInfo(
+                "h264", width, height, self._fps, self._normalizer.parameter_sets,
+                self._normalizer.profile, bitrate,
+            )
+        stream.thread_type = "AUTO"
+        width, height = ctx.width - ctx.width % 2, ctx.height - ctx.height % 2
+        self._encoder = H264Encoder(
+            width, height, self._fps, bitrate_kbps=self.opts.encode_bitrate_kbps
+        )
+        return StreamInfo(
+            "h264", width, height, self._fps, b"", self._encoder.profile,
+            self.opts.encode_bitrate_kbps,
+        )
+
+    def _prime_parameter_sets(self) -> None:
+        self._primed: list[av.Packet] = []
+        assert self._container and self._stream and self._normalizer
+        for packet in self._container.demux(self._stream):
+            if packet.size == 0:
+                continue
+            self._primed.append(packet)
+            self._normalizer.normalize(bytes(packet))
+            if self._normalizer.sps and self._normalizer.pps:
+                return
+            if len(self._primed) > 300:
+                raise RuntimeError("no SPS/PPS in the first 300 packets")
+
+    def packets(self) -> Iterator[tuple[bytes, float, bool]]:
+        assert self._container is not None and self._stream is not None
+        stream = self._stream
+        tb = float(stream.time_base or 0) or 1 / 90000
+        offset = 0.0  # added on every loop of a file so timestamps keep increasing
+        frame_dur = 1.0 / self._fps
+        wall_start: float | None = None
+        last_pts = 0.0
+        first_pts: float | None = None
+        pending = list(getattr(self, "_primed", []))
+        self._primed = []
+        while True:
+            demuxed = self._container.demux(stream)
+            for packet in _chain(pending, demuxed):
+                if packet.size == 0:
+                    continue
+                raw = packet.pts if packet.pts is not None else packet.dts
+                if raw is None:
+                    pts = last_pts + frame_dur
+                else:
+                    pts = raw * tb
+                    if first_pts is None:
+                        first_pts = pts
+                    pts = pts - first_pts + offset
+                last_pts = max(last_pts, pts)
+                if self.opts.realtime:
+                    if wall_start is None:
+                        wall_start = time.monotonic() - pts
+                    delay = wall_start + pts - time.monotonic()
+                    if delay > 0:
+                        time.sleep(min(delay, 1.0))
+                yield from self._convert(packet, pts)
+            pending = []
+            if not self.opts.loop:
+                return
+            self._container.seek(0, stream=stream)
+            offset = last_pts + frame_dur
+            first_pts = None
+
+    def _convert(self, packet: av.Packet, pts: float) -> Iterator[tuple[bytes, float, bool]]:
+        if self._normalizer is not None:
+            data, idr = self._normalizer.normalize(bytes(packet))
+            yield data, pts, idr or bool(packet.is_keyframe)
+            return
+        assert self._encoder is not None
+        for frame in packet.decode():
+            yield from self._encoder.encode(frame, pts)
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+def _chain(first: list[av.Packet], rest: Iterator[av.Packet]) -> Iterator[av.Packet]:
+    yield from first
+    yield from rest

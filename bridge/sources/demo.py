@@ -1,0 +1,75 @@
+"""`demo:` — a synthetic camera (moving scene with a clock) so a newcomer sees Obscura work at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+
+import av.video.frame
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from bridge.media.encoder import H264Encoder
+from bridge.media.packet import StreamInfo
+
+
+class DemoInput:
+    def __init__(self, width: int = 1280, height: int = 720, fps: float = 15.0) -> None:
+        self.width, self.height, self.fps = width, height, fps
+        self._encoder: H264Encoder | None = None
+        self._closed = False
+
+    def open(self) -> StreamInfo:
+        self._encoder = H264Encoder(self.width, self.height, self.fps, bitrate_kbps=1500)
+        y = np.linspace(0, 1, self.height, dtype=np.float32)[:, None]
+        x = np.linspace(0, 1, self.width, dtype=np.float32)[None, :]
+        self._sky = np.stack(
+            [(40 + 60 * y + 0 * x), (70 + 80 * y + 0 * x), (120 + 60 * (1 - y) + 0 * x)], axis=-1
+        ).astype(np.uint8)
+        self._font = ImageFont.load_default(size=max(16, self.height // 12))
+        self._start = time.monotonic()
+        # Encode the first frame now so the stream's SPS/PPS are known when we report it.
+        self._first = self._encoder.encode(self._render(0.0), 0.0)
+        enc = self._encoder
+        return StreamInfo("h264", self.width, self.height, self.fps, enc.parameter_sets, enc.profile, 1500)
+
+    def _render(self, t: float) -> av.video.frame.VideoFrame:
+        img = self._sky.copy()
+        h, w = self.height, self.width
+        ground = int(h * 0.7)
+        img[ground:] = (60, 110, 50)
+        # A "visitor" box walking across the yard, so motion and live view are visibly live.
+        period = 12.0
+        phase = (t % period) / period
+        bw, bh = max(8, w // 16), max(16, h // 4)
+        bx = int(-bw + phase * (w + bw))
+        by = ground - bh
+        x0, x1 = max(0, bx), min(w, bx + bw)
+        if x1 > x0:
+            img[by : by + bh, x0:x1] = (200, 80, 60)
+        image = Image.fromarray(img)
+        draw = ImageDraw.Draw(image)
+        stamp = datetime.now().strftime("Obscura demo  %Y-%m-%d %H:%M:%S")
+        draw.text((w // 40, h // 30), stamp, fill=(255, 255, 255), font=self._font)
+        return av.video.frame.VideoFrame.from_image(image)
+
+    def packets(self) -> Iterator[tuple[bytes, float, bool]]:
+        assert self._encoder is not None
+        start = self._start
+        yield from self._first
+        n = 1
+        while not self._closed:
+            pts = n / self.fps
+            delay = start + pts - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -1.0:
+                # We fell behind (a busy machine): skip frames instead of drifting from real time.
+                n = int((time.monotonic() - start) * self.fps)
+                pts = n / self.fps
+            yield from self._encoder.encode(self._render(pts), pts)
+            n += 1
+
+    def close(self) -> None:
+        self._closed = True

@@ -1,0 +1,59 @@
+"""Camera source URLs → CameraSource with the right input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from bridge.config import CameraConfig
+from bridge.redact import redact_url
+from bridge.sources.av_input import AVInput, AVInputOptions
+from bridge.sources.base import CameraSource, Input, RetryPolicy
+from bridge.sources.demo import DemoInput
+
+
+def input_factory(cam: CameraConfig) -> Callable[[], Input]:
+    scheme = cam.source.split(":", 1)[0].lower()
+    if scheme == "demo":
+        width, height = cam.width or 1280, cam.height or 720
+        fps = cam.fps or 15.0
+        return lambda: DemoInput(width, height, fps)
+    if scheme in ("rtsp", "rtsps"):
+        opts = AVInputOptions(
+            url=cam.source,
+            options={
+                "rtsp_transport": cam.rtsp_transport,
+                # Don't buffer a second of packets before handing them over (latency).
+                "fflags": "nobuffer",
+                "max_delay": "500000",
+                "allowed_media_types": "video",
+            },
+        )
+        return lambda: AVInput(opts)
+    if scheme == "v4l2":
+        device = unquote(urlsplit(cam.source).path)
+        options: dict[str, str] = {}
+        if cam.input_format:
+            options["input_format"] = cam.input_format
+        if cam.width and cam.height:
+            options["video_size"] = f"{cam.width}x{cam.height}"
+        if cam.fps:
+            options["framerate"] = f"{cam.fps:g}"
+        v4l2 = AVInputOptions(url=device, format="v4l2", options=options)
+        return lambda: AVInput(v4l2)
+    if scheme == "file":
+        path = Path(unquote(urlsplit(cam.source).path))
+        file_opts = AVInputOptions(url=str(path), loop=True, realtime=True)
+        return lambda: AVInput(file_opts)
+    raise ValueError(f"unsupported source scheme {scheme!r}")
+
+
+def make_source(cam: CameraConfig, retry: RetryPolicy | None = None) -> CameraSource:
+    return CameraSource(
+        cam.name,
+        input_factory(cam),
+        display_url=redact_url(cam.source),
+        prebuffer_seconds=cam.prebuffer_seconds,
+        retry=retry,
+    )

@@ -1,0 +1,207 @@
+#!/usr/bin/python3
+"""A real RTSP camera for tests and benchmarks: GStreamer's gst-rtsp-server on loopback.
+
+Run it with Debian's interpreter (the GObject bindings are Debian packages, not in the venv):
+
+    /usr/bin/python3 tests/peers/rtsp_server.py --port 8554 --mount /cam --width 1280 --height 720
+
+It prints ``READY rtsp://127.0.0.1:PORT/MOUNT`` on stdout once the socket listens (``--port 0``
+picks a free port and the line tells which), logs to stderr, and exits 0 on SIGTERM/SIGINT.
+
+Sources:
+- default: ``videotestsrc`` (live, ``--pattern``, default a moving ball so P-frames are not empty).
+- ``--file PATH``: the file is decoded, scaled to --width/--height at --fps and re-encoded. It is
+  played by a separate always-running pipeline that loops by seeking back to 0 on EOS and hands
+  raw frames to the RTSP media through ``intervideosink``/``intervideosrc``. The media therefore
+  stays live (one timeline for every client) and never sees EOS, which gst-rtsp-server would
+  otherwise turn into the end of every client's session.
+
+The media is shared: one encoder for all clients, as a real camera has. ``config-interval=-1``
+repeats SPS/PPS before every IDR so a client that joins mid-stream can start at the next keyframe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import gi
+
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtsp", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtsp, GstRtspServer  # noqa: E402
+
+INTER_CHANNEL = "obscura-file"
+
+
+def log(msg: str) -> None:
+    print(f"rtsp_server: {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--port", type=int, default=8554, help="TCP port on 127.0.0.1 (0: any free)")
+    p.add_argument("--mount", default="/cam", help="mount point, e.g. /cam")
+    p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--height", type=int, default=720)
+    p.add_argument("--fps", type=int, default=15)
+    p.add_argument("--gop", type=int, default=30, help="x264enc key-int-max (frames)")
+    p.add_argument("--bitrate", type=int, default=2000, help="x264enc bitrate in kbit/s")
+    p.add_argument("--profile", default="main", choices=["baseline", "main", "high"])
+    p.add_argument("--pattern", default="ball", help="videotestsrc pattern (no --file)")
+    p.add_argument("--file", help="serve this video file (looped) instead of a test pattern")
+    p.add_argument("--no-loop", action="store_true", help="with --file: hold the last frame")
+    p.add_argument(
+        "--protocols",
+        default="tcp",
+        choices=["tcp", "udp", "tcp+udp"],
+        help="RTP lower transports offered. UDP sockets bind to 127.0.0.1 via an address pool.",
+    )
+    p.add_argument(
+        "--exit-on-stdin-eof",
+        action="store_true",
+        help="quit when stdin closes (the spawning test process died): no orphan servers",
+    )
+    a = p.parse_args(argv)
+    if not a.mount.startswith("/"):
+        a.mount = "/" + a.mount
+    return a
+
+
+def encoder_chain(a: argparse.Namespace) -> str:
+    # zerolatency: no B-frames, no lookahead -> frames leave the encoder as they arrive, like an
+    # IP camera. superfast (unlike ultrafast, which drops CABAC and so yields Constrained Baseline) keeps two cores enough for several 720p cameras in benchmarks.
+    return (
+        f"x264enc tune=zerolatency speed-preset=superfast key-int-max={a.gop} "
+        f"bitrate={a.bitrate} ! video/x-h264,profile={a.profile} "
+        "! rtph264pay name=pay0 pt=96 config-interval=-1"
+    )
+
+
+def raw_caps(a: argparse.Namespace) -> str:
+    return f"video/x-raw,width={a.width},height={a.height},framerate={a.fps}/1"
+
+
+def media_launch(a: argparse.Namespace) -> str:
+    if a.file:
+        # intervideosrc is live and timestamps at the caps' rate; it repeats the last frame when
+        # the producer stalls (e.g. during the loop seek) instead of stopping the stream.
+        src = f"intervideosrc channel={INTER_CHANNEL} timeout=18446744073709551615"
+        return f"( {src} ! videoconvert ! {raw_caps(a)},format=I420 ! {encoder_chain(a)} )"
+    src = f"videotestsrc is-live=true pattern={a.pattern}"
+    return f"( {src} ! {raw_caps(a)} ! {encoder_chain(a)} )"
+
+
+class FileProducer:
+    """Decodes --file in real time into the inter channel, looping on EOS."""
+
+    def __init__(self, a: argparse.Namespace, loop: GLib.MainLoop) -> None:
+        location = a.file.replace("\\", "\\\\").replace('"', '\\"')
+        desc = (
+            f'filesrc location="{location}" ! decodebin ! videoconvert ! videoscale '
+            f"! videorate ! {raw_caps(a)},format=I420 "
+            f"! intervideosink channel={INTER_CHANNEL} sync=true"
+        )
+        self.pipeline = Gst.parse_launch(desc)
+        self.loop_file = not a.no_loop
+        self.mainloop = loop
+        bus = self.pipeline.get_bus()
+        bus.add_signal_watch()
+        bus.connect("message", self._on_message)
+
+    def start(self) -> None:
+        if self.pipeline.set_state(Gst.State.PLAYING) == Gst.StateChangeReturn.FAILURE:
+            raise RuntimeError("file pipeline failed to start")
+
+    def stop(self) -> None:
+        self.pipeline.set_state(Gst.State.NULL)
+
+    def _on_message(self, _bus: Gst.Bus, msg: Gst.Message) -> None:
+        if msg.type == Gst.MessageType.EOS:
+            if self.loop_file:
+                ok = self.pipeline.seek_simple(
+                    Gst.Format.TIME, Gst.SeekFlags.FLUSH | Gst.SeekFlags.KEY_UNIT, 0
+                )
+                if not ok:
+                    log("loop seek failed; holding the last frame")
+            else:
+                log("file ended; holding the last frame")
+        elif msg.type == Gst.MessageType.ERROR:
+            err, dbg = msg.parse_error()
+            log(f"file pipeline error: {err.message} ({dbg})")
+            self.mainloop.quit()
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    Gst.init(None)
+    loop = GLib.MainLoop()
+
+    server = GstRtspServer.RTSPServer()
+    server.set_address("127.0.0.1")
+    server.set_service(str(a.port))
+
+    factory = GstRtspServer.RTSPMediaFactory()
+    factory.set_launch(media_launch(a))
+    factory.set_shared(True)
+    protocols = GstRtsp.RTSPLowerTrans(0)
+    if "tcp" in a.protocols:
+        protocols |= GstRtsp.RTSPLowerTrans.TCP
+    if "udp" in a.protocols:
+        protocols |= GstRtsp.RTSPLowerTrans.UDP
+        # Without a pool the RTP/RTCP UDP sockets bind to 0.0.0.0; a unicast pool (ttl 0) on
+        # loopback keeps everything on 127.0.0.1.
+        pool = GstRtspServer.RTSPAddressPool()
+        pool.add_range("127.0.0.1", "127.0.0.1", 30000, 39999, 0)
+        factory.set_address_pool(pool)
+    factory.set_protocols(protocols)
+    server.get_mount_points().add_factory(a.mount, factory)
+
+    producer: FileProducer | None = None
+    if a.file:
+        producer = FileProducer(a, loop)
+        producer.start()
+
+    # attach() creates and binds the listening socket (gst-rtsp-server binds with
+    # allow_reuse=TRUE, i.e. SO_REUSEADDR, so a restart on the same port works right away).
+    try:
+        server.attach(None)
+    except GLib.Error as e:
+        log(f"cannot listen on 127.0.0.1:{a.port}: {e.message}")
+        if producer:
+            producer.stop()
+        return 2
+
+    def quit_(*_: object) -> bool:
+        loop.quit()
+        return GLib.SOURCE_REMOVE
+
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGTERM, quit_)
+    GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, quit_)
+    if a.exit_on_stdin_eof:
+
+        def on_stdin(_ch: GLib.IOChannel, _cond: GLib.IOCondition) -> bool:
+            # Readable means EOF or HUP here: the parent never writes to us.
+            loop.quit()
+            return GLib.SOURCE_REMOVE
+
+        chan = GLib.IOChannel.unix_new(sys.stdin.fileno())
+        GLib.io_add_watch(chan, GLib.PRIORITY_DEFAULT, GLib.IOCondition.IN | GLib.IOCondition.HUP,
+                          on_stdin)
+
+    port = server.get_bound_port()
+    print(f"READY rtsp://127.0.0.1:{port}{a.mount}", flush=True)
+    log(f"serving {media_launch(a)}")
+    try:
+        loop.run()
+    finally:
+        if producer:
+            producer.stop()
+    log("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
