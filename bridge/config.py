@@ -154,7 +154,10 @@ def _tname(value: Any) -> str:
 
 
 def _kinds(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    names = {
+        str: "a string", int: "an integer", float: "a number", bool: "true or false",
+        list: "an array", dict: "a table",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 

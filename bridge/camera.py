@@ -1,0 +1,103 @@
+"""The bridge side of one camera accessory: source + snapshots + live-view sessions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from accessories.backend import (
+    CameraUnavailable,
+    LiveSession,
+    StreamEndpoints,
+    VideoCapabilities,
+)
+from bridge.config import CameraConfig
+from bridge.live.session import H264LiveSession
+from bridge.media.snapshot import snapshot_jpeg
+from bridge.sources.base import CameraSource
+
+log = logging.getLogger(__name__)
+
+
+class BridgeCamera:
+    """Implements accessories.backend.CameraBackend on top of a CameraSource."""
+
+    def __init__(self, config: CameraConfig, source: CameraSource, bind_address: str) -> None:
+        self.name = config.name
+        self.config = config
+        self.source = source
+        self.bind_address = bind_address
+        self.sessions: list[Any] = []
+        self.snapshots_served = 0
+        self.snapshot_errors = 0
+        # Advertised before the camera first connects; refined once its stream is known.
+        self._caps = VideoCapabilities(native_width=1920, native_height=1080, native_fps=30)
+
+    def capabilities(self) -> VideoCapabilities:
+        info = self.source.info
+        if info is not None:
+            self._caps = VideoCapabilities(
+                native_width=info.width,
+                native_height=info.height,
+                native_fps=max(1, round(info.fps)),
+            )
+        return self._caps
+
+    async def snapshot(self, width: int, height: int) -> bytes:
+        try:
+            jpeg = await snapshot_jpeg(self.source.frames, self.source.available, width, height)
+        except CameraUnavailable:
+            self.snapshot_errors += 1
+            raise
+        self.snapshots_served += 1
+        return jpeg
+
+    def open_live_session(
+        self, endpoints: StreamEndpoints, on_end: Callable[[], None]
+    ) -> LiveSession:
+        if not self.source.available:
+            raise CameraUnavailable(f"camera {self.name!r} is {self.source.state}")
+        session: H264LiveSession
+
+        def ended() -> None:
+            self._forget(session)
+            on_end()
+
+        session = H264LiveSession(
+            subscribe=self.source.subscribe,
+            stream_info=lambda: self.source.info,
+            endpoints=endpoints,
+            on_end=ended,
+            bind_address=self.bind_address,
+            mode=self.config.live_mode,
+        )
+        self.sessions.append(session)
+        return _Tracked(session, self._forget)
+
+    def _forget(self, session: Any) -> None:
+        if session in self.sessions:
+            self.sessions.remove(session)
+
+    def status(self) -> dict[str, Any]:
+        status = self.source.status()
+        status["live_sessions"] = [s.stats() for s in self.sessions if hasattr(s, "stats")]
+        status["snapshots"] = {"served": self.snapshots_served, "errors": self.snapshot_errors}
+        return status
+
+
+class _Tracked:
+    """Forwards to a live session and forgets it once stopped (so status lists live ones only)."""
+
+    def __init__(self, session: H264LiveSession, forget: Callable[[Any], None]) -> None:
+        self._session = session
+        self._forget = forget
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+    async def stop(self) -> None:
+        try:
+            await self._session.stop()
+        finally:
+            self._forget(self._session)

@@ -1,0 +1,30 @@
+"""Logging set-up: one line per record, credentials scrubbed from every message."""
+
+from __future__ import annotations
+
+import logging
+
+from bridge.redact import redact
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        scrubbed = redact(message)
+        if scrubbed != message:
+            record.msg, record.args = scrubbed, None
+        return True
+
+
+def setup_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # HAP-python logs every characteristic write at debug, SRTP master keys included: keep it
+    # at info whatever our own level is (secrets are never logged).
+    logging.getLogger("pyhap").setLevel(max(logging.INFO, root.level))
+    # FFmpeg's own log lines can contain the URL it was opened with; PyAV keeps them quiet by
+    # default and we surface errors through exceptions (redacted) instead.

@@ -1,0 +1,56 @@
+"""`obscura camera probe SOURCE`: what a camera delivers, before adding it to the config."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from accessories.backend import CameraUnavailable
+from bridge.config import CameraConfig, ConfigError, source_problem
+from bridge.media.snapshot import snapshot_jpeg
+from bridge.redact import redact_url
+from bridge.sources.base import RetryPolicy
+from bridge.sources.factory import make_source
+
+
+async def _probe(source_url: str, snapshot: str | None, seconds: float) -> int:
+    source = make_source(
+        CameraConfig(name="probe", source=source_url), RetryPolicy(initial=3600, jitter=0)
+    )
+    started = time.monotonic()
+    source.start()
+    try:
+        while source.state in ("starting", "connecting"):
+            await asyncio.sleep(0.05)
+        if not source.available:
+            print(f"FAILED  {redact_url(source_url)}: {source.last_error}")
+            return 1
+        connect = time.monotonic() - started
+        await asyncio.sleep(seconds)
+        info = source.info
+        assert info is not None
+        status = source.status()
+        kbps = status["bytes"] * 8 / 1000 / max(seconds, 0.001)
+        print(f"OK      {redact_url(source_url)}")
+        print(f"  video     H.264 {info.profile}, {info.width}x{info.height} @ {info.fps:g} fps")
+        print(f"  connect   {connect:.2f} s")
+        print(f"  received  {status['packets']} packets, ~{kbps:.0f} kbit/s")
+        print(f"  keyframes prebuffer holds {status['prebuffer_seconds']:.1f} s from a keyframe")
+        if snapshot:
+            try:
+                jpeg = await snapshot_jpeg(source.frames, True, info.width, info.height)
+            except CameraUnavailable as exc:
+                print(f"  snapshot  failed: {exc}")
+                return 1
+            with open(snapshot, "wb") as out:
+                out.write(jpeg)
+            print(f"  snapshot  {snapshot} ({len(jpeg)} bytes)")
+        return 0
+    finally:
+        await source.stop()
+
+
+def probe_camera(source: str, snapshot: str | None, seconds: float) -> int:
+    if problem := source_problem(source):
+        raise ConfigError("command line", "source", problem)
+    return asyncio.run(_probe(source, snapshot, seconds))

@@ -1,0 +1,112 @@
+"""Starts and stops every stage of the bridge on one asyncio loop, and reports their health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+from accessories.bridge import HomeKitBridge
+from bridge.camera import BridgeCamera
+from bridge.config import Config
+from bridge.sources.base import CameraSource
+from bridge.sources.factory import make_source
+from bridge.status import start_status_server
+
+log = logging.getLogger(__name__)
+
+
+def ensure_private_dir(path: os.PathLike[str] | str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+class BridgeService:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.time()
+        self.sources: list[CameraSource] = []
+        self.cameras: list[BridgeCamera] = []
+        self.homekit: HomeKitBridge | None = None
+        self._status_runner: Any = None
+
+    async def start(self) -> None:
+        config = self.config
+        ensure_private_dir(config.state_dir)
+        for cam in config.cameras:
+            if not cam.enabled:
+                continue
+            source = make_source(cam)
+            self.sources.append(source)
+            self.cameras.append(BridgeCamera(cam, source, bind_address=config.hap.address))
+        self.homekit = HomeKitBridge(
+            name=config.name,
+            address=config.hap.address,
+            port=config.hap.port,
+            setup_code=config.hap.setup_code,
+            state_dir=config.state_dir,
+            advertise=config.hap.advertise,
+            advertised_address=config.hap.advertised_address,
+            cameras=self.cameras,
+        )
+        for camera, accessory in zip(self.cameras, self.homekit.cameras, strict=True):
+            camera.source.on_availability(accessory.set_camera_available)
+            accessory.set_camera_available(False)
+        for source in self.sources:
+            source.start()
+        await self.homekit.start()
+        if config.status.enabled:
+            self._status_runner = await start_status_server(
+                self.status, config.status.address, config.status.port
+            )
+        log.info(
+            "%s is running: HomeKit on %s:%d, %d camera(s)%s",
+            config.name, config.hap.address, self.homekit.port, len(self.cameras),
+            "" if self.homekit.paired else " — not paired yet: run `obscura pair` for the QR code",
+        )
+
+    async def stop(self) -> None:
+        if self._status_runner is not None:
+            await self._status_runner.cleanup()
+        if self.homekit is not None:
+            await self.homekit.stop()
+        await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
+
+    def status(self) -> dict[str, Any]:
+        homekit = self.homekit
+        return {
+            "name": self.config.name,
+            "started_at": self.started_at,
+            "demo": self.config.demo,
+            "hap": {
+                "address": self.config.hap.address,
+                "port": homekit.port if homekit else self.config.hap.port,
+                "paired_controllers": homekit.paired_count if homekit else 0,
+                "advertise": self.config.hap.advertise,
+            },
+            "cameras": [c.status() for c in self.cameras],
+        }
+
+
+async def serve(config: Config) -> None:
+    service = BridgeService(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await service.stop()
+
+
+def run_forever(config: Config) -> int:
+    if config.demo:
+        log.info("no configuration file found: running the demo camera (see `obscura init`)")
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,117 @@
+"""Sources against a real RTSP camera (gst-rtsp-server): connect, die, come back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from accessories.backend import CameraUnavailable
+from bridge.config import CameraConfig
+from bridge.media.fanout import SourceEnded
+from bridge.media.snapshot import snapshot_jpeg
+from bridge.sources.base import CameraSource, RetryPolicy
+from bridge.sources.factory import make_source
+from tests.peers.rtsp import RtspCamera
+
+FAST_RETRY = RetryPolicy(initial=0.3, cap=1.5, jitter=0.1)
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def rtsp_camera() -> AsyncIterator[RtspCamera]:
+    cam = RtspCamera(width=640, height=360, fps=15, gop=15)
+    await asyncio.to_thread(cam.start)
+    yield cam
+    await asyncio.to_thread(cam.stop)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(data)) as img:
+        assert img.format == "JPEG"
+        return img.size
+
+
+async def test_rtsp_source_reconnects_while_other_cameras_keep_working(
+    rtsp_camera: RtspCamera,
+) -> None:
+    rtsp = make_source(CameraConfig(name="RTSP", source=rtsp_camera.url), FAST_RETRY)
+    demo = make_source(CameraConfig(name="Demo", source="demo:", width=320, height=240), FAST_RETRY)
+    events: list[bool] = []
+    rtsp.on_availability(events.append)
+    rtsp.start()
+    demo.start()
+    try:
+        await wait_for(lambda: rtsp.available and demo.available, 20, "both cameras up")
+        assert rtsp.info is not None
+        assert (rtsp.info.width, rtsp.info.height) == (640, 360)
+        assert rtsp.info.parameter_sets.startswith(b"\x00\x00\x00\x01")
+        await wait_for(lambda: len(rtsp.prebuffer) > 20, 10, "prebuffer to fill")
+        assert rtsp.prebuffer.packets()[0].keyframe
+        assert jpeg_size(await snapshot_jpeg(rtsp.frames, rtsp.available, 320, 180)) == (320, 180)
+
+        sub = rtsp.subscribe()
+        first = await asyncio.wait_for(anext(sub), 5)
+        assert first.keyframe and b"\x00\x00\x00\x01\x67" in first.data[:64]  # SPS leads
+
+        demo_packets = demo.packets_received
+        rtsp_camera.kill()
+        with pytest.raises(SourceEnded):
+            async with asyncio.timeout(15):
+                async for _ in sub:
+                    pass
+        await wait_for(lambda: not rtsp.available, 15, "the dead camera to be noticed")
+        assert rtsp.last_error
+        with pytest.raises(CameraUnavailable):
+            await snapshot_jpeg(rtsp.frames, rtsp.available, 320, 180)
+        with pytest.raises(CameraUnavailable):
+            rtsp.subscribe()
+        await asyncio.sleep(1.0)
+        assert demo.available and demo.packets_received > demo_packets  # unaffected
+
+        await asyncio.to_thread(rtsp_camera.restart)
+        await wait_for(lambda: rtsp.available, 30, "the camera to come back")
+        assert events[:3] == [True, False, True]
+        assert rtsp.reconnects == 1
+        jpeg = await snapshot_jpeg(rtsp.frames, rtsp.available, 640, 360)
+        assert jpeg_size(jpeg) == (640, 360)
+    finally:
+        await asyncio.gather(rtsp.stop(), demo.stop())
+
+
+async def test_unreachable_camera_is_retried_with_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A closed port on loopback: connection refused at once, so only the backoff paces retries.
+    caplog.set_level("WARNING", logger="bridge.sources.base")
+    source: CameraSource = make_source(
+        CameraConfig(name="Gone", source="rtsp://user:topsecret@127.0.0.1:9/stream"),
+        RetryPolicy(initial=0.1, cap=0.8, jitter=0.0),
+    )
+    source.start()
+    try:
+        await wait_for(lambda: caplog.text.count("retrying in") >= 6, 20, "six retries")
+        assert source.state in ("retrying", "connecting")
+        status = source.status()
+        assert status["last_error"] and "refused" in status["last_error"]
+    finally:
+        await source.stop()
+    assert source.state == "stopped"
+    delays = [float(m) for m in re.findall(r"retrying in ([0-9.]+) s", caplog.text)]
+    assert delays[:5] == [0.1, 0.2, 0.4, 0.8, 0.8]  # doubling, capped
+    assert "topsecret" not in caplog.text and "topsecret" not in str(status)
+    assert "rtsp://***@127.0.0.1:9/stream" in caplog.text
