@@ -80,7 +80,7 @@ class CameraBackend(Protocol):
     def capabilities(self) -> VideoCapabilities: ...
 
     async def snapshot(self, width: int, height: int) -> bytes:
-        """A JPEG of the latest frame scaled to fit width×height; raises CameraUnavailable."""
+        """A JPEG of the latest frame scaled to fit width x height; raises CameraUnavailable."""
 
     def open_live_session(
         self, endpoints: StreamEndpoints, on_end: Callable[[], None]

@@ -13,10 +13,13 @@ TRIVIAL_CODES = frozenset(
 
 
 def setup_code_problem(code: str) -> str | None:
-    if not _FORMAT.match(code):
+    if not _FORMAT.fullmatch(code):
         return f"must look like 123-45-679 (8 digits as XXX-XX-XXX), got {code!r}"
     if code in TRIVIAL_CODES:
-        return f"{code} is too easy to guess and is refused by HomeKit; run `obscura init` for a new one"
+        return (
+            f"{code} is too easy to guess and is refused by HomeKit; "
+            "run `obscura init` for a new one"
+        )
     return None
 
 

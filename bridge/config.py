@@ -54,6 +54,7 @@ class HapConfig:
     setup_code: str | None = None
     advertise: bool = True
     advertised_address: str | None = None
+    standalone: bool = False  # one HAP server per camera instead of one bridge
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +218,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         setup_code=setup_code,
         advertise=hap_r.get("advertise", bool, True),
         advertised_address=advertised,
+        standalone=hap_r.get("standalone", bool, False),
     )
     hap_r.check_unknown()
 

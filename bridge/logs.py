@@ -9,6 +9,10 @@ from bridge.redact import redact
 
 class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pyhap") and "Error while setting" in str(record.msg):
+            # HAP-python logs the written value; for SetupEndpoints it holds the SRTP key.
+            record.msg = "%s: Error while setting characteristic %s (value withheld)"
+            record.args = tuple(record.args or ())[:2]
         message = record.getMessage()
         scrubbed = redact(message)
         if scrubbed != message:

@@ -32,3 +32,28 @@ def resolve_setup_code(config: Config) -> str:
     code = generate_setup_code()
     _private_write(path, code + "\n")
     return code
+
+
+def print_pairing(config: Config) -> int:
+    """Print, per HAP server, the setup URI as a terminal QR code and the 8-digit setup code."""
+    import qrcode
+
+    from accessories.bridge import pairing_uris
+
+    code = resolve_setup_code(config)
+    uris = pairing_uris(
+        config.name, code, config.state_dir, [c.name for c in config.cameras if c.enabled],
+        standalone=config.hap.standalone,
+    )
+    for label, uri in uris:
+        qr = qrcode.QRCode(border=2)
+        qr.add_data(uri)
+        qr.make(fit=True)
+        print(f"\n{label}: scan with the Home app (Add Accessory), or enter the code by hand\n")
+        qr.print_ascii(invert=True)
+        print(f"  Setup code:  {code}")
+        print(f"  Setup URI:   {uri}")
+    print(
+        "\nThe iPhone must be on the same network as the bridge, and `obscura run` must be running."
+    )
+    return 0

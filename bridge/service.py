@@ -12,6 +12,7 @@ from typing import Any
 from accessories.bridge import HomeKitBridge
 from bridge.camera import BridgeCamera
 from bridge.config import Config
+from bridge.pairing import resolve_setup_code
 from bridge.sources.base import CameraSource
 from bridge.sources.factory import make_source
 from bridge.status import start_status_server
@@ -46,14 +47,15 @@ class BridgeService:
             name=config.name,
             address=config.hap.address,
             port=config.hap.port,
-            setup_code=config.hap.setup_code,
+            setup_code=resolve_setup_code(config),
             state_dir=config.state_dir,
             advertise=config.hap.advertise,
             advertised_address=config.hap.advertised_address,
             cameras=self.cameras,
+            standalone=config.hap.standalone,
         )
         for camera, accessory in zip(self.cameras, self.homekit.cameras, strict=True):
-            camera.source.on_availability(accessory.set_camera_available)
+            camera.source.on_availability(_availability_handler(camera, accessory))
             accessory.set_camera_available(False)
         for source in self.sources:
             source.start()
@@ -89,6 +91,16 @@ class BridgeService:
             },
             "cameras": [c.status() for c in self.cameras],
         }
+
+
+def _availability_handler(camera: BridgeCamera, accessory: Any) -> Any:
+    def changed(up: bool) -> None:
+        if up:
+            # The real stream size is known now: advertise resolutions that fit it.
+            accessory.update_capabilities()
+        accessory.set_camera_available(up)
+
+    return changed
 
 
 async def serve(config: Config) -> None:

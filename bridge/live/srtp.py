@@ -12,6 +12,9 @@ import pylibsrtp
 KEY_SIZE = 16
 SALT_SIZE = 14
 AUTH_TAG_SIZE = 10  # HMAC-SHA1-80; SRTCP adds another 4 bytes of E flag + index
+# pylibsrtp works in a fixed 1500-byte buffer and reserves 144 bytes for the largest possible
+# trailer (tag + MKI), so it refuses plain RTP packets longer than this.
+MAX_PLAIN_PACKET = 1500 - 144
 
 
 class SrtpError(Exception):

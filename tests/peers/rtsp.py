@@ -30,6 +30,11 @@ from types import TracebackType
 from typing import IO, Literal, Self
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
+# videotestsrc settings: the default moving ball encodes to ~90 kbit/s at 720p (cheap for
+# functional tests); scrolling SMPTE bars fill the configured bitrate like a real camera
+# (~2.6 Mbit/s at bitrate_kbps=2000, ~11% of a core at 720p15): use it in benchmarks.
+CHEAP_PATTERN = "ball"
+REALISTIC_PATTERN = "smpte horizontal-speed=4"
 # Overridable for machines whose GStreamer bindings live elsewhere.
 SYSTEM_PYTHON = os.environ.get("OBSCURA_GST_PYTHON", "/usr/bin/python3")
 
@@ -71,7 +76,7 @@ class RtspCamera:
         gop: int = 15,
         bitrate_kbps: int = 2000,
         profile: Literal["baseline", "main", "high"] = "main",
-        pattern: str = "ball",
+        pattern: str = CHEAP_PATTERN,
         file: str | os.PathLike[str] | None = None,
         loop_file: bool = True,
         protocols: Literal["tcp", "udp", "tcp+udp"] = "tcp",
@@ -118,14 +123,31 @@ class RtspCamera:
     # -- lifecycle ----------------------------------------------------------------------------
     def command(self) -> list[str]:
         cmd = [
-            self.python, "-u", str(SERVER_SCRIPT),
-            "--port", str(self.port), "--mount", self.mount,
-            "--width", str(self.width), "--height", str(self.height), "--fps", str(self.fps),
-            "--gop", str(self.gop), "--bitrate", str(self.bitrate_kbps),
-            "--profile", self.profile, "--pattern", self.pattern,
-            "--protocols", self.protocols,
+            self.python,
+            "-u",
+            str(SERVER_SCRIPT),
+            "--port",
+            str(self.port),
+            "--mount",
+            self.mount,
+            "--width",
+            str(self.width),
+            "--height",
+            str(self.height),
+            "--fps",
+            str(self.fps),
+            "--gop",
+            str(self.gop),
+            "--bitrate",
+            str(self.bitrate_kbps),
+            "--profile",
+            self.profile,
+            "--pattern",
+            self.pattern,
+            "--protocols",
+            self.protocols,
             "--exit-on-stdin-eof",
-        ]  # fmt: skip
+        ]
         if self.file is not None:
             cmd += ["--file", str(self.file)]
             if not self.loop_file:
@@ -173,7 +195,9 @@ class RtspCamera:
             if line is None:  # stdout closed: the server died before listening
                 rc = proc.wait()
                 self._join_readers()
-                raise RtspCameraError(f"server exited with {rc} before READY; stderr:\n{self.stderr}")
+                raise RtspCameraError(
+                    f"server exited with {rc} before READY; stderr:\n{self.stderr}"
+                )
             if line.startswith("READY "):
                 url = line.split(None, 1)[1].strip()
                 self.port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
@@ -184,7 +208,7 @@ class RtspCamera:
         return await asyncio.to_thread(self.start)
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        """SIGTERM and wait (SIGKILL after `timeout`). Returns the exit code, None if not started."""
+        """SIGTERM and wait (SIGKILL after `timeout`); the exit code, None if never started."""
         proc = self._proc
         if proc is None:
             return None
