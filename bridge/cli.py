@@ -57,13 +57,15 @@ def cmd_camera(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="obscura",
-        description="HomeKit camera bridge: live view, on-device detection, owner-only encrypted clips.",
+        description="HomeKit camera bridge with on-device detection and owner-only clips.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
-            "--config", "-c", metavar="FILE",
+            "--config",
+            "-c",
+            metavar="FILE",
             help="configuration file (default: $OBSCURA_CONFIG, ~/.config/obscura/obscura.toml, "
             "/etc/obscura/obscura.toml; none found: a demo camera)",
         )
@@ -78,16 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.add_argument("--name", default="Obscura", help="the bridge's name in the Home app")
     init.add_argument(
-        "--camera", action="append", default=[], metavar="NAME=SOURCE",
+        "--camera",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
         help="add a camera, e.g. 'Front door=rtsp://user:pass@192.168.1.20/stream1' (repeatable)",
     )
     init.add_argument("--state-dir", metavar="DIR", help="where pairings and keys live")
     init.set_defaults(func=cmd_init)
 
-    pair = with_config(sub.add_parser("pair", help="show the setup code and QR code for the Home app"))
+    pair = with_config(
+        sub.add_parser("pair", help="show the setup code and QR code for the Home app")
+    )
     pair.set_defaults(func=cmd_pair)
 
-    doc = with_config(sub.add_parser("doctor", help="check the configuration and the running bridge"))
+    doc = with_config(
+        sub.add_parser("doctor", help="check the configuration and the running bridge")
+    )
     doc.add_argument("--url", help="status API address (default: from the configuration)")
     doc.set_defaults(func=cmd_doctor)
 

@@ -149,15 +149,23 @@ class _Reader:
 
 def _tname(value: Any) -> str:
     return {
-        str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-        list: "an array", dict: "a table",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "a table",
     }.get(type(value), type(value).__name__)
 
 
 def _kinds(kinds: tuple[type, ...]) -> str:
     names = {
-        str: "a string", int: "an integer", float: "a number", bool: "true or false",
-        list: "an array", dict: "a table",
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "an array",
+        dict: "a table",
     }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
@@ -174,7 +182,9 @@ def _address(r: _Reader, name: str, default: str) -> str:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        raise r.fail(name, f"must be an IP address like 0.0.0.0 or 127.0.0.1, got {value!r}") from None
+        raise r.fail(
+            name, f"must be an IP address like 0.0.0.0 or 127.0.0.1, got {value!r}"
+        ) from None
     return value
 
 
@@ -211,7 +221,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         try:
             ipaddress.ip_address(advertised)
         except ValueError:
-            raise hap_r.fail("advertised_address", f"must be an IP address, got {advertised!r}") from None
+            raise hap_r.fail(
+                "advertised_address", f"must be an IP address, got {advertised!r}"
+            ) from None
     hap = HapConfig(
         address=_address(hap_r, "address", "0.0.0.0"),
         port=_port(hap_r, "port", 51826),
@@ -237,14 +249,21 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         folded = cam.name.casefold()
         if folded in seen:
             raise ConfigError(
-                path, f"cameras[{i}].name", f"duplicate camera name {cam.name!r} (also cameras[{seen[folded]}])"
+                path,
+                f"cameras[{i}].name",
+                f"duplicate camera name {cam.name!r} (also cameras[{seen[folded]}])",
             )
         seen[folded] = i
     top.used.update({"storage", "detect"})  # owned by later features; validated there
     top.check_unknown()
     return Config(
-        path=path, name=name, state_dir=state_dir, log_level=log_level, hap=hap,
-        status=status, cameras=cameras,
+        path=path,
+        name=name,
+        state_dir=state_dir,
+        log_level=log_level,
+        hap=hap,
+        status=status,
+        cameras=cameras,
     )
 
 

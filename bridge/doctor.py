@@ -29,7 +29,10 @@ def doctor(config: Config, url: str | None) -> int:
         with urllib.request.urlopen(f"{base}/status", timeout=3) as response:
             status = json.load(response)
     except (urllib.error.URLError, OSError) as exc:
-        print(f"bridge    not reachable at {base} ({getattr(exc, 'reason', exc)}): is `obscura run` running?")
+        print(
+            f"bridge    not reachable at {base} ({getattr(exc, 'reason', exc)}): "
+            "is `obscura run` running?"
+        )
         return 1
     hap = status["hap"]
     print(
@@ -42,14 +45,18 @@ def doctor(config: Config, url: str | None) -> int:
     for cam in status["cameras"]:
         video = cam["video"]
         if cam["state"] == "streaming" and video:
-            detail = f"{video['width']}x{video['height']}@{video['fps']:g} {video['profile']}, up {_ago(cam['connected_since'])}"
+            size = f"{video['width']}x{video['height']}@{video['fps']:g}"
+            detail = f"{size} {video['profile']}, up {_ago(cam['connected_since'])}"
         else:
             problems += 1
             retry = cam.get("next_retry_at")
             when = f", next try in {max(0, retry - time.time()):.0f} s" if retry else ""
             detail = f"{cam['state'].upper()}: {cam['last_error'] or 'no details'}{when}"
         sessions = len(cam["live_sessions"])
-        print(f"camera    {cam['name']!r} ({cam['source']}): {detail}; {sessions} live viewer(s), {cam['reconnects']} reconnect(s)")
+        print(
+            f"camera    {cam['name']!r} ({cam['source']}): {detail}; "
+            f"{sessions} live viewer(s), {cam['reconnects']} reconnect(s)"
+        )
     return 1 if problems else 0
 
 

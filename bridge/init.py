@@ -54,17 +54,25 @@ def _toml_string(value: str) -> str:
 
 
 def write_initial_config(args: argparse.Namespace) -> int:
-    path = Path(args.config) if args.config else Path(platformdirs.user_config_dir("obscura")) / "obscura.toml"
+    path = (
+        Path(args.config)
+        if args.config
+        else Path(platformdirs.user_config_dir("obscura")) / "obscura.toml"
+    )
     if path.exists() and not args.force:
         raise ConfigError(path, "", "already exists; use --force to overwrite it")
     cameras = []
     for spec in args.camera or ["Demo camera=demo:"]:
         name, sep, source = spec.partition("=")
         if not sep or not name.strip():
-            raise ConfigError(path, "cameras", f"--camera takes NAME=SOURCE, got {redact_url(spec)!r}")
+            raise ConfigError(
+                path, "cameras", f"--camera takes NAME=SOURCE, got {redact_url(spec)!r}"
+            )
         if problem := source_problem(source.strip()):
             raise ConfigError(path, "cameras", problem)
-        cameras.append(CAMERA.format(name=_toml_string(name.strip()), source=_toml_string(source.strip())))
+        cameras.append(
+            CAMERA.format(name=_toml_string(name.strip()), source=_toml_string(source.strip()))
+        )
     state_dir = args.state_dir or platformdirs.user_data_dir("obscura")
     text = TEMPLATE.format(
         name=_toml_string(args.name),
@@ -80,5 +88,8 @@ def write_initial_config(args: argparse.Namespace) -> int:
     os.replace(tmp, path)
     load_config(path)  # what we wrote must load
     print(f"Wrote {path} (mode 0600) with a new setup code.")
-    print(f"Next: `obscura run --config {path}`, then `obscura pair --config {path}` to add it in the Home app.")
+    print(
+        f"Next: `obscura run --config {path}`, then `obscura pair --config {path}` "
+        "to add it in the Home app."
+    )
     return 0

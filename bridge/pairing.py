@@ -42,7 +42,10 @@ def print_pairing(config: Config) -> int:
 
     code = resolve_setup_code(config)
     uris = pairing_uris(
-        config.name, code, config.state_dir, [c.name for c in config.cameras if c.enabled],
+        config.name,
+        code,
+        config.state_dir,
+        [c.name for c in config.cameras if c.enabled],
         standalone=config.hap.standalone,
     )
     for label, uri in uris:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from accessories.backend import CameraUnavailable
 from bridge.config import CameraConfig, ConfigError, source_problem
@@ -20,7 +21,7 @@ async def _probe(source_url: str, snapshot: str | None, seconds: float) -> int:
     started = time.monotonic()
     source.start()
     try:
-        while source.state in ("starting", "connecting"):
+        while source.state in ("starting", "connecting"):  # noqa: ASYNC110 - polling a state
             await asyncio.sleep(0.05)
         if not source.available:
             print(f"FAILED  {redact_url(source_url)}: {source.last_error}")
@@ -42,8 +43,7 @@ async def _probe(source_url: str, snapshot: str | None, seconds: float) -> int:
             except CameraUnavailable as exc:
                 print(f"  snapshot  failed: {exc}")
                 return 1
-            with open(snapshot, "wb") as out:
-                out.write(jpeg)
+            await asyncio.to_thread(Path(snapshot).write_bytes, jpeg)
             print(f"  snapshot  {snapshot} ({len(jpeg)} bytes)")
         return 0
     finally:

@@ -66,7 +66,10 @@ class BridgeService:
             )
         log.info(
             "%s is running: HomeKit on %s:%d, %d camera(s)%s",
-            config.name, config.hap.address, self.homekit.port, len(self.cameras),
+            config.name,
+            config.hap.address,
+            self.homekit.port,
+            len(self.cameras),
             "" if self.homekit.paired else " — not paired yet: run `obscura pair` for the QR code",
         )
 

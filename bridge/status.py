@@ -51,14 +51,49 @@ def prometheus_text(status: dict[str, Any]) -> str:
         f"obscura_paired_controllers {status['hap']['paired_controllers']}",
     ]
     per_camera = [
-        ("camera_up", "gauge", "1 when the camera is streaming.", lambda c: int(c["state"] == "streaming")),
-        ("camera_reconnects_total", "counter", "Times the camera connection was lost.", lambda c: c["reconnects"]),
-        ("camera_packets_total", "counter", "Encoded video packets received.", lambda c: c["packets"]),
+        (
+            "camera_up",
+            "gauge",
+            "1 when the camera is streaming.",
+            lambda c: int(c["state"] == "streaming"),
+        ),
+        (
+            "camera_reconnects_total",
+            "counter",
+            "Times the camera connection was lost.",
+            lambda c: c["reconnects"],
+        ),
+        (
+            "camera_packets_total",
+            "counter",
+            "Encoded video packets received.",
+            lambda c: c["packets"],
+        ),
         ("camera_bytes_total", "counter", "Encoded video bytes received.", lambda c: c["bytes"]),
-        ("camera_prebuffer_seconds", "gauge", "Seconds of video in the prebuffer.", lambda c: c["prebuffer_seconds"]),
-        ("camera_live_sessions", "gauge", "Live-view sessions streaming now.", lambda c: len(c["live_sessions"])),
-        ("camera_snapshots_total", "counter", "Snapshots served.", lambda c: c["snapshots"]["served"]),
-        ("camera_snapshot_errors_total", "counter", "Snapshots refused (camera down).", lambda c: c["snapshots"]["errors"]),
+        (
+            "camera_prebuffer_seconds",
+            "gauge",
+            "Seconds of video in the prebuffer.",
+            lambda c: c["prebuffer_seconds"],
+        ),
+        (
+            "camera_live_sessions",
+            "gauge",
+            "Live-view sessions streaming now.",
+            lambda c: len(c["live_sessions"]),
+        ),
+        (
+            "camera_snapshots_total",
+            "counter",
+            "Snapshots served.",
+            lambda c: c["snapshots"]["served"],
+        ),
+        (
+            "camera_snapshot_errors_total",
+            "counter",
+            "Snapshots refused (camera down).",
+            lambda c: c["snapshots"]["errors"],
+        ),
     ]
     for metric, kind, help_text, get in per_camera:
         lines.append(f"# HELP obscura_{metric} {help_text}")

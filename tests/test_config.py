@@ -35,33 +35,37 @@ source = "demo:"
 
 BAD = [
     ("[hap]\nport = 70000\n", "hap.port", "port number"),
-    ("[hap]\nport = \"51826\"\n", "hap.port", "must be an integer"),
-    ("[hap]\nsetup_code = \"123-45-678\"\n", "hap.setup_code", "too easy"),
-    ("[hap]\nsetup_code = \"12345678\"\n", "hap.setup_code", "XXX-XX-XXX"),
-    ("[hap]\naddress = \"my-host\"\n", "hap.address", "IP address"),
+    ('[hap]\nport = "51826"\n', "hap.port", "must be an integer"),
+    ('[hap]\nsetup_code = "123-45-678"\n', "hap.setup_code", "too easy"),
+    ('[hap]\nsetup_code = "12345678"\n', "hap.setup_code", "XXX-XX-XXX"),
+    ('[hap]\naddress = "my-host"\n', "hap.address", "IP address"),
     ("[hap]\nadvertize = true\n", "hap.advertize", "unknown key"),
-    ("[bridge]\nname = \"\"\n", "bridge.name", "1 to 64"),
-    ("[[cameras]]\nsource = \"demo:\"\n", "cameras[0].name", "is required"),
-    ("[[cameras]]\nname = \"A\"\n", "cameras[0].source", "is required"),
+    ('[bridge]\nname = ""\n', "bridge.name", "1 to 64"),
+    ('[[cameras]]\nsource = "demo:"\n', "cameras[0].name", "is required"),
+    ('[[cameras]]\nname = "A"\n', "cameras[0].source", "is required"),
     (
-        "[[cameras]]\nname = \"A\"\nsource = \"http://u:secretpw@cam/video\"\n",
+        '[[cameras]]\nname = "A"\nsource = "http://u:secretpw@cam/video"\n',
         "cameras[0].source",
         "unsupported source",
     ),
-    ("[[cameras]]\nname = \"A\"\nsource = \"rtsp:///nohost\"\n", "cameras[0].source", "no host"),
+    ('[[cameras]]\nname = "A"\nsource = "rtsp:///nohost"\n', "cameras[0].source", "no host"),
     (
-        "[[cameras]]\nname = \"A\"\nsource = \"demo:\"\n[[cameras]]\nname = \"a\"\nsource = \"demo:\"\n",
+        '[[cameras]]\nname = "A"\nsource = "demo:"\n[[cameras]]\nname = "a"\nsource = "demo:"\n',
         "cameras[1].name",
         "duplicate camera name",
     ),
-    ("[[cameras]]\nname = \"A\"\nsource = \"demo:\"\nfps = 0\n", "cameras[0].fps", "between 1 and 120"),
-    ("[[cameras]]\nname = \"A\"\nsource = \"demo:\"\nwidth = 640\n", "cameras[0].height", "go together"),
+    ('[[cameras]]\nname = "A"\nsource = "demo:"\nfps = 0\n', "cameras[0].fps", "between 1 and 120"),
     (
-        "[[cameras]]\nname = \"A\"\nsource = \"demo:\"\nrtsp_transport = \"http\"\n",
+        '[[cameras]]\nname = "A"\nsource = "demo:"\nwidth = 640\n',
+        "cameras[0].height",
+        "go together",
+    ),
+    (
+        '[[cameras]]\nname = "A"\nsource = "demo:"\nrtsp_transport = "http"\n',
         "cameras[0].rtsp_transport",
         "one of tcp, udp",
     ),
-    ("cameras = \"demo:\"\n", "cameras", "must be an array"),
+    ('cameras = "demo:"\n', "cameras", "must be an array"),
     ("[hap\nport = 1\n", "", "not valid TOML"),
 ]
 
@@ -96,7 +100,9 @@ def test_run_with_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
     path.write_text("[hap]\nport = -1\n")
     result = subprocess.run(
         [sys.executable, "-m", "bridge", "run", "--config", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert str(path) in result.stderr and "'hap.port'" in result.stderr
@@ -110,8 +116,15 @@ def test_missing_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_init_writes_private_loadable_config_with_fresh_code(tmp_path: Path) -> None:
     path = tmp_path / "conf" / "obscura.toml"
-    args = ["init", "--config", str(path), "--state-dir", str(tmp_path / "state"),
-            "--camera", "Porch=rtsp://u:p@192.0.2.5/live"]
+    args = [
+        "init",
+        "--config",
+        str(path),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--camera",
+        "Porch=rtsp://u:p@192.0.2.5/live",
+    ]
     assert main(args) == 0
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     first = load_config(path)

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from accessories.backend import StreamEndpoints, VideoRequest
 from bridge.live.link import ControllerLink
@@ -144,7 +145,11 @@ class H264LiveSession:
         """True when the stream ended by itself (on_end was or will be called)."""
         return self._ended
 
-    def stats(self) -> LiveStats:
+    def stats(self) -> dict[str, Any]:
+        """LiveStats as a JSON-ready dict (the status API serves it as is)."""
+        return asdict(self.live_stats())
+
+    def live_stats(self) -> LiveStats:
         transcoders = [*self._retired, *([self._transcoder] if self._transcoder else [])]
         s = self._sender
         return LiveStats(

@@ -47,9 +47,15 @@ class H264Encoder:
         self._ctx = ctx
         self._normalizer = AccessUnitNormalizer(None)
 
-    def encode(self, frame: av.video.frame.VideoFrame, pts: float) -> list[tuple[bytes, float, bool]]:
+    def encode(
+        self, frame: av.video.frame.VideoFrame, pts: float
+    ) -> list[tuple[bytes, float, bool]]:
         """Encode one frame; returns [(annexb access unit, pts seconds, keyframe)]."""
-        if frame.width != self.width or frame.height != self.height or frame.format.name != "yuv420p":
+        if (
+            frame.width != self.width
+            or frame.height != self.height
+            or frame.format.name != "yuv420p"
+        ):
             frame = frame.reformat(self.width, self.height, "yuv420p")
         frame.pts = round(pts * 90000)
         frame.time_base = Fraction(1, 90000)

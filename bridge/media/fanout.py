@@ -104,7 +104,9 @@ class PacketFanout:
     def __init__(self) -> None:
         self._subs: list[PacketSubscription] = []
 
-    def subscribe(self, backlog: Iterable[VideoPacket] = (), maxsize: int = 300) -> PacketSubscription:
+    def subscribe(
+        self, backlog: Iterable[VideoPacket] = (), maxsize: int = 300
+    ) -> PacketSubscription:
         sub = PacketSubscription(self, maxsize)
         for packet in backlog:
             sub._offer(packet)

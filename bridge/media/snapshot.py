@@ -16,8 +16,10 @@ from bridge.media.frames import FrameTap
 SNAPSHOT_LEASE_SECONDS = 30.0
 
 
-def frame_to_jpeg(frame: av.video.frame.VideoFrame, width: int, height: int, quality: int = 80) -> bytes:
-    """Scale (cropping the centre when the aspect ratio differs) to exactly width×height."""
+def frame_to_jpeg(
+    frame: av.video.frame.VideoFrame, width: int, height: int, quality: int = 80
+) -> bytes:
+    """Scale (cropping the centre when the aspect ratio differs) to exactly width x height."""
     src_w, src_h = frame.width, frame.height
     scale = max(width / src_w, height / src_h)
     scaled_w, scaled_h = max(width, round(src_w * scale)), max(height, round(src_h * scale))

@@ -67,8 +67,13 @@ class AVInput:
             if not width or not height:
                 raise RuntimeError("H.264 stream without a known size")
             return StreamInfo(
-                "h264", width, height, self._fps, self._normalizer.parameter_sets,
-                self._normalizer.profile, bitrate,
+                "h264",
+                width,
+                height,
+                self._fps,
+                self._normalizer.parameter_sets,
+                self._normalizer.profile,
+                bitrate,
             )
         stream.thread_type = "AUTO"
         width, height = ctx.width - ctx.width % 2, ctx.height - ctx.height % 2
@@ -76,7 +81,12 @@ class AVInput:
             width, height, self._fps, bitrate_kbps=self.opts.encode_bitrate_kbps
         )
         return StreamInfo(
-            "h264", width, height, self._fps, b"", self._encoder.profile,
+            "h264",
+            width,
+            height,
+            self._fps,
+            b"",
+            self._encoder.profile,
             self.opts.encode_bitrate_kbps,
         )
 

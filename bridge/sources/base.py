@@ -56,7 +56,7 @@ def run_in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
     def target() -> None:
         try:
             result = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+        except BaseException as exc:
             loop.call_soon_threadsafe(_set_exception, future, exc)
         else:
             loop.call_soon_threadsafe(_set_result, future, result)
@@ -113,7 +113,7 @@ class CameraSource:
         return self.state == "streaming" and self.info is not None
 
     def subscribe(self, *, from_prebuffer: bool = True, maxsize: int = 300) -> PacketSubscription:
-        """Packets from the newest buffered keyframe on; CameraUnavailable when the camera is down."""
+        """Packets from the newest buffered keyframe on; CameraUnavailable when it is down."""
         if not self.available:
             raise CameraUnavailable(f"camera {self.name!r} is {self.state}")
         backlog = self.prebuffer.from_latest_keyframe() if from_prebuffer else ()
@@ -143,7 +143,7 @@ class CameraSource:
             try:
                 await self._connect_and_pump()
                 self.last_error = "stream ended"
-            except Exception as exc:  # noqa: BLE001 - every failure means "retry later"
+            except Exception as exc:
                 self.last_error = describe_error(exc, self.display_url)
             self._went_down()
             if self._stopping:
@@ -156,7 +156,10 @@ class CameraSource:
             self.next_retry_at = time.time() + delay
             log.warning(
                 "camera %r: %s; retrying in %.1f s (attempt %d)",
-                self.name, self.last_error, delay, attempt,
+                self.name,
+                self.last_error,
+                delay,
+                attempt,
             )
             self._wake.clear()
             try:
@@ -181,15 +184,18 @@ class CameraSource:
                 log.info("camera %r reconnected", self.name)
             log.info(
                 "camera %r streaming %dx%d@%.3g fps (%s) from %s",
-                self.name, info.width, info.height, info.fps, info.profile, self.display_url,
+                self.name,
+                info.width,
+                info.height,
+                info.fps,
+                info.profile,
+                self.display_url,
             )
             self.frames.set_stream(info)
             for listener in self._listeners:
                 listener(True)
             loop = asyncio.get_running_loop()
-            await run_in_thread(
-                lambda: self._pump(source_input, loop), f"demux:{self.name}"
-            )
+            await run_in_thread(lambda: self._pump(source_input, loop), f"demux:{self.name}")
         finally:
             await asyncio.to_thread(source_input.close)
 

@@ -1,4 +1,4 @@
-"""`demo:` — a synthetic camera (moving scene with a clock) so a newcomer sees Obscura work at once."""
+"""`demo:` — a synthetic camera (a moving scene with a clock) that works out of the box."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ class DemoInput:
         # Encode the first frame now so the stream's SPS/PPS are known when we report it.
         self._first = self._encoder.encode(self._render(0.0), 0.0)
         enc = self._encoder
-        return StreamInfo("h264", self.width, self.height, self.fps, enc.parameter_sets, enc.profile, 1500)
+        return StreamInfo(
+            "h264", self.width, self.height, self.fps, enc.parameter_sets, enc.profile, 1500
+        )
 
     def _render(self, t: float) -> av.video.frame.VideoFrame:
         img = self._sky.copy()

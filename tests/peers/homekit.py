@@ -369,6 +369,7 @@ class EventLog:
     _cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     _keys: set[tuple[int, int]] = field(default_factory=set)
     _orig: Callable[[dict[str, Any]], None] | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def subscribe(self, keys: Iterable[tuple[int, int]]) -> None:
         keys = set(keys)
@@ -383,7 +384,9 @@ class EventLog:
         for row in event.get("characteristics", []):
             if isinstance(row, dict) and "aid" in row and "iid" in row:
                 self.events.append((now, (row["aid"], row["iid"]), row.get("value")))
-        asyncio.get_running_loop().create_task(self._wake())
+        task = asyncio.get_running_loop().create_task(self._wake())
+        self._tasks.add(task)  # keep a reference until it ran (the loop holds only a weak one)
+        task.add_done_callback(self._tasks.discard)
         assert self._orig is not None
         self._orig(event)
 
