@@ -443,3 +443,33 @@ async def test_stop_before_start_releases_socket() -> None:
         await lv.session.stop()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind(("127.0.0.1", port))
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback")
+async def test_ipv6_controller() -> None:
+    cam = FakeCamera(640, 360)
+    await cam.start()
+    key, salt = os.urandom(16), os.urandom(14)
+    rx = SrtpReceiver(key, salt, host="::1")
+    port = await rx.start()
+    ends = replace(endpoints(port, key, salt), controller_address="::1", local_address="::1")
+    session = H264LiveSession(cam.subscribe, cam.stream_info, ends, lambda: None, "::1")
+    try:
+        await session.start(request(640, 360, max_mtu=1228))  # HAP's IPv6 default
+        assert await rx.wait_for(lambda r: len(r.frames) >= 5, within=5)
+        assert rx.max_datagram <= 1228 and rx.auth_failures == 0
+        rx.send_receiver_report(("::1", session.local_video_port))
+        assert await rx.wait_for(lambda r: session.live_stats().rtcp_received == 1, within=2)
+    finally:
+        await session.stop()
+        rx.close()
+        await cam.close()

@@ -104,6 +104,9 @@ class AVInput:
                 raise RuntimeError("no SPS/PPS in the first 300 packets")
 
     def packets(self) -> Iterator[tuple[bytes, float, bool]]:
+        return _merge_split_keyframes(self._timed_packets())
+
+    def _timed_packets(self) -> Iterator[tuple[bytes, float, bool]]:
         assert self._container is not None and self._stream is not None
         stream = self._stream
         tb = float(stream.time_base or 0) or 1 / 90000
@@ -120,7 +123,11 @@ class AVInput:
                 if packet.size == 0:
                     continue
                 raw = packet.pts if packet.pts is not None else packet.dts
-                if raw is None:
+                if raw is None and first_pts is None:
+                    # RTSP's very first packet can lack a timestamp; it is the start of the
+                    # first access unit, whose next piece anchors the clock at 0.
+                    pts = offset
+                elif raw is None:
                     pts = last_pts + frame_dur
                 else:
                     pts = raw * tb
@@ -160,3 +167,29 @@ class AVInput:
 def _chain(first: list[av.Packet], rest: Iterator[av.Packet]) -> Iterator[av.Packet]:
     yield from first
     yield from rest
+
+
+def _merge_split_keyframes(
+    packets: Iterator[tuple[bytes, float, bool]],
+) -> Iterator[tuple[bytes, float, bool]]:
+    """Join the pieces of one access unit that FFmpeg hands over as separate packets.
+
+    Cameras that repeat SPS/PPS in front of every IDR slice make FFmpeg's parser split a
+    keyframe into several packets with the same timestamp. A keyframe is therefore held until
+    the next packet shows whether more of it follows (one frame of delay, once per GOP), so
+    every consumer sees whole keyframes it can start from.
+    """
+    held: tuple[bytes, float, bool] | None = None
+    for data, pts, key in packets:
+        if held is not None:
+            if pts == held[1]:
+                held = (held[0] + data, pts, True)
+                continue
+            yield held
+            held = None
+        if key:
+            held = (data, pts, key)
+        else:
+            yield data, pts, key
+    if held is not None:
+        yield held
