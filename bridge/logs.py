@@ -11,8 +11,19 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("pyhap") and "Error while setting" in str(record.msg):
             # HAP-python logs the written value; for SetupEndpoints it holds the SRTP key.
-            record.msg = "%s: Error while setting characteristic %s (value withheld)"
-            record.args = tuple(record.args or ())[:2]
+            args = tuple(record.args or ())[:2]
+            exc = record.exc_info[1] if record.exc_info else None
+            if isinstance(exc, ValueError):
+                # A malformed write from a controller is its problem, not a bug of ours: one
+                # line (the parser's message describes structure only), no traceback.
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.msg = "%s: rejected a malformed write to %s: %s"
+                args = (*args, exc)
+                record.exc_info = None
+                record.exc_text = None
+            else:
+                record.msg = "%s: Error while setting characteristic %s (value withheld)"
+            record.args = args
         message = record.getMessage()
         scrubbed = redact(message)
         if scrubbed != message:

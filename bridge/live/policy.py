@@ -20,7 +20,7 @@ def choose_mode(
     setting: ModeSetting = "auto",
     *,
     fps_tolerance: float = 0.1,
-    bitrate_headroom: float = 1.5,
+    bitrate_headroom: float = 4.0,
 ) -> Mode:
     """Copy the camera's H.264 when it already satisfies the request, else transcode.
 
@@ -28,8 +28,8 @@ def choose_mode(
     - the controller must accept at least the source's frame rate (minus fps_tolerance, so a
       29.97 fps camera fits a 30 fps request); copy can't drop frames without re-encoding;
     - a known source bitrate may exceed the requested maximum by bitrate_headroom at most
-      (controllers ask conservatively; a bit more is better than re-encoding's quality and
-      latency cost, a lot more stalls the viewer on a slow link);
+      (iOS asks conservatively even on Wi-Fi, often a few hundred kbit/s: more is better than
+      re-encoding's CPU, quality and latency cost; many times more stalls a slow link);
     - an unknown source (no StreamInfo yet) is transcoded: that output surely fits.
 
     The requested profile is not checked: Apple's decoders take baseline, main and high alike.

@@ -73,7 +73,7 @@ class H264LiveSession:
         gop_seconds: float = 1.0,
         preset: str = "veryfast",
         fps_tolerance: float = 0.1,
-        bitrate_headroom: float = 1.5,
+        bitrate_headroom: float = 4.0,
         catch_up_after: float = 0.5,
         max_send_buffer: int = 1 << 20,
         cname: str = "obscura",
