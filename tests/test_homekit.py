@@ -77,7 +77,9 @@ async def test_wrong_code_refused_then_pair_read_snapshot_and_unpair(bridge: Bri
 
         streams = stream_management(accessories, porch)
         assert len(streams) >= 2  # two viewers at once
-        video = parse_supported_video(await read_tlv(paired.pairing, streams[0].supported_video.key))
+        video = parse_supported_video(
+            await read_tlv(paired.pairing, streams[0].supported_video.key)
+        )
         sizes = {(w, h) for w, h, _ in video[0].resolutions}
         assert (640, 360) in sizes and (320, 240) in sizes
         assert video[0].codec_type == 0  # H.264

@@ -51,7 +51,12 @@ def write_config(path: Path, cameras: list[CameraSpec], hap_port: int, status_po
         f"port = {status_port}",
     ]
     for cam in cameras:
-        lines += ["", "[[cameras]]", f"name = {json.dumps(cam.name)}", f"source = {json.dumps(cam.source)}"]
+        lines += [
+            "",
+            "[[cameras]]",
+            f"name = {json.dumps(cam.name)}",
+            f"source = {json.dumps(cam.source)}",
+        ]
         lines += [f"{k} = {_toml_value(v)}" for k, v in cam.extra.items()]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
@@ -74,7 +79,11 @@ class BridgeProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge", "run", "--config", str(self.config)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

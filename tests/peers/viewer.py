@@ -41,9 +41,7 @@ class Viewer:
             video_srtp=probe.video_srtp,
             audio_srtp=probe.audio_srtp,
         )
-        response = await setup_endpoints(
-            paired.pairing, sm, request, require_write_response=True
-        )
+        response = await setup_endpoints(paired.pairing, sm, request, require_write_response=True)
         return cls(paired, sm, request, response, receiver)
 
     @property
@@ -64,7 +62,9 @@ class Viewer:
         )
 
     async def stop(self) -> None:
-        await select_stream(self.paired.pairing, self.sm, stop_stream_config(self.request.session_id))
+        await select_stream(
+            self.paired.pairing, self.sm, stop_stream_config(self.request.session_id)
+        )
         self.receiver.stop_receiver_reports()
 
     def frames_of_size(self, width: int, height: int) -> int:
