@@ -28,7 +28,7 @@ class BridgeCamera:
         self.config = config
         self.source = source
         self.bind_address = bind_address
-        self.sessions: list[Any] = []
+        self.sessions: list[H264LiveSession] = []
         self.snapshots_served = 0
         self.snapshot_errors = 0
         # Advertised before the camera first connects; refined once its stream is known.
@@ -58,46 +58,22 @@ class BridgeCamera:
     ) -> LiveSession:
         if not self.source.available:
             raise CameraUnavailable(f"camera {self.name!r} is {self.source.state}")
-        session: H264LiveSession
-
-        def ended() -> None:
-            self._forget(session)
-            on_end()
-
+        self.sessions = [s for s in self.sessions if not s.closed]
         session = H264LiveSession(
             subscribe=self.source.subscribe,
             stream_info=lambda: self.source.info,
             endpoints=endpoints,
-            on_end=ended,
+            on_end=on_end,
             bind_address=self.bind_address,
             mode=self.config.live_mode,
         )
         self.sessions.append(session)
-        return _Tracked(session, self._forget)
-
-    def _forget(self, session: Any) -> None:
-        if session in self.sessions:
-            self.sessions.remove(session)
+        return session
 
     def status(self) -> dict[str, Any]:
         status = self.source.status()
-        status["live_sessions"] = [s.stats() for s in self.sessions if hasattr(s, "stats")]
+        status["live_sessions"] = [
+            s.stats() for s in self.sessions if not s.closed and s.mode is not None
+        ]
         status["snapshots"] = {"served": self.snapshots_served, "errors": self.snapshot_errors}
         return status
-
-
-class _Tracked:
-    """Forwards to a live session and forgets it once stopped (so status lists live ones only)."""
-
-    def __init__(self, session: H264LiveSession, forget: Callable[[Any], None]) -> None:
-        self._session = session
-        self._forget = forget
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._session, name)
-
-    async def stop(self) -> None:
-        try:
-            await self._session.stop()
-        finally:
-            self._forget(self._session)

@@ -21,10 +21,10 @@ import pytest
 
 from accessories.backend import CameraUnavailable, StreamEndpoints, VideoRequest
 from bridge.live import H264LiveSession, choose_mode, encoder_settings
-from bridge.live.h264 import split_annexb
 from bridge.live.rtcp import parse_compound, sdes_cname, sender_report
 from bridge.live.rtp import H264Packetizer, RtpClock
 from bridge.media.fanout import PacketFanout, PacketSubscription
+from bridge.media.h264 import split_annexb
 from bridge.media.packet import StreamInfo, VideoPacket
 from tests.peers.srtp_receiver import SrtpReceiver
 

@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 
 from bridge.live import rtcp
-from bridge.live.h264 import has_parameter_sets, rtp_nals, split_annexb
 from bridge.live.rtp import RTP_HEADER_SIZE, H264Packetizer, RtpClock
 from bridge.live.srtp import AUTH_TAG_SIZE, MAX_PLAIN_PACKET, SrtpContext
+from bridge.media.h264 import has_parameter_sets, rtp_nals, split_annexb
 
 
 def rtp_packet_limit(max_mtu: int) -> int:

@@ -11,6 +11,7 @@ NAL_SEI = 6
 NAL_SPS = 7
 NAL_PPS = 8
 NAL_AUD = 9
+NAL_FILLER = 12
 
 START_CODE = b"\x00\x00\x00\x01"
 
@@ -22,22 +23,33 @@ def nal_type(nal: bytes) -> int:
 
 
 def split_annexb(data: bytes) -> list[bytes]:
-    """Split an Annex B buffer into NAL units (without start codes)."""
+    """NAL units of an Annex B byte stream, without start codes (3- or 4-byte) or empty units."""
     nals: list[bytes] = []
-    i = data.find(b"\x00\x00\x01")
-    if i < 0:
+    start = data.find(b"\x00\x00\x01")
+    if start < 0:
         return [data] if data else []
-    while i >= 0:
-        start = i + 3
-        nxt = data.find(b"\x00\x00\x01", start)
-        end = len(data) if nxt < 0 else nxt
-        # A 4-byte start code leaves one zero byte at the end of the previous NAL; trim trailing
-        # zeros (NALs never end in 0x00 thanks to the rbsp trailing bit).
-        nal = data[start:end].rstrip(b"\x00") if nxt >= 0 else data[start:end]
-        if nal:
-            nals.append(nal)
-        i = nxt
+    while start >= 0:
+        begin = start + 3
+        nxt = data.find(b"\x00\x00\x01", begin)
+        end = nxt if nxt >= 0 else len(data)
+        # trailing_zero_8bits belong to neither NAL; a 4-byte start code leaves one zero behind.
+        while end > begin and data[end - 1] == 0:
+            end -= 1
+        if end > begin:
+            nals.append(data[begin:end])
+        start = nxt
     return nals
+
+
+def rtp_nals(access_unit: bytes) -> list[bytes]:
+    """NAL units of one access unit worth putting on the wire: access unit delimiters and
+    filler only cost bandwidth (receivers find AU boundaries from the RTP marker bit)."""
+    return [n for n in split_annexb(access_unit) if nal_type(n) not in (NAL_AUD, NAL_FILLER)]
+
+
+def has_parameter_sets(nals: list[bytes]) -> bool:
+    types = {nal_type(nal) for nal in nals}
+    return NAL_SPS in types and NAL_PPS in types
 
 
 def join_annexb(nals: list[bytes]) -> bytes:
