@@ -1,0 +1,118 @@
+"""Prebuffer, fan-out and file sources (looping, non-H.264 input re-encoded once)."""
+
+from __future__ import annotations
+
+import asyncio
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from bridge.config import CameraConfig
+from bridge.media.fanout import PacketFanout
+from bridge.media.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_type, split_annexb
+from bridge.media.packet import VideoPacket
+from bridge.media.prebuffer import Prebuffer
+from bridge.media.snapshot import snapshot_jpeg
+from bridge.sources.base import RetryPolicy
+from bridge.sources.factory import make_source
+from tests.test_sources import jpeg_size, wait_for
+
+
+def packets(seconds: float, fps: int = 10, gop: int = 10, epoch: int = 0) -> list[VideoPacket]:
+    return [
+        VideoPacket(bytes(100), i / fps, i % gop == 0, epoch) for i in range(int(seconds * fps))
+    ]
+
+
+def test_prebuffer_keeps_last_seconds_from_a_keyframe() -> None:
+    buf = Prebuffer(seconds=4.0)
+    for p in packets(20):
+        buf.append(p)
+    kept = buf.packets()
+    assert kept[0].keyframe
+    assert 4.0 <= buf.duration < 5.0  # at least the asked seconds, at most one GOP more
+    assert buf.from_latest_keyframe()[0].pts == 19.0
+    assert buf.nbytes == 100 * len(kept)
+
+
+def test_prebuffer_holds_at_least_one_gop_and_restarts_on_reconnect() -> None:
+    buf = Prebuffer(seconds=1.0)
+    for p in packets(8, gop=80):  # one long GOP: never cut in the middle
+        buf.append(p)
+    assert len(buf) == 80 and buf.packets()[0].keyframe
+    buf.append(VideoPacket(b"x", 0.5, False, epoch=1))  # new connection, not a keyframe
+    assert len(buf) == 0
+    buf.append(VideoPacket(b"x", 0.6, True, epoch=1))
+    assert len(buf) == 1
+
+
+def test_prebuffer_memory_cap_drops_whole_gops() -> None:
+    buf = Prebuffer(seconds=30.0, max_bytes=2500)
+    for p in packets(10):
+        buf.append(p)
+    assert buf.nbytes <= 2500 and buf.packets()[0].keyframe
+
+
+async def test_slow_consumer_skips_to_next_keyframe() -> None:
+    fanout = PacketFanout()
+    sub = fanout.subscribe(maxsize=5)
+    for p in packets(2.3):  # 23 packets, GOP 10, into a queue of 5: overflows twice
+        fanout.publish(p)
+    got = [await anext(sub) for _ in range(sub.pending())]
+    assert [p.pts for p in got] == [2.0, 2.1, 2.2]  # resumes at the newest keyframe, decodable
+    assert got[0].keyframe and sub.dropped == 20
+    sub.close()
+    assert len(fanout) == 0
+
+
+def write_mjpeg_clip(path: Path, seconds: float = 2.0, fps: int = 10) -> None:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuvj420p"
+        for i in range(int(seconds * fps)):
+            img = np.full((240, 320, 3), (i * 12) % 255, np.uint8)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, fps)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("codec", ["mjpeg"])
+async def test_file_source_loops_and_reencodes_non_h264(tmp_path: Path, codec: str) -> None:
+    clip = tmp_path / "clip.avi"
+    write_mjpeg_clip(clip)  # like a USB webcam's MJPEG: re-encoded to H.264 once, here
+    source = make_source(CameraConfig(name="File", source=f"file://{clip}"), RetryPolicy())
+    source.start()
+    try:
+        await wait_for(lambda: source.available, 10, "the file source")
+        assert source.info is not None and (source.info.width, source.info.height) == (320, 240)
+        await wait_for(lambda: source.packets_received >= 30, 10, "a second loop of the clip")
+        assert source.state == "streaming" and source.reconnects == 0  # looped, not reopened
+        pts = [p.pts for p in source.prebuffer.packets()]
+        assert pts == sorted(pts)  # timestamps keep increasing across loops
+        keyframe = source.prebuffer.from_latest_keyframe()[0]
+        types = [nal_type(n) for n in split_annexb(keyframe.data)]
+        assert {NAL_SPS, NAL_PPS, NAL_IDR} <= set(types)
+        jpeg = await snapshot_jpeg(source.frames, source.available, 160, 120)
+        assert jpeg_size(jpeg) == (160, 120)
+    finally:
+        await source.stop()
+
+
+async def test_missing_file_is_retried_not_fatal(tmp_path: Path) -> None:
+    source = make_source(
+        CameraConfig(name="Nope", source=f"file://{tmp_path}/missing.mp4"),
+        RetryPolicy(initial=0.1, cap=0.2),
+    )
+    source.start()
+    try:
+        await wait_for(lambda: source.state == "retrying", 5, "a retry")
+        assert "No such file" in (source.last_error or "")
+    finally:
+        await source.stop()
+    await asyncio.sleep(0)
