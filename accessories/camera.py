@@ -135,7 +135,23 @@ class CameraAccessory(Accessory):
             stream.set_video_config(value)
 
     def set_motion(self, detected: bool) -> None:
-        self._motion.set_value(bool(detected))
+        self._set_now(self._motion, bool(detected))
+
+    @property
+    def motion_detected(self) -> bool:
+        return bool(self._motion.value)
+
+    def _set_now(self, char: Characteristic, value: Any) -> None:
+        """Set a sensor value and push the event at once.
+
+        HAP-python batches ordinary events in a 0.5 s window; a person at the door must reach
+        the iPhone without that delay, so these go out as immediate events.
+        """
+        if char.value == value:
+            return
+        char.set_value(value, should_notify=False)
+        if self.driver is not None and getattr(self.driver, "aio_stop_event", None) is not None:
+            self.publish(char.value, char, None, immediate=True)
 
     def add_occupancy_sensor(self, subject: str) -> None:
         """Add an OccupancySensor named ``subject`` (seam for per-subject sensors, issue #3).
@@ -152,7 +168,11 @@ class CameraAccessory(Accessory):
         self._occupancy[subject] = svc.configure_char("OccupancyDetected", value=0)
 
     def set_occupancy(self, subject: str, detected: bool) -> None:
-        self._occupancy[subject].set_value(1 if detected else 0)
+        self._set_now(self._occupancy[subject], 1 if detected else 0)
+
+    @property
+    def occupancy_subjects(self) -> list[str]:
+        return list(self._occupancy)
 
     # ---- snapshots ----
 
