@@ -11,12 +11,27 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import platformdirs
 
 from accessories.setup_code import setup_code_problem
+
+if TYPE_CHECKING:
+    from bridge.detect.config import CameraDetect, DetectConfig
+
+
+def _camera_detect_default() -> CameraDetect:
+    from bridge.detect.config import CameraDetect
+
+    return CameraDetect()
+
+
+def _detect_default() -> DetectConfig:
+    from bridge.detect.config import DetectConfig
+
+    return DetectConfig()
 
 DEFAULT_CONFIG_PATHS = (
     Path(os.environ.get("OBSCURA_CONFIG", "")) if os.environ.get("OBSCURA_CONFIG") else None,
@@ -45,6 +60,7 @@ class CameraConfig:
     input_format: str | None = None  # v4l2: mjpeg | yuyv422 | h264
     live_mode: str = "auto"  # auto | copy | transcode
     enabled: bool = True
+    detect: CameraDetect = field(default_factory=_camera_detect_default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +90,7 @@ class Config:
     status: StatusConfig = field(default_factory=StatusConfig)
     cameras: tuple[CameraConfig, ...] = ()
     demo: bool = False  # no config file: one demo camera
+    detect: DetectConfig = field(default_factory=_detect_default)
 
 
 def find_config(explicit: str | None) -> Path | None:
@@ -108,7 +125,7 @@ def load_config(path: Path) -> Config:
     return parse_config(raw, path)
 
 
-class _Reader:
+class TableReader:
     """Typed access to one TOML table that remembers which keys were used."""
 
     def __init__(self, path: Path, prefix: str, table: Any) -> None:
@@ -170,14 +187,14 @@ def _kinds(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _port(r: _Reader, name: str, default: int) -> int:
+def _port(r: TableReader, name: str, default: int) -> int:
     value = r.get(name, int, default)
     if not 0 <= value <= 65535:
         raise r.fail(name, f"must be a port number 0-65535, got {value}")
     return value
 
 
-def _address(r: _Reader, name: str, default: str) -> str:
+def _address(r: TableReader, name: str, default: str) -> str:
     value = r.get(name, str, default)
     try:
         ipaddress.ip_address(value)
@@ -188,7 +205,7 @@ def _address(r: _Reader, name: str, default: str) -> str:
     return value
 
 
-def _choice(r: _Reader, name: str, default: str, choices: tuple[str, ...]) -> str:
+def _choice(r: TableReader, name: str, default: str, choices: tuple[str, ...]) -> str:
     value = r.get(name, str, default)
     if value not in choices:
         raise r.fail(name, f"must be one of {', '.join(choices)}; got {value!r}")
@@ -196,8 +213,8 @@ def _choice(r: _Reader, name: str, default: str, choices: tuple[str, ...]) -> st
 
 
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
-    top = _Reader(path, "", raw)
-    bridge = _Reader(path, "bridge", top.get("bridge", dict, {}))
+    top = TableReader(path, "", raw)
+    bridge = TableReader(path, "bridge", top.get("bridge", dict, {}))
     name = bridge.get("name", str, "Obscura").strip()
     if not name or len(name) > 64:
         raise bridge.fail("name", "must be 1 to 64 characters")
@@ -212,7 +229,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     log_level = _choice(bridge, "log_level", "info", ("debug", "info", "warning", "error"))
     bridge.check_unknown()
 
-    hap_r = _Reader(path, "hap", top.get("hap", dict, {}))
+    hap_r = TableReader(path, "hap", top.get("hap", dict, {}))
     setup_code = hap_r.get("setup_code", str, None)
     if setup_code is not None and (problem := setup_code_problem(setup_code)):
         raise hap_r.fail("setup_code", problem)
@@ -234,7 +251,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     )
     hap_r.check_unknown()
 
-    status_r = _Reader(path, "status", top.get("status", dict, {}))
+    status_r = TableReader(path, "status", top.get("status", dict, {}))
     status = StatusConfig(
         enabled=status_r.get("enabled", bool, True),
         address=_address(status_r, "address", "127.0.0.1"),
@@ -242,8 +259,11 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     )
     status_r.check_unknown()
 
+    from bridge.detect.config import parse_detect
+
+    detect = parse_detect(path, top.get("detect", dict, {}))
     cams_raw = top.get("cameras", list, [])
-    cameras = tuple(_camera(path, i, c) for i, c in enumerate(cams_raw))
+    cameras = tuple(_camera(path, i, c, detect) for i, c in enumerate(cams_raw))
     seen: dict[str, int] = {}
     for i, cam in enumerate(cameras):
         folded = cam.name.casefold()
@@ -254,7 +274,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                 f"duplicate camera name {cam.name!r} (also cameras[{seen[folded]}])",
             )
         seen[folded] = i
-    top.used.update({"storage", "detect"})  # owned by later features; validated there
+    top.used.add("storage")  # issue #4's table
     top.check_unknown()
     return Config(
         path=path,
@@ -264,11 +284,14 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         hap=hap,
         status=status,
         cameras=cameras,
+        detect=detect,
     )
 
 
-def _camera(path: Path, index: int, raw: Any) -> CameraConfig:
-    r = _Reader(path, f"cameras[{index}]", raw)
+def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> CameraConfig:
+    from bridge.detect.config import parse_camera_detect
+
+    r = TableReader(path, f"cameras[{index}]", raw)
     name = r.get("name", str, None)
     if name is None:
         raise r.fail("name", "is required (the name shown in the Home app)")
@@ -305,13 +328,13 @@ def _camera(path: Path, index: int, raw: Any) -> CameraConfig:
         input_format=_choice_opt(r, "input_format", ("mjpeg", "yuyv422", "h264")),
         live_mode=_choice(r, "live_mode", "auto", ("auto", "copy", "transcode")),
         enabled=r.get("enabled", bool, True),
+        detect=parse_camera_detect(path, r.prefix, r, detect_defaults),
     )
-    r.used.update({"detect", "zones", "subjects"})  # issue #3's keys
     r.check_unknown()
     return cam
 
 
-def _choice_opt(r: _Reader, name: str, choices: tuple[str, ...]) -> str | None:
+def _choice_opt(r: TableReader, name: str, choices: tuple[str, ...]) -> str | None:
     if name not in r.table:
         r.used.add(name)
         return None

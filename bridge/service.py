@@ -12,6 +12,7 @@ from typing import Any
 from accessories.bridge import HomeKitBridge
 from bridge.camera import BridgeCamera
 from bridge.config import Config
+from bridge.detect.service import DetectionService
 from bridge.pairing import resolve_setup_code
 from bridge.sources.base import CameraSource
 from bridge.sources.factory import make_source
@@ -32,6 +33,7 @@ class BridgeService:
         self.sources: list[CameraSource] = []
         self.cameras: list[BridgeCamera] = []
         self.homekit: HomeKitBridge | None = None
+        self.detection: DetectionService | None = None
         self._status_runner: Any = None
 
     async def start(self) -> None:
@@ -57,9 +59,12 @@ class BridgeService:
         for camera, accessory in zip(self.cameras, self.homekit.cameras, strict=True):
             camera.source.on_availability(_availability_handler(camera, accessory))
             accessory.set_camera_available(False)
+        self.detection = DetectionService(config, self.cameras, self.homekit.cameras)
+        self.detection.add_sensors()
         for source in self.sources:
             source.start()
         await self.homekit.start()
+        await self.detection.start()
         if config.status.enabled:
             self._status_runner = await start_status_server(
                 self.status, config.status.address, config.status.port
@@ -76,6 +81,8 @@ class BridgeService:
     async def stop(self) -> None:
         if self._status_runner is not None:
             await self._status_runner.cleanup()
+        if self.detection is not None:
+            await self.detection.stop()
         if self.homekit is not None:
             await self.homekit.stop()
         await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
@@ -92,8 +99,15 @@ class BridgeService:
                 "paired_controllers": homekit.paired_count if homekit else 0,
                 "advertise": self.config.hap.advertise,
             },
-            "cameras": [c.status() for c in self.cameras],
+            "cameras": [self._camera_status(c) for c in self.cameras],
+            "detection": self.detection.summary() if self.detection else None,
         }
+
+    def _camera_status(self, camera: BridgeCamera) -> dict[str, Any]:
+        status = camera.status()
+        if self.detection is not None:
+            status["detection"] = self.detection.status(camera.name)
+        return status
 
 
 def _availability_handler(camera: BridgeCamera, accessory: Any) -> Any:

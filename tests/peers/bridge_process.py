@@ -34,7 +34,13 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def write_config(path: Path, cameras: list[CameraSpec], hap_port: int, status_port: int) -> None:
+def write_config(
+    path: Path,
+    cameras: list[CameraSpec],
+    hap_port: int,
+    status_port: int,
+    detect: dict[str, Any] | None = None,
+) -> None:
     lines = [
         "[bridge]",
         'name = "Obscura Test"',
@@ -49,6 +55,13 @@ def write_config(path: Path, cameras: list[CameraSpec], hap_port: int, status_po
         "[status]",
         'address = "127.0.0.1"',
         f"port = {status_port}",
+        "",
+        "[detect]",
+        *(
+            [f"{k} = {_toml_value(v)}" for k, v in detect.items()]
+            if detect is not None
+            else ["enabled = false  # most tests are about video; detection tests turn it on"]
+        ),
     ]
     for cam in cameras:
         lines += [
@@ -63,7 +76,9 @@ def write_config(path: Path, cameras: list[CameraSpec], hap_port: int, status_po
 
 
 class BridgeProcess:
-    def __init__(self, workdir: Path, cameras: list[CameraSpec]) -> None:
+    def __init__(
+        self, workdir: Path, cameras: list[CameraSpec], detect: dict[str, Any] | None = None
+    ) -> None:
         self.workdir = workdir
         self.cameras = cameras
         self.hap_port = free_port()
@@ -72,7 +87,7 @@ class BridgeProcess:
         self.log = workdir / "bridge.log"
         self.setup_code = SETUP_CODE
         self.proc: subprocess.Popen[bytes] | None = None
-        write_config(self.config, cameras, self.hap_port, self.status_port)
+        write_config(self.config, cameras, self.hap_port, self.status_port, detect)
 
     def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
