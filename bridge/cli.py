@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--snapshot", metavar="FILE.jpg", help="also save a snapshot")
     probe.add_argument("--seconds", type=float, default=3.0, help="how long to watch (default 3)")
     probe.set_defaults(func=cmd_camera)
+
+    from bridge.detect.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Detection: motion gate, detector plugins, tracker, zones."""

@@ -1,0 +1,1 @@
+"""Model conversion (a development/CLI tool: needs the `onnx` package, the runtime does not)."""

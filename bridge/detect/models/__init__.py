@@ -1,0 +1,1 @@
+"""Bundled detector models and their labels/notices (data; see models.json, NOTICE.md)."""
