@@ -90,6 +90,8 @@ def write_crossing_clip(
             out.mux(packet)
     half = sw / 2 / speed
     return Truth(
-        enters=enter_at + half, leaves=enter_at + cross_seconds - half,
-        y0=top / height, y1=(top + sh) / height,
+        enters=enter_at + half,
+        leaves=enter_at + cross_seconds - half,
+        y0=top / height,
+        y1=(top + sh) / height,
     )
