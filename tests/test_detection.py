@@ -53,7 +53,7 @@ def test_one_visit_is_one_event_with_the_true_start_and_end(
     assert abs(start["started_at"] - truth.enters) <= 1.0
     assert abs(end["ended_at"] - truth.leaves) <= 1.0
     assert end["best_score"] >= 0.6
-    x0, y0, x1, y1 = end["box"]
+    _, y0, _, y1 = end["box"]
     assert abs(y0 - truth.y0) < 0.1 and abs(y1 - truth.y1) < 0.1  # the box is on the person
     assert {e["track_id"] for e in events} == {start["track_id"]}
 
