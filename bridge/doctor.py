@@ -42,6 +42,16 @@ def doctor(config: Config, url: str | None) -> int:
     if not hap["paired_controllers"]:
         print("          not paired yet: run `obscura pair` and scan the code in the Home app")
     problems = 0
+    detection = status.get("detection") or {}
+    if detection.get("error"):
+        problems += 1
+        print(f"detection OFF: {detection['error']}")
+        print("          cameras keep streaming; fix [detect] in the configuration and restart")
+    elif detection.get("enabled"):
+        avg = detection.get("inference_ms_avg")
+        timing = f", {avg:.0f} ms per inference" if avg else ""
+        calls = detection["inference_calls"]
+        print(f"detection {detection['model']}: {calls} inference(s){timing}")
     for cam in status["cameras"]:
         video = cam["video"]
         if cam["state"] == "streaming" and video:
@@ -57,6 +67,15 @@ def doctor(config: Config, url: str | None) -> int:
             f"camera    {cam['name']!r} ({cam['source']}): {detail}; "
             f"{sessions} live viewer(s), {cam['reconnects']} reconnect(s)"
         )
+        det = cam.get("detection") or {}
+        if det.get("enabled"):
+            recent = det.get("events_recent") or []
+            last = f"; last: {recent[-1]['subject']}" if recent else ""
+            subjects = ", ".join(det["subjects"])
+            print(
+                f"          detecting {subjects}: {det['frames_analysed']} frames analysed, "
+                f"{det['detector_calls']} detector runs, {det['events']} event(s){last}"
+            )
     return 1 if problems else 0
 
 

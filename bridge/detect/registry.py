@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,10 @@ from bridge.detect.detectors.base import (
     BUNDLED_DIR,
     Detector,
     ModelError,
+    file_sha256,
     load_detector,
     read_labels,
+    verify_sha256,
 )
 
 MANIFEST = BUNDLED_DIR / "models.json"
@@ -148,10 +150,10 @@ def list_models(user_dir: Path | None = None) -> list[ModelInfo]:
 
 def model_info(name: str, user_dir: Path | None = None, *, verify: bool = True) -> ModelInfo:
     """One model by name (or by path to an .onnx file); verify=True checks/computes sha256."""
-    from bridge.detect.convert.nanodet import sha256  # stdlib-only module body; no onnx needed
-
     candidate = Path(name)
-    if candidate.suffix == ".onnx" and candidate.is_file():
+    if candidate.suffix == ".onnx" or "/" in name:
+        if not candidate.is_file():
+            raise ModelError(f"model file {candidate} not found")
         info = _user_model(candidate)
     else:
         info = next((m for m in list_models(user_dir) if m.name == name), None)
@@ -162,18 +164,10 @@ def model_info(name: str, user_dir: Path | None = None, *, verify: bool = True) 
         raise ModelError(f"model {info.name}: file {info.path} not found")
     if not verify:
         return info
-    digest = sha256(info.path)
-    if info.sha256 and digest != info.sha256:
-        raise ModelError(
-            f"model file {info.path} is corrupt: sha256 {digest}, expected {info.sha256}"
-        )
-    return _replace(info, sha256=digest, size_bytes=info.path.stat().st_size)
-
-
-def _replace(info: ModelInfo, **changes: Any) -> ModelInfo:
-    from dataclasses import replace
-
-    return replace(info, **changes)
+    if info.sha256:
+        verify_sha256(info.path, info.sha256)
+        return replace(info, size_bytes=info.path.stat().st_size)
+    return replace(info, sha256=file_sha256(info.path), size_bytes=info.path.stat().st_size)
 
 
 def load_model(

@@ -107,7 +107,8 @@ class DetectionService:
         log.info(
             "detecting %s with %s on %d camera(s)",
             ", ".join(sorted({s for c, _ in wanted for s in c.config.detect.subjects})),
-            detect.model, len(wanted),
+            detect.model,
+            len(wanted),
         )
 
     def _start_camera(self, camera: BridgeCamera, loop: asyncio.AbstractEventLoop) -> None:
@@ -137,8 +138,11 @@ class DetectionService:
         if event.kind in ("start", "end"):
             log.info(
                 "%s: %s %s (track %d, best score %.2f)",
-                event.camera, event.subject, "arrived" if event.kind == "start" else "left",
-                event.track_id, event.best_score,
+                event.camera,
+                event.subject,
+                "arrived" if event.kind == "start" else "left",
+                event.track_id,
+                event.best_score,
             )
         for listener in self._listeners:
             listener(event)

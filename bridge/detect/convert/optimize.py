@@ -3,8 +3,8 @@
 The literal translation wraps every NHWC op (Conv2D, MaxPool, ResizeBilinear) in a pair of
 Transposes. Pushing transposes down through elementwise ops and cancelling inverse pairs
 removes nearly all of them; then zero Pads and bias Adds fold into the Conv that uses them.
-Each pass only rewires tensors whose single consumer is the rewritten node, so no value that
-another node (or a graph output) sees ever changes.
+A transpose is only moved when the rewritten node is its sole consumer, so no tensor that
+another node or a graph output reads ever changes value.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def _resolve(rename: dict[str, str], name: str) -> str:
 
 
 def _push_transposes(g: Graph) -> bool:
-    """Move a Transpose below its only consumer when that consumer is layout-agnostic."""
+    """Move a Transpose below its only consumer when that consumer is layout-agnostic
+    (elementwise, Pad, or Concat/binary ops whose other inputs carry the same Transpose)."""
     users = g.consumers()
     prod = g.producer()
     for t in g.nodes:
@@ -81,6 +82,8 @@ def _push_transposes(g: Graph) -> bool:
         inner = g.unique(f"{user.name}/nchw")
         g.shapes[inner] = _inverse_shape(g.shapes[user.outputs[0]], perm)
         user.inputs = new_inputs
+        if user.op == "Concat":  # concatenating permuted tensors along a = along perm[a]
+            user.attrs["axis"] = perm[user.attrs["axis"] % len(perm)]
         out = user.outputs[0]
         user.outputs = [inner]
         t.inputs, t.outputs = [inner], [out]
@@ -111,14 +114,14 @@ def _permuted_inputs(
     if user.op == "Pad" and user.inputs[0] == t.outputs[0] and user.inputs[1] in g.consts:
         pads = g.add_const(f"{user.inputs[1]}/nchw", _permute_pads(g.consts[user.inputs[1]], perm))
         return [t.inputs[0], pads, *user.inputs[2:]]
-    if user.op not in ELEMENTWISE_BINARY:
+    if user.op not in ELEMENTWISE_BINARY and user.op != "Concat":
         return None
     inverse = list(np.argsort(perm))
     out = []
     for name in user.inputs:
         if name == t.outputs[0]:
             out.append(t.inputs[0])
-        elif name in g.consts:
+        elif name in g.consts and user.op != "Concat":
             c = g.consts[name]
             c = c.reshape((1,) * (len(perm) - c.ndim) + c.shape).transpose(inverse)
             out.append(g.add_const(f"{name}/nchw", np.ascontiguousarray(c)))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bridge.detect.convert.ir import ConversionError
+from bridge.detect.convert.tfjs import TF_DTYPES
 
 if TYPE_CHECKING:
     from bridge.detect.convert.onnx_builder import Builder
@@ -52,8 +53,6 @@ FOLD: dict[str, Callable[..., np.ndarray]] = {
 
 def fold(b: Builder, node: TfNode, args: list[np.ndarray]) -> np.ndarray | None:
     if node.op == "Cast":
-        from bridge.detect.convert.tfjs import TF_DTYPES
-
         return args[0].astype(TF_DTYPES[node.attr("DstT")])
     if node.op == "ConcatV2":
         return np.concatenate(args[:-1], axis=int(args[-1]))

@@ -92,15 +92,18 @@ def labels_from_metadata(meta: dict[str, str]) -> tuple[str, ...] | None:
     return None
 
 
-def verify_sha256(path: Path, expected: str) -> None:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    if h.hexdigest() != expected:
-        raise ModelError(
-            f"model file {path} is corrupt: sha256 {h.hexdigest()}, expected {expected}"
-        )
+    return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    digest = file_sha256(path)
+    if digest != expected:
+        raise ModelError(f"model file {path} is corrupt: sha256 {digest}, expected {expected}")
 
 
 def load_detector(
