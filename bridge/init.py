@@ -32,6 +32,10 @@ advertise = true              # announce the bridge over mDNS (Bonjour)
 address = "127.0.0.1"         # local status API read by `obscura doctor` (/status, /metrics)
 port = 8089
 
+[detect]
+enabled = true                # on-device detection: person, vehicle, animal (package: custom model)
+fps = 5
+
 # One [[cameras]] block per camera. Sources:
 #   rtsp://user:pass@192.168.1.20:554/stream1   IP camera (H.264 is copied, not re-encoded)
 #   v4l2:///dev/video0                          USB camera (MJPEG/YUYV are encoded to H.264)
@@ -43,6 +47,7 @@ CAMERA = """
 [[cameras]]
 name = {name}
 source = {source}
+# subjects = ["person", "vehicle", "animal"]  # what notifies (detected on this box)
 # rtsp_transport = "tcp"      # or "udp"
 # prebuffer_seconds = 4       # video kept for instant live view and clip pre-roll
 # live_mode = "auto"          # auto: copy H.264 when it fits the request, else transcode

@@ -33,6 +33,7 @@ name = "Garage"
 source = "demo:"
 """
 
+CAM = '[[cameras]]\nname = "A"\nsource = "demo:"\n'
 BAD = [
     ("[hap]\nport = 70000\n", "hap.port", "port number"),
     ('[hap]\nport = "51826"\n', "hap.port", "must be an integer"),
@@ -66,6 +67,19 @@ BAD = [
         "one of tcp, udp",
     ),
     ('cameras = "demo:"\n', "cameras", "must be an array"),
+    (CAM + 'subjects = ["person", "ghost"]\n', "cameras[0].subjects", "unknown subject 'ghost'"),
+    (CAM + 'motion_sensor = "always"\n', "cameras[0].motion_sensor", "subjects, motion, off"),
+    (CAM + "detect = { min_scor = 0.5 }\n", "cameras[0].detect.min_scor", "unknown key"),
+    (CAM + "detect = { min_score = 1.5 }\n", "cameras[0].detect.min_score", "from 0.0 to 1.0"),
+    (
+        CAM + 'zones = [{ name = "A", polygon = [[0, 0], [1, 0]] }]\n',
+        "cameras[0].zones[0].polygon",
+        "",
+    ),
+    (CAM + 'zones = [{ name = "A" }]\n', "cameras[0].zones[0].polygon", "is required"),
+    ('[detect]\nlabels = { parcel = "box" }\n', "detect.labels.parcel", "not a subject"),
+    ("[detect]\nthreads = 0\n", "detect.threads", "between 1 and 64"),
+    ('[detect]\nmodel_type = "ssd"\n', "detect.model_type", "nanodet or yolo"),
     ("[hap\nport = 1\n", "", "not valid TOML"),
 ]
 
