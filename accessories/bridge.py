@@ -40,6 +40,7 @@ from pyhap.hap_server import HAPServer
 from .backend import CameraBackend
 from .camera import CameraAccessory, firmware_revision
 from .setup_payload import load_setup_id, setup_uri, validate_setup_code
+from .srp import PaddedSrpServer
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ class ObscuraDriver(AccessoryDriver):
         if port == 0:  # State turns 0 into its default port; bind an ephemeral one instead
             self.http_server = _AnyPortServer((address, 0), self)
         self.cameras: list[CameraAccessory] = []
+
+    def setup_srp_verifier(self) -> None:
+        self._srp_verifier = PaddedSrpServer(self.state.pincode)
 
     def persist(self) -> None:
         # HAP-python writes through a mkstemp file (0600) then renames it; enforce the mode
