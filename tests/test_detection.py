@@ -88,6 +88,19 @@ def test_outside_the_zone_or_an_unchosen_subject_raises_nothing(
     assert detect(path, "--config", str(cars_only), "--camera", "Yard") == []
 
 
+def shows_a_person(jpeg: bytes) -> bool:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from bridge.detect.registry import load_model
+
+    rgb = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+    with load_model("nanodet-m", threads=1) as detector:
+        return any(d.label == "person" and d.score > 0.5 for d in detector.detect(rgb))
+
+
 def occupancy_sensors(accessories: list[dict[str, Any]], aid: int) -> dict[str, tuple[int, int]]:
     """Subject name -> OccupancyDetected key, from each OccupancySensor's Name."""
     found = {}
@@ -140,6 +153,9 @@ async def test_homekit_sees_motion_and_person_occupancy_come_and_go(
             await log.subscribe([*motion.values(), *occupancy.values()])
             await log.wait_for(motion[front], True, timeout_s=60)
             arrived = time.monotonic()
+            # The snapshot the iPhone fetches for the notification shows the person.
+            jpeg = await paired.pairing.image(front, 640, 360)
+            assert jpeg is not None and shows_a_person(jpeg)
             await log.wait_for(occupancy["person"], 1, timeout_s=5)
             await log.wait_for(motion[front], False, timeout_s=30)
             await log.wait_for(occupancy["person"], 0, timeout_s=5)

@@ -116,3 +116,37 @@ async def test_missing_file_is_retried_not_fatal(tmp_path: Path) -> None:
     finally:
         await source.stop()
     await asyncio.sleep(0)
+
+
+def _merge(packets: list[tuple[bytes, float, bool]]) -> list[tuple[tuple[bytes, float, bool], int]]:
+    """Run the keyframe merger; record how many input packets it had read at each output."""
+    from bridge.sources.av_input import _merge_split_keyframes
+
+    read = 0
+
+    def source():  # type: ignore[no-untyped-def]
+        nonlocal read
+        for packet in packets:
+            read += 1
+            yield packet
+
+    return [(out, read) for out in _merge_split_keyframes(source())]
+
+
+def test_split_keyframes_are_joined() -> None:
+    # Like gst-rtsp-server with config-interval: SPS/PPS before each IDR slice splits the AU.
+    gop = [(b"\x00\x00\x00\x01\x65A", 0.0, True), (b"\x00\x00\x00\x01\x65B", 0.0, True)]
+    out = _merge([*gop, (b"P", 0.1, False), *[(d, t + 1, k) for d, t, k in gop]])
+    assert [o[0] for o in out] == [
+        (gop[0][0] + gop[1][0], 0.0, True), (b"P", 0.1, False), (gop[0][0] + gop[1][0], 1.0, True)
+    ]
+
+
+def test_whole_keyframes_stop_being_held_back() -> None:
+    packets = [(b"K" if i % 5 == 0 else b"P", i / 10, i % 5 == 0) for i in range(40)]
+    out = _merge(packets)
+    assert [o[0] for o in out] == packets  # nothing lost, nothing merged
+    key_reads = [read for (packet, read) in out if packet[2]]
+    key_inputs = [i + 1 for i, p in enumerate(packets) if p[2]]
+    assert key_reads[:3] == [n + 1 for n in key_inputs[:3]]  # first ones: held one packet
+    assert key_reads[4:] == key_inputs[4:]  # then passed on as soon as read (no frame of delay)

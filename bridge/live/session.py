@@ -341,7 +341,9 @@ class H264LiveSession:
                         # sessions, RTCP, and receivers sharing this host keep up.
                         await asyncio.sleep(0)
                 else:
-                    self._feed_transcoder(packet, newest)
+                    # One more packet waiting is jitter (packets often arrive in pairs), not
+                    # a backlog: encode this frame rather than drop it.
+                    self._feed_transcoder(packet, (pending <= 1 and not catching_up) or newest)
                 if newest:
                     catching_up = False
         except SourceEnded:

@@ -159,7 +159,7 @@ class _Worker:
             for frame, pts, epoch in self.decode(packet):
                 if o._stop.is_set():
                     return
-                current = newest and o._queue.empty()
+                current = newest and o._queue.qsize() <= 1  # one waiting packet is jitter
                 stalled = time.monotonic() - self.last_encode_wall >= o._max_stall
                 if (current or stalled) and self.due(pts, epoch):
                     self.encode(frame, pts, epoch)

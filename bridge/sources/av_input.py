@@ -175,21 +175,37 @@ def _merge_split_keyframes(
     """Join the pieces of one access unit that FFmpeg hands over as separate packets.
 
     Cameras that repeat SPS/PPS in front of every IDR slice make FFmpeg's parser split a
-    keyframe into several packets with the same timestamp. A keyframe is therefore held until
-    the next packet shows whether more of it follows (one frame of delay, once per GOP), so
-    every consumer sees whole keyframes it can start from.
+    keyframe into several packets with the same timestamp, and a consumer starting at the
+    first piece would see half a picture. Holding a keyframe until the next packet shows
+    whether more of it follows costs one frame of delay per GOP, so it is done only while
+    the camera has been seen to split (and for its first keyframes, until it has shown it
+    does not).
     """
     held: tuple[bytes, float, bool] | None = None
+    hold = True
+    clean = 0  # keyframes in a row that turned out whole
+    last_key_pts: float | None = None
     for data, pts, key in packets:
         if held is not None:
             if pts == held[1]:
                 held = (held[0] + data, pts, True)
+                clean = -1  # this camera splits keyframes
                 continue
             yield held
             held = None
+            clean += 1
+            if clean >= 3:
+                hold = False
+        elif pts == last_key_pts:
+            # A split keyframe we did not hold for: send the rest on, and hold from now on.
+            hold, clean = True, 0
+            yield data, pts, False
+            continue
         if key:
-            held = (data, pts, key)
-        else:
-            yield data, pts, key
+            last_key_pts = pts
+            if hold:
+                held = (data, pts, key)
+                continue
+        yield data, pts, key
     if held is not None:
         yield held

@@ -80,9 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def encoder_chain(a: argparse.Namespace) -> str:
     # zerolatency: no B-frames, no lookahead -> frames leave the encoder as they arrive, like an
     # IP camera. superfast is cheap enough for several 720p cameras on two cores and, unlike
-    # ultrafast (no CABAC), really produces Main profile.
+    # ultrafast (no CABAC), really produces Main profile. No scene-cut keyframes: a camera's
+    # GOP is fixed, and busy test patterns would otherwise get a keyframe every few frames.
     return (
         f"x264enc tune=zerolatency speed-preset=superfast key-int-max={a.gop} "
+        "option-string=scenecut=0 "
         f"bitrate={a.bitrate} ! video/x-h264,profile={a.profile} "
         "! rtph264pay name=pay0 pt=96 config-interval=-1"
     )
