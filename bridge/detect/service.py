@@ -117,7 +117,7 @@ class DetectionService:
         cfg = camera.config.detect
 
         def on_event(event: TrackEvent) -> None:
-            loop.call_soon_threadsafe(self._on_event, sensors, event)
+            loop.call_soon_threadsafe(self._on_event, sensors, event, time.time())
 
         def on_motion(moving: bool) -> None:
             loop.call_soon_threadsafe(sensors.raw_motion, moving)
@@ -131,9 +131,10 @@ class DetectionService:
         runner.start()
         self.runners[camera.name] = runner
 
-    def _on_event(self, sensors: SensorState, event: TrackEvent) -> None:
+    def _on_event(self, sensors: SensorState, event: TrackEvent, detected_at: float) -> None:
         sensors.apply(event)
         record = event.as_dict()
+        record["detected_at"] = detected_at  # wall clock: when the pipeline produced it
         self.recent.append(record)
         if event.kind in ("start", "end"):
             log.info(
