@@ -20,6 +20,7 @@ from accessories.setup_code import setup_code_problem
 
 if TYPE_CHECKING:
     from bridge.detect.config import CameraDetect, DetectConfig
+    from bridge.store.config import StorageConfig
 
 
 def _camera_detect_default() -> CameraDetect:
@@ -91,6 +92,7 @@ class Config:
     cameras: tuple[CameraConfig, ...] = ()
     demo: bool = False  # no config file: one demo camera
     detect: DetectConfig = field(default_factory=_detect_default)
+    storage: StorageConfig | None = None  # None: no recording
 
 
 def find_config(explicit: str | None) -> Path | None:
@@ -274,7 +276,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
                 f"duplicate camera name {cam.name!r} (also cameras[{seen[folded]}])",
             )
         seen[folded] = i
-    top.used.add("storage")  # issue #4's table
+    from bridge.store.config import parse_storage
+
+    storage = parse_storage(path, top.get("storage", dict, None))
     top.check_unknown()
     return Config(
         path=path,
@@ -285,6 +289,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         status=status,
         cameras=cameras,
         detect=detect,
+        storage=storage,
     )
 
 

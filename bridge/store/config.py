@@ -1,0 +1,99 @@
+"""[storage] in the TOML configuration: where encrypted clips go and to whose keys.
+
+```toml
+[storage]
+bucket = "file:///var/lib/obscura/bucket"  # or s3://bucket/prefix?endpoint=…&region=…
+recipients = ["age1…"]                     # the owner's public keys; the bridge holds no secret
+retention_days = 10
+credentials_file = "/etc/obscura/s3.env"   # S3 keys (mode 0600); else the environment
+```
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from bridge.config import ConfigError, TableReader
+
+BUCKET_SCHEMES = ("file", "s3", "gs", "gcs", "az", "azure")
+_RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConfig:
+    bucket: str
+    recipients: tuple[str, ...]
+    retention_days: float = 10.0
+    credentials_file: Path | None = None
+    spool_dir: Path | None = None  # default: state_dir/spool
+    spool_max_mb: int = 2048
+    pre_roll_seconds: float = 4.0
+    post_roll_seconds: float = 5.0
+    max_clip_seconds: float = 60.0
+    heartbeat_seconds: float = 300.0
+
+
+def parse_storage(path: Path, raw: Any) -> StorageConfig | None:
+    """None when there is no [storage] table: the bridge then records nothing (and says so)."""
+    if raw is None:
+        return None
+    r = TableReader(path, "storage", raw)
+    bucket = r.get("bucket", str, None)
+    if not bucket:
+        raise r.fail("bucket", "is required: file:///path or s3://bucket/prefix?endpoint=…")
+    scheme = urlsplit(bucket).scheme
+    if scheme not in BUCKET_SCHEMES:
+        raise r.fail("bucket", f"unsupported bucket {scheme or bucket!r}: use file:// or s3://")
+    recipients = r.get("recipients", list, [])
+    for i, recipient in enumerate(recipients):
+        if not isinstance(recipient, str) or not _RECIPIENT.match(recipient.strip()):
+            raise ConfigError(
+                path, f"storage.recipients[{i}]",
+                "must be an age public key (age1…, from `obscura keys generate` or age-keygen)",
+            )
+    if not recipients:
+        raise r.fail(
+            "recipients",
+            "no recipient: clips cannot be encrypted to anyone, so nothing would be recorded; "
+            "run `obscura keys generate` and add the printed age1… key here",
+        )
+    retention = r.get("retention_days", float, 10.0)
+    if not 0.01 <= retention <= 3650:
+        raise r.fail("retention_days", f"must be between 0.01 and 3650 days, got {retention}")
+    creds = r.get("credentials_file", str, None)
+    spool = r.get("spool_dir", str, None)
+    spool_mb = r.get("spool_max_mb", int, 2048)
+    if spool_mb < 16:
+        raise r.fail("spool_max_mb", f"must be at least 16, got {spool_mb}")
+    config = StorageConfig(
+        bucket=bucket,
+        recipients=tuple(dict.fromkeys(x.strip() for x in recipients)),
+        retention_days=retention,
+        credentials_file=_path(path, creds),
+        spool_dir=_path(path, spool),
+        spool_max_mb=spool_mb,
+        pre_roll_seconds=_seconds(r, "pre_roll_seconds", 4.0, 0.0, 30.0),
+        post_roll_seconds=_seconds(r, "post_roll_seconds", 5.0, 0.0, 60.0),
+        max_clip_seconds=_seconds(r, "max_clip_seconds", 60.0, 5.0, 600.0),
+        heartbeat_seconds=_seconds(r, "heartbeat_seconds", 300.0, 5.0, 86400.0),
+    )
+    r.check_unknown()
+    return config
+
+
+def _path(config_path: Path, value: str | None) -> Path | None:
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (config_path.parent / p).resolve()
+
+
+def _seconds(r: TableReader, name: str, default: float, lo: float, hi: float) -> float:
+    value = r.get(name, float, default)
+    if not lo <= value <= hi:
+        raise r.fail(name, f"must be between {lo:g} and {hi:g} seconds, got {value}")
+    return value
