@@ -1,0 +1,472 @@
+"""A durable local spool of ciphertext objects waiting for upload.
+
+    entry = spool.create()              # dir/incoming/<id>.part, mode 0600
+    entry.write(chunk) ...              # e.g. AgeWriter(recipients, entry)
+    item = entry.commit(name, "clip", {"seq": 7})
+
+Layout: `incoming/<id>.part` while written; `ready/<id>.data` + `ready/<id>.json` once committed.
+The sidecar JSON is the commit marker and is renamed into ready/ last, then ready/ is fsync'd:
+a crash at any point leaves either no entry or a complete one. On start-up `incoming/` is emptied
+(partial writes from a crash) and a `.data` without its sidecar (a crash mid-commit) is removed.
+
+Ids start with the creation time in nanoseconds, so sorting by id is oldest first. Eviction (size
+cap, checked at each commit) takes the oldest ready entries that the uploader has not claimed, logs
+a loud warning and hands them to `on_evict(items)` (called in the committing thread) so the caller
+can record that those clips are lost.
+
+All methods block on the disk (fsync): call them from a worker thread (asyncio.to_thread), as the
+recorder's encryption thread and the uploader do. The spool is thread-safe.
+
+The sidecar's `meta` is stored in plaintext on the bridge's disk until the upload: keep it to what
+the caller needs to finish the job (e.g. a manifest sequence number), not camera names or labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from bridge.store.backends.file import fsync_dir
+from bridge.store.bucket import check_name
+
+log = logging.getLogger(__name__)
+
+KINDS = frozenset({"clip", "thumbnail", "manifest"})
+_ID = re.compile(r"^\d{20}-[0-9a-f]{8}$")
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_HASH_CHUNK = 1 << 20
+
+
+class SpoolFull(RuntimeError):
+    """The spool's disk is full: the entry being written was dropped, nothing else was touched."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolItem:
+    """A committed entry, ready for upload."""
+
+    id: str
+    object_name: str
+    kind: str
+    size: int
+    sha256: str
+    committed_at: float
+    attempts: int = 0
+    last_error: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    data_path: Path = Path()
+
+    def sidecar(self) -> dict[str, Any]:
+        return {
+            "v": 1,
+            "object": self.object_name,
+            "kind": self.kind,
+            "size": self.size,
+            "sha256": self.sha256,
+            "committed_at": self.committed_at,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "meta": self.meta,
+        }
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    evicted_count: int = 0
+    evicted_bytes: int = 0
+    quarantined: int = 0
+    recovered_partials: int = 0
+
+
+def _is_full(e: OSError) -> bool:
+    return e.errno in _FULL_ERRNOS
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write and fsync a new small file (O_EXCL: never through an existing one)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        _write_all(fd, json.dumps(obj, separators=(",", ":")).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class SpoolEntry:
+    """A file being written into the spool: a binary sink (write/flush) that hashes as it goes."""
+
+    def __init__(self, spool: Spool, entry_id: str) -> None:
+        self._spool = spool
+        self.id = entry_id
+        self.path = spool.incoming / f"{entry_id}.part"
+        self._fd: int | None = os.open(
+            self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
+        )
+        self._sha = hashlib.sha256()
+        self.size = 0
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._fd is None:
+            raise ValueError("spool entry is closed")
+        try:
+            _write_all(self._fd, data)
+        except OSError as e:
+            if _is_full(e):
+                written = self.size
+                self.abort()
+                raise self._spool.full_error(f"after {written} bytes of this entry") from e
+            raise
+        n = len(memoryview(data).cast("B"))
+        self._sha.update(data)
+        self.size += n
+        self._spool._incoming_grew(n)
+        return n
+
+    def flush(self) -> None:
+        """Data goes straight to the file (no user-space buffer); commit() fsyncs it."""
+
+    def tell(self) -> int:
+        return self.size
+
+    def commit(self, object_name: str, kind: str, meta: dict[str, Any] | None = None) -> SpoolItem:
+        """Make the entry durable and ready for upload under `object_name` (fixed from now on:
+        every retry, even after a crash, re-uploads the same name)."""
+        if self._done or self._fd is None:
+            raise ValueError("spool entry already committed or aborted")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+        check_name(object_name)
+        spool = self._spool
+        if spool.has_object(object_name):  # one name, one object: a reuse would overwrite
+            raise ValueError(f"{object_name} is already waiting in the spool")
+        sidecar_tmp = spool.incoming / f"{self.id}.json"
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            size = self.path.stat().st_size
+            # Someone wrote to entry.path directly: hash what is on disk instead.
+            digest = self._sha.hexdigest() if size == self.size else file_sha256(self.path)
+            item = SpoolItem(
+                id=self.id,
+                object_name=object_name,
+                kind=kind,
+                size=size,
+                sha256=digest,
+                committed_at=time.time(),
+                meta=dict(meta or {}),
+                data_path=spool.ready_dir / f"{self.id}.data",
+            )
+            _write_json(sidecar_tmp, item.sidecar())
+            spool._hook("before-data-rename")
+            os.rename(self.path, item.data_path)
+            spool._hook("before-sidecar-rename")
+            os.rename(sidecar_tmp, spool.ready_dir / f"{self.id}.json")  # the commit point
+            fsync_dir(spool.ready_dir)
+            fsync_dir(spool.incoming)
+        except BaseException as e:
+            # Before the commit point nothing is in ready/; after it (a failed directory fsync)
+            # the caller is told "not committed", so the entry must go too.
+            self._cleanup(
+                sidecar_tmp,
+                spool.ready_dir / f"{self.id}.json",
+                spool.ready_dir / f"{self.id}.data",
+            )
+            if isinstance(e, OSError) and _is_full(e):
+                raise spool.full_error("while committing") from e
+            raise
+        self._done = True
+        spool._committed(item, self.size)
+        return item
+
+    def abort(self) -> None:
+        """Drop the entry (idempotent)."""
+        if self._done:
+            return
+        self._cleanup()
+
+    def _cleanup(self, *extra: Path) -> None:
+        self._done = True
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+        for p in (self.path, *extra):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        self._spool._incoming_gone(self.size)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self._done:
+            self.abort()
+
+
+class Spool:
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        *,
+        on_evict: Callable[[list[SpoolItem]], None] | None = None,
+    ) -> None:
+        self.dir = directory
+        self.max_bytes = max_bytes
+        self.incoming = directory / "incoming"
+        self.ready_dir = directory / "ready"
+        self.quarantine_dir = directory / "quarantine"
+        self.on_evict = on_evict
+        self.stats = SpoolStats()
+        self._lock = threading.Lock()
+        self._items: dict[str, SpoolItem] = {}
+        self._claimed: set[str] = set()
+        self._incoming_bytes = 0
+        self._listeners: list[Callable[[], None]] = []
+        self._test_hook: Callable[[str], None] | None = None
+        self._recover()
+
+    # -- start-up ----------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        for d in (self.dir, self.incoming, self.ready_dir):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = 0
+        for p in self.incoming.iterdir():  # a crash mid-write or mid-commit
+            p.unlink()
+            partial += 1
+        self.stats.recovered_partials = partial
+        if partial:
+            log.warning("spool: removed %d partial file(s) left by an interrupted write", partial)
+        names = {p.name for p in self.ready_dir.iterdir()}
+        for name in names:
+            stem, _, ext = name.partition(".")
+            if ext == "json" and _ID.match(stem) and (item := self._load(stem)) is not None:
+                self._items[stem] = item
+        for name in names:  # everything else: uncommitted data, stale temp files, junk
+            stem, _, ext = name.partition(".")
+            if stem in self._items and ext in ("json", "data"):
+                continue
+            (self.ready_dir / name).unlink()
+            if ext == "data":
+                log.warning("spool: removed %s (a commit interrupted before its sidecar)", name)
+        fsync_dir(self.ready_dir)
+        fsync_dir(self.incoming)
+        if self._items:
+            log.info(
+                "spool: %d entr%s (%d bytes) waiting for upload",
+                len(self._items), "y" if len(self._items) == 1 else "ies", self.pending_bytes,
+            )
+
+    def _load(self, entry_id: str) -> SpoolItem | None:
+        sidecar = self.ready_dir / f"{entry_id}.json"
+        data = self.ready_dir / f"{entry_id}.data"
+        try:
+            raw = json.loads(sidecar.read_text())
+            item = SpoolItem(
+                id=entry_id,
+                object_name=str(raw["object"]),
+                kind=str(raw["kind"]),
+                size=int(raw["size"]),
+                sha256=str(raw["sha256"]),
+                committed_at=float(raw["committed_at"]),
+                attempts=int(raw.get("attempts", 0)),
+                last_error=raw.get("last_error"),
+                meta=dict(raw.get("meta") or {}),
+                data_path=data,
+            )
+            if data.stat().st_size != item.size:
+                raise ValueError(f"data is {data.stat().st_size} bytes, sidecar says {item.size}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.error("spool: dropping unreadable entry %s: %s", entry_id, e)
+            return None
+        return item
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def create(self) -> SpoolEntry:
+        entry_id = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+        try:
+            return SpoolEntry(self, entry_id)
+        except OSError as e:
+            if _is_full(e):
+                raise self.full_error("when creating an entry") from e
+            raise
+
+    def full_error(self, when: str) -> SpoolFull:
+        return SpoolFull(
+            f"spool disk full at {self.dir} ({when}): this entry was dropped, entries already "
+            f"spooled are intact; free space on that disk or lower storage.spool_max_mb "
+            f"(now {self.max_bytes // (1 << 20)} MiB) below the free space"
+        )
+
+    def _incoming_grew(self, n: int) -> None:
+        with self._lock:
+            self._incoming_bytes += n
+
+    def _incoming_gone(self, n: int) -> None:
+        with self._lock:
+            self._incoming_bytes = max(0, self._incoming_bytes - n)
+
+    def _committed(self, item: SpoolItem, written: int) -> None:
+        with self._lock:
+            self._incoming_bytes = max(0, self._incoming_bytes - written)
+            self._items[item.id] = item
+            evicted = self._pick_evictions(keep=item.id)
+            self.stats.evicted_count += len(evicted)
+            self.stats.evicted_bytes += sum(i.size for i in evicted)
+        if evicted:
+            self._evict(evicted)
+        for listener in list(self._listeners):
+            listener()
+
+    def _pick_evictions(self, keep: str) -> list[SpoolItem]:
+        total = sum(i.size for i in self._items.values()) + self._incoming_bytes
+        out: list[SpoolItem] = []
+        for entry_id in sorted(self._items):
+            if total <= self.max_bytes:
+                break
+            if entry_id == keep or entry_id in self._claimed:
+                continue
+            item = self._items.pop(entry_id)
+            out.append(item)
+            total -= item.size
+        return out
+
+    def _evict(self, items: list[SpoolItem]) -> None:
+        for item in items:
+            self._unlink(item)
+        size = sum(i.size for i in items)
+        log.warning(
+            "SPOOL FULL (cap %d MiB): evicted the %d oldest entr%s (%.1f MiB) that were never "
+            "uploaded — is the bucket reachable? They are lost: %s",
+            self.max_bytes >> 20, len(items), "y" if len(items) == 1 else "ies", size / (1 << 20),
+            ", ".join(f"{i.kind} {i.object_name}" for i in items),
+        )
+        if self.on_evict is not None:
+            try:
+                self.on_evict(items)
+            except Exception:
+                log.exception("spool: on_evict callback failed")
+
+    # -- for the uploader --------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """`callback()` runs (in the committing thread) after every commit."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    def ready(self) -> list[SpoolItem]:
+        """Committed entries, oldest first."""
+        with self._lock:
+            return [self._items[k] for k in sorted(self._items)]
+
+    @property
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    @property
+    def pending_bytes(self) -> int:
+        with self._lock:
+            return sum(i.size for i in self._items.values())
+
+    def has_object(self, object_name: str) -> bool:
+        with self._lock:
+            return any(i.object_name == object_name for i in self._items.values())
+
+    def claim(self, item: SpoolItem) -> bool:
+        """Protect `item` from eviction while it is uploaded; False if it is gone already."""
+        with self._lock:
+            if item.id not in self._items:
+                return False
+            self._claimed.add(item.id)
+            return True
+
+    def release(self, item: SpoolItem) -> None:
+        with self._lock:
+            self._claimed.discard(item.id)
+
+    def record_attempt(self, item: SpoolItem, error: str | None) -> SpoolItem:
+        """Count a failed upload attempt in the sidecar (atomic rewrite)."""
+        updated = replace(item, attempts=item.attempts + 1, last_error=error)
+        tmp = self.ready_dir / f".{item.id}.{secrets.token_hex(4)}.tmp"
+        try:
+            _write_json(tmp, updated.sidecar())
+            os.replace(tmp, self.ready_dir / f"{item.id}.json")
+        except OSError as e:  # a full disk must not stop uploads: the count is advisory
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            log.warning("spool: cannot record upload attempt for %s: %s", item.id, e.strerror)
+            return item
+        with self._lock:
+            if item.id in self._items:
+                self._items[item.id] = updated
+        return updated
+
+    def remove(self, item: SpoolItem) -> None:
+        """Drop an uploaded entry: sidecar first (the commit marker), then data."""
+        with self._lock:
+            self._items.pop(item.id, None)
+            self._claimed.discard(item.id)
+        self._unlink(item)
+
+    def quarantine(self, item: SpoolItem, reason: str) -> None:
+        """Move a corrupt entry aside (never uploaded, kept for inspection)."""
+        self.quarantine_dir.mkdir(exist_ok=True, mode=0o700)
+        with self._lock:
+            self._items.pop(item.id, None)
+            self._claimed.discard(item.id)
+        for ext in ("json", "data"):
+            name = f"{item.id}.{ext}"
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.ready_dir / name, self.quarantine_dir / name)
+        fsync_dir(self.ready_dir)
+        with self._lock:
+            self.stats.quarantined += 1
+        log.error("spool: quarantined %s %s (%s)", item.kind, item.object_name, reason)
+
+    def _unlink(self, item: SpoolItem) -> None:
+        for ext in ("json", "data"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.ready_dir / f"{item.id}.{ext}").unlink()
+        fsync_dir(self.ready_dir)
+
+    def _hook(self, point: str) -> None:
+        if self._test_hook is not None:
+            self._test_hook(point)
