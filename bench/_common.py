@@ -395,9 +395,11 @@ async def running_bridge(
     *,
     keep: bool = False,
     camera_timeout: float = 60.0,
+    detect: dict[str, Any] | None = None,
 ) -> AsyncIterator[Env]:
     """Start `cameras` (RTSP servers), then the bridge with `specs`, wait until every camera
-    streams, pair. Everything is torn down on exit; Tracebacks in the bridge log are reported."""
+    streams, pair. Everything is torn down on exit; Tracebacks in the bridge log are reported.
+    `detect`: the bridge's [detect] table (None: detection off, as BridgeProcess writes it)."""
     tmp = tempfile.mkdtemp(prefix="obscura-bench-")
     workdir = Path(tmp)
     started: list[RtspCamera] = []
@@ -408,7 +410,7 @@ async def running_bridge(
             await cam.astart()
             started.append(cam)
         specs = [_resolve(spec, started) for spec in specs]
-        bridge = BridgeProcess(workdir, list(specs))
+        bridge = BridgeProcess(workdir, list(specs), detect=detect)
         await asyncio.to_thread(bridge.start)
         for spec in specs:
             await asyncio.to_thread(bridge.wait_camera, spec.name, "streaming", camera_timeout)
