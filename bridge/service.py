@@ -34,6 +34,8 @@ class BridgeService:
         self.cameras: list[BridgeCamera] = []
         self.homekit: HomeKitBridge | None = None
         self.detection: DetectionService | None = None
+        self.vault: Any = None
+        self.recorders: list[Any] = []
         self._status_runner: Any = None
 
     async def start(self) -> None:
@@ -65,6 +67,7 @@ class BridgeService:
             source.start()
         await self.homekit.start()
         await self.detection.start()
+        await self._start_recording()
         if config.status.enabled:
             self._status_runner = await start_status_server(
                 self.status, config.status.address, config.status.port
@@ -78,11 +81,45 @@ class BridgeService:
             "" if self.homekit.paired else " — not paired yet: run `obscura pair` for the QR code",
         )
 
+    async def _start_recording(self) -> None:
+        storage = self.config.storage
+        if storage is None:
+            log.warning(
+                "no [storage] in the configuration: events are not recorded "
+                "(run `obscura keys generate`, then `obscura keys add-recipient`)"
+            )
+            return
+        from bridge.record import Recorder, RecordSettings
+        from bridge.store.vault import ClipVault
+        from crypto.padding import mp4_free_box, mp4_padding
+
+        self.vault = ClipVault(storage, self.config.state_dir)
+        await self.vault.start()
+        settings = RecordSettings(
+            pre_roll=storage.pre_roll_seconds,
+            post_roll=storage.post_roll_seconds,
+            max_length=storage.max_clip_seconds,
+        )
+        assert self.detection is not None
+        for camera in self.cameras:
+            if not camera.config.detect.enabled:
+                continue
+            recorder = Recorder(
+                camera.source, self.vault.sink_factory, settings,
+                pad=lambda n: mp4_free_box(mp4_padding(n)),
+                subjects=camera.config.detect.subjects,
+            )
+            self.detection.add_listener(recorder.on_event)
+            self.recorders.append(recorder)
+
     async def stop(self) -> None:
         if self._status_runner is not None:
             await self._status_runner.cleanup()
         if self.detection is not None:
-            await self.detection.stop()
+            await self.detection.stop()  # ends open tracks: recorders start their post-roll
+        await asyncio.gather(*(r.stop() for r in self.recorders), return_exceptions=True)
+        if self.vault is not None:
+            await self.vault.stop()
         if self.homekit is not None:
             await self.homekit.stop()
         await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
@@ -101,6 +138,7 @@ class BridgeService:
             },
             "cameras": [self._camera_status(c) for c in self.cameras],
             "detection": self.detection.summary() if self.detection else None,
+            "storage": self.vault.status() if self.vault else None,
         }
 
     def _camera_status(self, camera: BridgeCamera) -> dict[str, Any]:

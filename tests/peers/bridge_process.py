@@ -44,6 +44,7 @@ def write_config(
     hap_port: int,
     status_port: int,
     detect: dict[str, Any] | None = None,
+    storage: dict[str, Any] | None = None,
 ) -> None:
     lines = [
         "[bridge]",
@@ -67,6 +68,8 @@ def write_config(
             else ["enabled = false  # most tests are about video; detection tests turn it on"]
         ),
     ]
+    if storage is not None:
+        lines += ["", "[storage]", *[f"{k} = {_toml_value(v)}" for k, v in storage.items()]]
     for cam in cameras:
         lines += [
             "",
@@ -81,7 +84,11 @@ def write_config(
 
 class BridgeProcess:
     def __init__(
-        self, workdir: Path, cameras: list[CameraSpec], detect: dict[str, Any] | None = None
+        self,
+        workdir: Path,
+        cameras: list[CameraSpec],
+        detect: dict[str, Any] | None = None,
+        storage: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir
         self.cameras = cameras
@@ -91,7 +98,7 @@ class BridgeProcess:
         self.log = workdir / "bridge.log"
         self.setup_code = SETUP_CODE
         self.proc: subprocess.Popen[bytes] | None = None
-        write_config(self.config, cameras, self.hap_port, self.status_port, detect)
+        write_config(self.config, cameras, self.hap_port, self.status_port, detect, storage)
 
     def start(self, timeout: float = 30.0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
