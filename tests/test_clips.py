@@ -22,7 +22,9 @@ from tests.peers.scenes import write_crossing_clip
 @pytest.fixture(scope="module")
 def owner_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     path = tmp_path_factory.mktemp("owner") / "owner.key"
-    out = subprocess.run(["age-keygen", "-o", str(path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["age-keygen", "-o", str(path)], capture_output=True, text=True, check=True
+    )
     recipient = out.stderr.strip().split()[-1]
     assert recipient.startswith("age1")
     return path, recipient
