@@ -143,6 +143,9 @@ class BridgeService:
 
     def _camera_status(self, camera: BridgeCamera) -> dict[str, Any]:
         status = camera.status()
+        recorder = next((r for r in self.recorders if r.source is camera.source), None)
+        if recorder is not None:
+            status["recording"] = recorder.status()
         if self.detection is not None:
             status["detection"] = self.detection.status(camera.name)
         return status

@@ -69,7 +69,8 @@ class ClipVault:
         self.layout = BucketLayout(self.bridge_id)
         self.head_name = self.layout.well_known_name(HEAD)
         self.spool = Spool(
-            storage.spool_dir or state_dir / "spool", storage.spool_max_mb * MiB,
+            storage.spool_dir or state_dir / "spool",
+            storage.spool_max_mb * MiB,
             on_evict=self._evicted,
         )
         self.uploader = Uploader(self.spool, self.bucket)
@@ -77,7 +78,8 @@ class ClipVault:
         self._index_path = state_dir / "retention-index.json"
         state = (
             ManifestState.from_json(self._state_path.read_text())
-            if self._state_path.exists() else None
+            if self._state_path.exists()
+            else None
         )
         self.writer = ManifestWriter(
             self.key, self.recipients, state, period_s=int(storage.heartbeat_seconds)
@@ -175,7 +177,7 @@ class ClipVault:
             except Exception as exc:  # bucket down: try again with backoff
                 failures += 1
                 self.last_error = f"head upload: {exc}"
-                await asyncio.sleep(min(60.0, 2 ** failures) * random.uniform(0.8, 1.2))
+                await asyncio.sleep(min(60.0, 2**failures) * random.uniform(0.8, 1.2))
                 self._head_event.set()
 
     async def _heartbeat_loop(self) -> None:
@@ -240,10 +242,24 @@ class ClipVault:
         ]
         log.info(
             "clips go to %s, encrypted to %d recipient(s); bridge key %s",
-            self.bucket.describe(), len(self.recipients), self.key.public,
+            self.bucket.describe(),
+            len(self.recipients),
+            self.key.public,
         )
 
-    async def stop(self) -> None:
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        # A clean shutdown leaves the bucket consistent: what was sealed is uploaded and the
+        # head names it (else the owner's audit would see objects the manifest does not).
+        if not await self.uploader.wait_idle(timeout=drain_seconds):
+            log.warning(
+                "stopping with %d object(s) still in the spool; they upload on the next start",
+                self.spool.pending_count,
+            )
+        elif self._head is not None:
+            try:
+                await asyncio.wait_for(self.bucket.put(self.head_name, self._head), drain_seconds)
+            except Exception as exc:
+                log.warning("could not upload the manifest head on the way out: %s", exc)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
