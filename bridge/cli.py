@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge.detect.cli import add_commands
 
     add_commands(sub)
+    from bridge.owner.cli import add_commands as add_owner_commands
+
+    add_owner_commands(sub)
     return parser
 
 

@@ -69,7 +69,7 @@ def make_bridge(tmp_path: Path, camera: RtspCamera, s3: SeaweedFS, recipient: st
             "credentials_file": str(credentials(tmp_path, s3)),
             "pre_roll_seconds": 1.0,
             "post_roll_seconds": 1.0,
-            "heartbeat_seconds": 5,
+            "heartbeat_seconds": 60,  # the audit runs after the stop: not "frozen" yet
         },
     )
 
