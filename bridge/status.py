@@ -103,8 +103,16 @@ def prometheus_text(status: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-async def start_status_server(provider: StatusProvider, address: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(build_app(provider), access_log=None)
+async def start_status_server(
+    provider: StatusProvider,
+    address: str,
+    port: int,
+    extend: Callable[[web.Application], None] | None = None,
+) -> web.AppRunner:
+    app = build_app(provider)
+    if extend is not None:
+        extend(app)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, address, port)
     await site.start()

@@ -1,0 +1,301 @@
+"""`obscura clips list|get|verify|share`: the owner's tools over the bucket (docs/manifest.md)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import secrets
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bridge.owner.audit import BridgeView, Owner, OwnerError
+from bridge.owner.keys import bridge_status
+from crypto.age import AgeError, decrypt_file, reencrypt
+from crypto.age_keys import X25519Recipient
+from crypto.manifest import ClipInfo
+
+#: Problems that make the manifest itself untrustworthy: list/get refuse to go on.
+FATAL = {"head", "key", "signature", "fork", "rollback", "segment"}
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+
+
+def parse_since(text: str) -> float:
+    """'2h', '30m', '3d', '45s' ago, or an ISO date/time (local time unless it says)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip())
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return time.time() - float(m.group(1)) * unit
+    try:
+        dt = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since {text!r}: use e.g. 2h, 3d or 2026-11-25T08:00"
+        ) from None
+    return (dt if dt.tzinfo else dt.astimezone()).timestamp()
+
+
+def _report_problems(views: list[BridgeView], strict: bool) -> None:
+    for v in views:
+        for notice in v.report.notices:
+            print(f"note: {notice}", file=sys.stderr)
+        for p in v.report.problems:
+            print(f"warning: bridge {v.bridge_id}: {p.message}", file=sys.stderr)
+        if strict and any(p.kind in FATAL for p in v.report.problems):
+            raise OwnerError(
+                f"bridge {v.bridge_id}: the manifest does not verify; run `obscura clips verify`"
+            )
+
+
+def _clip_dict(v: BridgeView, c: ClipInfo) -> dict:
+    return {
+        "bridge": v.bridge_id,
+        "id": c.id,
+        "camera": c.camera,
+        "start": datetime.fromtimestamp(c.start_ms / 1000, UTC).isoformat(),
+        "end": datetime.fromtimestamp(c.end_ms / 1000, UTC).isoformat(),
+        "start_ms": c.start_ms,
+        "end_ms": c.end_ms,
+        "subjects": list(c.subjects),
+        "size": c.size,
+        "poster": c.thumb,
+        "deleted": c.deleted,
+        "shares": [
+            {"copy": s.copy, "recipient": s.recipient, "deleted": s.deleted} for s in c.shares
+        ],
+    }
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    owner = Owner(args)
+    try:
+        views = owner.all(deep=False)
+        _report_problems(views, strict=True)
+    finally:
+        owner.close()
+    since_ms = int(args.since * 1000) if args.since is not None else None
+    rows = [
+        (v, c)
+        for v in views
+        for c in v.report.clips
+        if (args.all or not c.deleted)
+        and (args.camera is None or c.camera == args.camera)
+        and (args.subject is None or args.subject in c.subjects)
+        and (since_ms is None or c.end_ms >= since_ms)
+    ]
+    if args.json:
+        print(json.dumps([_clip_dict(v, c) for v, c in rows], indent=2))
+        return 0
+    if not rows:
+        print("no clips" + (" match" if args.camera or args.subject or args.since else ""))
+    for v, c in rows:
+        seconds = (c.end_ms - c.start_ms) / 1000
+        subjects = ",".join(c.subjects) or "-"
+        extra = f"  deleted ({c.deleted})" if c.deleted else ""
+        print(
+            f"{c.id}  {_when(c.start_ms)}  {seconds:5.1f}s  {c.camera!r:<20} {subjects:<12} "
+            f"{c.size / 1e6:6.2f} MB{extra}" + (f"  bridge {v.bridge_id}" if len(views) > 1 else "")
+        )
+        for s in c.shares:
+            gone = f" (copy deleted: {s.deleted})" if s.deleted else ""
+            print(f"    shared with {s.recipient} as {s.copy}{gone}")
+    return 0
+
+
+def _fetch_and_decrypt(owner: Owner, name: str, sha: str, size: int, out: Path, label: str) -> int:
+    out = out.resolve()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".obscura-") as tmp:
+        enc = Path(tmp) / "object.age"
+        owner.download(name, sha, size, enc, label)
+        try:
+            # Plaintext into a temp file next to `out`, renamed only once fully authenticated.
+            return decrypt_file(owner.identities, enc, out)
+        except AgeError as e:
+            raise OwnerError(f"{label}: cannot decrypt ({e})") from None
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    owner = Owner(args)
+    try:
+        views = owner.all(deep=False)
+        _report_problems(views, strict=True)
+        view, clip = owner.find_clip(views, args.id)
+        root = view.layout.root
+        n = _fetch_and_decrypt(
+            owner,
+            f"{root}/{clip.id}",
+            clip.sha256,
+            clip.size,
+            Path(args.output),
+            f"clip {clip.id[:8]}",
+        )
+        print(f"{args.output}: {n} bytes, {clip.camera!r} {_when(clip.start_ms)}")
+        if args.poster:
+            if clip.thumb is None or clip.thumb_sha256 is None or clip.thumb_size is None:
+                print("this clip has no poster", file=sys.stderr)
+            else:
+                _fetch_and_decrypt(
+                    owner,
+                    f"{root}/{clip.thumb}",
+                    clip.thumb_sha256,
+                    clip.thumb_size,
+                    Path(args.poster),
+                    "poster",
+                )
+                print(f"{args.poster}: poster")
+    finally:
+        owner.close()
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    owner = Owner(args)
+    try:
+        bridges = owner.bridges()
+        if not bridges:
+            print("the bucket holds no bridge's objects")
+            return 0
+        bad = 0
+        for bid in bridges:
+            view = owner.verify(bid, deep=not args.quick)
+            r = view.report
+            for notice in r.notices:
+                print(f"note: {notice}", file=sys.stderr)
+            for p in r.problems:
+                print(f"bridge {bid}: {p.message}")
+            bad += len(r.problems)
+            if not r.problems:
+                live = sum(1 for c in r.clips if not c.deleted)
+                seq = r.head.seq if r.head else "?"
+                print(f"bridge {bid}: OK ({live} clips, manifest seq {seq})")
+    finally:
+        owner.close()
+    return 1 if bad else 0
+
+
+def cmd_share(args: argparse.Namespace) -> int:
+    try:
+        recipient = str(X25519Recipient.parse(args.to.strip()))
+    except AgeError as e:
+        raise OwnerError(f"--to {args.to!r} is not an age recipient: {e}") from None
+    owner = Owner(args)
+    try:
+        views = owner.all(deep=False)
+        _report_problems(views, strict=True)
+        view, clip = owner.find_clip(views, args.id)
+        status = bridge_status(owner.config)
+        storage = (status or {}).get("storage") or {}
+        if storage.get("bridge_id") != view.bridge_id:
+            raise OwnerError(
+                f"the share must be recorded in the manifest by bridge {view.bridge_id}, whose "
+                "status API is not reachable from here (is it running, and is this its config?)"
+            )
+        root = view.layout.root
+        with tempfile.TemporaryDirectory(prefix="obscura-share-") as tmp:
+            enc, copy = Path(tmp) / "clip.age", Path(tmp) / "copy.age"
+            owner.download(f"{root}/{clip.id}", clip.sha256, clip.size, enc, f"clip {clip.id[:8]}")
+            # reencrypt, not share_copy: a fresh file key makes the copy unlinkable to the
+            # source (the operator cannot see *that* a clip was shared) and keeps age's "one
+            # file key per file" rule; it costs one decrypt+encrypt of a few MB, locally.
+            try:
+                with open(enc, "rb") as src, open(copy, "wb") as dst:
+                    size = reencrypt(owner.identities, src, dst, [recipient])
+            except AgeError as e:
+                raise OwnerError(f"clip {clip.id}: cannot decrypt ({e}); nothing shared") from None
+            sha = hashlib.sha256(copy.read_bytes()).hexdigest()
+            copy_id = secrets.token_hex(16)
+            name = f"{root}/{copy_id}"
+            owner.bucket.run(owner.bucket.bucket.put(name, copy))
+        body = {
+            "object": clip.id,
+            "copy": copy_id,
+            "recipient": recipient,
+            "sha256": sha,
+            "size": size,
+        }
+        try:
+            seq = _request_share(owner, body)
+        except OwnerError:
+            owner.bucket.run(owner.bucket.bucket.delete(name))  # never leave an unrecorded copy
+            raise
+    finally:
+        owner.close()
+    print(f"Shared clip {clip.id} with {recipient}: object {name} (manifest seq {seq}).")
+    print(f"They run: age -d -i THEIR.key -o clip.mp4 {copy_id}.age   (after fetching {name})")
+    print("A share cannot be revoked once downloaded; it is listed by `obscura clips list`.")
+    return 0
+
+
+def _request_share(owner: Owner, body: dict) -> object:
+    st = owner.config.status
+    host = "127.0.0.1" if st.address in ("0.0.0.0", "", "::") else st.address
+    host = f"[{host}]" if ":" in host else host
+    req = urllib.request.Request(
+        f"http://{host}:{st.port}/shares",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=120) as response:
+            return json.load(response).get("seq")
+    except urllib.error.HTTPError as e:
+        detail = e.read().decode(errors="replace")[:300]
+        if e.code == 404 and "not a live clip" not in detail:
+            detail = "this bridge does not support shares yet (no POST /shares)"
+        raise OwnerError(f"the bridge refused to record the share: {detail}") from None
+    except OSError as e:
+        raise OwnerError(f"cannot reach the bridge to record the share: {e}") from None
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    clips = sub.add_parser("clips", help="list, fetch, verify and share recorded clips")
+    cs = clips.add_subparsers(dest="clips_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", "-c", metavar="FILE", help="configuration file ([storage])")
+        p.add_argument(
+            "--identity", "-i", required=True, metavar="FILE", help="the owner's age identity file"
+        )
+        p.add_argument(
+            "--state-dir",
+            metavar="DIR",
+            help="pinned keys and verifier state (default: "
+            "$OBSCURA_OWNER_STATE_DIR or the user state dir)",
+        )
+        p.add_argument("--bridge", metavar="ID", help="only this bridge id")
+        p.add_argument(
+            "--bridge-key",
+            metavar="obscura-bridge1…",
+            help="pin this bridge key (from the bridge's own log or status)",
+        )
+        return p
+
+    ls = common(cs.add_parser("list", help="clips in the manifest, with their shares"))
+    ls.add_argument("--camera", metavar="NAME")
+    ls.add_argument("--since", type=parse_since, metavar="WHEN", help="e.g. 2h, 3d, 2026-11-25")
+    ls.add_argument("--subject", metavar="LABEL", help="e.g. person, vehicle, animal")
+    ls.add_argument("--all", action="store_true", help="include deleted clips")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+    get = common(cs.add_parser("get", help="download and decrypt one clip"))
+    get.add_argument("id", help="clip id (or a unique prefix)")
+    get.add_argument("-o", "--output", required=True, metavar="FILE.mp4")
+    get.add_argument("--poster", metavar="FILE.jpg", help="also save the poster image")
+    get.set_defaults(func=cmd_get)
+    ver = common(cs.add_parser("verify", help="full audit of the bucket against the manifest"))
+    ver.add_argument("--quick", action="store_true", help="sizes only, no download of clips")
+    ver.set_defaults(func=cmd_verify)
+    sh = common(cs.add_parser("share", help="re-wrap one clip for someone else's age key"))
+    sh.add_argument("id", help="clip id (or a unique prefix)")
+    sh.add_argument("--to", required=True, metavar="AGE1…")
+    sh.set_defaults(func=cmd_share)

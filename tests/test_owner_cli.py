@@ -1,0 +1,420 @@
+"""The owner's CLI (`obscura keys …`, `obscura clips …`) against a bucket a real bridge filled.
+
+One bridge run records a clip of a person crossing in front of a real RTSP camera; every test
+then runs the CLI as a subprocess against a copy of that bucket, untouched or tampered with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import pytest
+
+from bridge.store.bucket import BucketLayout
+from crypto.age import encrypt
+from tests.peers.bridge_process import ROOT, BridgeProcess, CameraSpec
+from tests.peers.rtsp import RtspCamera
+from tests.peers.scenes import write_crossing_clip
+
+
+def obscura(*args: str, check: bool | None = True) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, OBSCURA_OWNER_STATE_DIR="/nonexistent/do-not-use"),
+    )
+    if check is True:
+        assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+@dataclass
+class Recorded:
+    bucket: Path
+    bridge_id: str
+    key: Path
+    recipient: str
+    old_head: bytes  # the head as first uploaded (seq 0), before the clip's segment
+    clip: dict
+
+    def head_path(self, bucket: Path) -> Path:
+        layout = BucketLayout(self.bridge_id)
+        return bucket / layout.well_known_name("manifest-head")
+
+    def obj(self, bucket: Path, oid: str) -> Path:
+        return bucket / self.bridge_id / oid
+
+
+def wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    work = tmp_path_factory.mktemp("owner")
+    key = work / "owner.key"
+    out = obscura("keys", "generate", "-o", str(key))
+    recipient = next(w for w in out.stdout.split() if w.startswith("age1"))
+    clip = work / "person.mp4"
+    write_crossing_clip(clip, kind="person", seconds=14, enter_at=1.0, cross_seconds=4.0)
+    bucket = work / "bucket"
+    with RtspCamera(file=clip, width=640, height=360, fps=15) as cam:
+        bridge = BridgeProcess(
+            work,
+            [CameraSpec("Front porch", cam.url, {"detect": {"hold_seconds": 1.0}})],
+            detect={"enabled": True, "fps": 5},
+            storage={
+                "bucket": bucket.as_uri(),
+                "recipients": [recipient],
+                "pre_roll_seconds": 1.0,
+                "post_roll_seconds": 1.0,
+                # Long enough that the head is not "frozen" while the tests run after the
+                # bridge stopped (frozen = older than 2 x period).
+                "heartbeat_seconds": 60,
+            },
+        )
+        bridge.start()
+        old_head: list[bytes] = []
+        try:
+            bridge_id = bridge.status()["storage"]["bridge_id"]
+            head = bucket / BucketLayout(bridge_id).well_known_name("manifest-head")
+
+            def sealed() -> bool:
+                if not old_head and head.exists():
+                    old_head.append(head.read_bytes())
+                return (bridge.status()["storage"] or {}).get("clips_sealed", 0) >= 1
+
+            wait(sealed, 90, "a clip")
+            wait(lambda: bridge.status()["storage"]["uploads"]["pending_count"] == 0, 30, "uploads")
+            wait(lambda: head.read_bytes() != old_head[0], 10, "the head after the clip")
+            time.sleep(0.5)
+        finally:
+            assert bridge.stop() == 0, bridge.log_text()
+    rec = Recorded(bucket, bridge_id, key, recipient, old_head[0], {})
+    listing = json.loads(clips(rec, "list", "--json", state=work / "list-state").stdout)
+    assert len(listing) >= 1
+    rec.clip = listing[0]
+    return rec
+
+
+def config_for(bucket: Path, recipient: str, where: Path) -> Path:
+    path = where / "owner.toml"
+    path.write_text(
+        f'[bridge]\nstate_dir = "{where / "state"}"\n\n[status]\naddress = "127.0.0.1"\n'
+        f'port = 1\n\n[storage]\nbucket = "{bucket.as_uri()}"\nrecipients = ["{recipient}"]\n'
+    )
+    return path
+
+
+def clips(
+    rec: Recorded, *args: str, bucket: Path | None = None, state: Path, check: bool | None = True
+) -> subprocess.CompletedProcess[str]:
+    config = config_for(bucket or rec.bucket, rec.recipient, state.parent)
+    return obscura(
+        "clips",
+        args[0],
+        "--config",
+        str(config),
+        "--identity",
+        str(rec.key),
+        "--state-dir",
+        str(state),
+        *args[1:],
+        check=check,
+    )
+
+
+def tampered(rec: Recorded, tmp_path: Path) -> Path:
+    copy = tmp_path / "bucket"
+    shutil.copytree(rec.bucket, copy)
+    return copy
+
+
+def verify_fails(rec: Recorded, bucket: Path, tmp_path: Path, message: str) -> str:
+    out = clips(rec, "verify", bucket=bucket, state=tmp_path / "state", check=None)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert message in out.stdout, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_keys_generate_is_private_and_works_with_stock_age(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    assert stat.S_IMODE(recorded.key.stat().st_mode) == 0o600
+    again = obscura("keys", "generate", "-o", str(recorded.key), check=False)
+    assert again.returncode == 1 and "not overwriting" in again.stderr
+    obj = recorded.obj(recorded.bucket, recorded.clip["id"])
+    plain = tmp_path / "clip.mp4"
+    subprocess.run(["age", "-d", "-i", str(recorded.key), "-o", str(plain), str(obj)], check=True)
+    assert plain.read_bytes()[4:8] == b"ftyp"
+
+
+def test_keys_add_list_remove(recorded: Recorded, tmp_path: Path) -> None:
+    config = config_for(recorded.bucket, recorded.recipient, tmp_path)
+    other = tmp_path / "other.key"
+    other_r = (
+        obscura("keys", "generate", "-o", str(other)).stdout.split("recipient): ")[1].split()[0]
+    )
+    out = obscura("keys", "add-recipient", other_r, "--config", str(config))
+    assert "restart" in out.stdout.lower()
+    listed = obscura("keys", "list", "--config", str(config)).stdout
+    assert recorded.recipient in listed and other_r in listed
+    out = obscura("keys", "remove", other_r, "--config", str(config))
+    assert "prospective" in out.stdout and "stay readable" in out.stdout
+    assert other_r not in obscura("keys", "list", "--config", str(config)).stdout
+    last = obscura("keys", "remove", recorded.recipient, "--config", str(config), check=False)
+    assert last.returncode == 1 and "last recipient" in last.stderr
+
+
+def test_verify_untouched_bucket_then_rollback_is_detected(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    out = clips(recorded, "verify", state=state)
+    assert "OK (1 clips" in out.stdout and "trust on first use" in out.stderr
+    assert (state / f"{recorded.bridge_id}.json").exists()
+    out = clips(recorded, "verify", state=state)  # pinned now: no TOFU notice
+    assert "trust on first use" not in out.stderr
+    bucket = tampered(recorded, tmp_path)
+    recorded.head_path(bucket).write_bytes(recorded.old_head)
+    out = clips(recorded, "verify", bucket=bucket, state=state, check=None)
+    assert out.returncode == 1
+    assert "manifest rolled back: head seq 0 < last verified" in out.stdout, out.stdout
+
+
+def test_list_shows_the_clip(recorded: Recorded, tmp_path: Path) -> None:
+    c = recorded.clip
+    assert c["camera"] == "Front porch" and "person" in c["subjects"]
+    assert 1000 < c["end_ms"] - c["start_ms"] < 60_000 and c["poster"] and c["shares"] == []
+    out = clips(recorded, "list", "--subject", "person", "--since", "1h", state=tmp_path / "s")
+    assert c["id"] in out.stdout and "'Front porch'" in out.stdout and "person" in out.stdout
+    none = clips(recorded, "list", "--camera", "Garage", state=tmp_path / "s").stdout
+    assert c["id"] not in none
+
+
+def test_get_gives_a_decodable_mp4_and_poster(recorded: Recorded, tmp_path: Path) -> None:
+    mp4, jpg = tmp_path / "clip.mp4", tmp_path / "poster.jpg"
+    clips(
+        recorded,
+        "get",
+        recorded.clip["id"][:10],
+        "-o",
+        str(mp4),
+        "--poster",
+        str(jpg),
+        state=tmp_path / "s",
+    )
+    with av.open(str(mp4)) as container:
+        frames = list(container.decode(video=0))
+    assert len(frames) >= 15 and (frames[0].width, frames[0].height) == (640, 360)
+    assert jpg.read_bytes()[:3] == b"\xff\xd8\xff"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_get_refuses_an_altered_clip(recorded: Recorded, tmp_path: Path) -> None:
+    bucket = tampered(recorded, tmp_path)
+    obj = recorded.obj(bucket, recorded.clip["id"])
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 1
+    obj.write_bytes(bytes(data))
+    out = clips(
+        recorded,
+        "get",
+        recorded.clip["id"],
+        "-o",
+        str(tmp_path / "x.mp4"),
+        bucket=bucket,
+        state=tmp_path / "s",
+        check=None,
+    )
+    assert out.returncode == 1 and "SHA-256 mismatch" in out.stderr
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_flipped_byte(recorded: Recorded, tmp_path: Path) -> None:
+    bucket = tampered(recorded, tmp_path)
+    obj = recorded.obj(bucket, recorded.clip["id"])
+    data = bytearray(obj.read_bytes())
+    data[-100] ^= 0x40
+    obj.write_bytes(bytes(data))
+    verify_fails(
+        recorded,
+        bucket,
+        tmp_path,
+        f"object {recorded.clip['id']}: SHA-256 mismatch (swapped or altered)",
+    )
+
+
+def test_truncated_clip(recorded: Recorded, tmp_path: Path) -> None:
+    bucket = tampered(recorded, tmp_path)
+    obj = recorded.obj(bucket, recorded.clip["id"])
+    obj.write_bytes(obj.read_bytes()[: obj.stat().st_size // 2])
+    verify_fails(recorded, bucket, tmp_path, f"object {recorded.clip['id']} is truncated")
+
+
+def test_swapped_objects(recorded: Recorded, tmp_path: Path) -> None:
+    bucket = tampered(recorded, tmp_path)
+    a, b = recorded.clip["id"], recorded.clip["poster"]
+    pa, pb = recorded.obj(bucket, a), recorded.obj(bucket, b)
+    da, db = pa.read_bytes(), pb.read_bytes()
+    pa.write_bytes(db)
+    pb.write_bytes(da)
+    out = verify_fails(
+        recorded,
+        bucket,
+        tmp_path,
+        f"object {a}: SHA-256 mismatch (swapped or altered); it holds object {b}",
+    )
+    assert f"object {b}: SHA-256 mismatch (swapped or altered); it holds object {a}" in out
+
+
+def test_deleted_object(recorded: Recorded, tmp_path: Path) -> None:
+    bucket = tampered(recorded, tmp_path)
+    recorded.obj(bucket, recorded.clip["id"]).unlink()
+    verify_fails(
+        recorded,
+        bucket,
+        tmp_path,
+        f"object {recorded.clip['id']} listed in the manifest is missing from the bucket (deleted)",
+    )
+
+
+def test_forged_clip(recorded: Recorded, tmp_path: Path) -> None:
+    bucket = tampered(recorded, tmp_path)
+    forged = os.urandom(16).hex()
+    recorded.obj(bucket, forged).write_bytes(encrypt([recorded.recipient], b"\0\0\0\x18ftypisom"))
+    verify_fails(recorded, bucket, tmp_path, f"forged object {forged}: not in the manifest")
+
+
+def test_share_is_recorded_by_the_bridge_and_listed(recorded: Recorded, tmp_path: Path) -> None:
+    """The bridge side is the real ClipVault (the recorded bridge's own state) with
+    bridge/owner/share_api.py mounted on a status app, as the service is to mount it."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    from bridge.owner.share_api import add_share_routes
+    from bridge.store.config import StorageConfig
+    from bridge.store.vault import ClipVault
+    from tests.peers.rtsp import free_port
+
+    bucket = tampered(recorded, tmp_path)
+    state_dir = tmp_path / "bridge-state"
+    shutil.copytree(recorded.bucket.parent / "state", state_dir)
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    ready, box = threading.Event(), {}
+
+    async def serve() -> None:
+        vault = ClipVault(
+            StorageConfig(bucket.as_uri(), (recorded.recipient,), heartbeat_seconds=60), state_dir
+        )
+        await vault.start()
+        app = web.Application()
+
+        async def status(_: web.Request) -> web.Response:
+            return web.json_response({"storage": vault.status()})
+
+        app.router.add_get("/status", status)
+        add_share_routes(app, lambda: vault)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        box["stop"] = stop = asyncio.Event()
+        ready.set()
+        await stop.wait()
+        for _ in range(100):  # let the share's segment and head reach the bucket
+            if not vault.spool.ready():
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)
+        await runner.cleanup()
+        await vault.stop()
+
+    thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
+    thread.start()
+    assert ready.wait(20)
+    engineer = tmp_path / "engineer.key"
+    to = obscura("keys", "generate", "-o", str(engineer)).stdout.split("recipient): ")[1].split()[0]
+    config = config_for(bucket, recorded.recipient, tmp_path)
+    config.write_text(config.read_text().replace("port = 1\n", f"port = {port}\n"))
+    try:
+        out = obscura(
+            "clips",
+            "share",
+            recorded.clip["id"],
+            "--to",
+            to,
+            "--config",
+            str(config),
+            "--identity",
+            str(recorded.key),
+            "--state-dir",
+            str(tmp_path / "s"),
+        )
+    finally:
+        loop.call_soon_threadsafe(box["stop"].set)
+        thread.join(30)
+    copy_id = out.stdout.split("object ")[1].split()[0].rsplit("/", 1)[1]
+    listed = obscura(
+        "clips",
+        "list",
+        "--config",
+        str(config),
+        "--identity",
+        str(recorded.key),
+        "--state-dir",
+        str(tmp_path / "s"),
+    ).stdout
+    assert f"shared with {to} as {copy_id}" in listed
+    plain = tmp_path / "shared.mp4"
+    subprocess.run(
+        ["age", "-d", "-i", str(engineer), "-o", str(plain), str(recorded.obj(bucket, copy_id))],
+        check=True,
+    )
+    assert plain.read_bytes()[4:8] == b"ftyp"
+    out = obscura(
+        "clips",
+        "verify",
+        "--config",
+        str(config),
+        "--identity",
+        str(recorded.key),
+        "--state-dir",
+        str(tmp_path / "s"),
+    )
+    assert "OK (1 clips" in out.stdout
+
+
+def test_share_without_the_bridge_shares_nothing(recorded: Recorded, tmp_path: Path) -> None:
+    bucket = tampered(recorded, tmp_path)
+    before = sorted(p.name for p in bucket.rglob("*"))
+    out = clips(
+        recorded,
+        "share",
+        recorded.clip["id"],
+        "--to",
+        recorded.recipient,
+        bucket=bucket,
+        state=tmp_path / "s",
+        check=None,
+    )
+    assert out.returncode == 1 and "not reachable" in out.stderr, out.stderr
+    assert sorted(p.name for p in bucket.rglob("*")) == before
