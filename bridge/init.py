@@ -94,6 +94,10 @@ def write_initial_config(args: argparse.Namespace) -> int:
     load_config(path)  # what we wrote must load
     print(f"Wrote {path} (mode 0600) with a new setup code.")
     print(
+        "Recording is off until clips can be encrypted to you: run `obscura keys generate` "
+        f"(keep that key off this box), then `obscura keys add-recipient age1… --config {path}`."
+    )
+    print(
         f"Next: `obscura run --config {path}`, then `obscura pair --config {path}` "
         "to add it in the Home app."
     )
