@@ -27,16 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.peers.bridge_process import BridgeProcess, CameraSpec
-from tests.peers.homekit import (
-    Endpoint,
-    Paired,
-    SetupEndpointsRequest,
-    StreamManagement,
-    find_aid,
-    pair,
-    setup_endpoints,
-    stream_management,
-)
+from tests.peers.camera_tlv import Endpoint, SetupEndpointsRequest, setup_endpoints
+from tests.peers.homekit import Paired, StreamManagement, find_aid, pair, stream_management
 from tests.peers.rtsp import RtspCamera
 from tests.peers.srtp_receiver import SrtpReceiver
 from tests.peers.viewer import Viewer

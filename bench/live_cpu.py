@@ -47,7 +47,7 @@ from bench._common import (
     table,
 )
 from tests.peers.bridge_process import CameraSpec
-from tests.peers.homekit import VideoSelection
+from tests.peers.camera_tlv import VideoSelection
 
 CAMERA = "Bench"
 GOAL_COPY_PERCENT = 5.0

@@ -59,7 +59,7 @@ from bench._common import (
     table,
 )
 from tests.peers.bridge_process import CameraSpec
-from tests.peers.homekit import VideoSelection
+from tests.peers.camera_tlv import VideoSelection
 from tests.peers.srtp_receiver import ReceivedFrame, SrtpReceiver
 
 CAMERA = "Bench"

@@ -207,7 +207,10 @@ async def test_a_bad_model_is_a_clear_error_and_cameras_keep_streaming(
         doctor = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "bridge", "doctor", "--config", str(bridge.config)],
-            cwd=ROOT, capture_output=True, text=True, timeout=60,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert "detection OFF" in doctor.stdout and expected in doctor.stdout
         paired = await pair(bridge.hap_port, bridge.setup_code)

@@ -12,23 +12,25 @@ from aiohomekit.exceptions import AuthenticationError
 from PIL import Image
 
 from tests.peers.bridge_process import BridgeProcess, CameraSpec
-from tests.peers.homekit import (
+from tests.peers.camera_tlv import (
     STATUS_AVAILABLE,
     STATUS_IN_USE,
+    parse_streaming_status,
+    parse_supported_rtp,
+    parse_supported_video,
+)
+from tests.peers.camera_tlv import VideoSelection as Video
+from tests.peers.homekit import (
     EventLog,
     HapStatusError,
     Paired,
     find_aid,
     pair,
-    parse_streaming_status,
-    parse_supported_rtp,
-    parse_supported_video,
     read_tlv,
     reconnect,
     stream_management,
     write_with_response,
 )
-from tests.peers.homekit import VideoSelection as Video
 from tests.peers.viewer import Viewer
 
 

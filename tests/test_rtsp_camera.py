@@ -15,17 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.peers.bridge_process import BridgeProcess, CameraSpec
-from tests.peers.homekit import (
-    STATUS_AVAILABLE,
-    STATUS_IN_USE,
-    EventLog,
-    find_aid,
-    pair,
-    parse_streaming_status,
-    read_tlv,
-    stream_management,
-)
-from tests.peers.homekit import VideoSelection as Video
+from tests.peers.camera_tlv import STATUS_AVAILABLE, STATUS_IN_USE, parse_streaming_status
+from tests.peers.camera_tlv import VideoSelection as Video
+from tests.peers.homekit import EventLog, find_aid, pair, read_tlv, stream_management
 from tests.peers.rtsp import RtspCamera
 from tests.peers.viewer import Viewer
 from tests.test_homekit import jpeg_size

@@ -33,8 +33,16 @@ from typing import Self
 
 WEED = Path(sys.executable).with_name("weed")
 _PORTS = (
-    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
-    "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port", "admin.port.grpc",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
 )
 
 
@@ -77,11 +85,13 @@ class SeaweedFS:
         self._log_offset = 0
         (self.root / "data").mkdir(parents=True, exist_ok=True)
         config = {
-            "identities": [{
-                "name": "admin",
-                "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
-                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }]
+            "identities": [
+                {
+                    "name": "admin",
+                    "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                }
+            ]
         }
         self.config_path = self.root / "s3.json"
         self.config_path.write_text(json.dumps(config))
@@ -123,12 +133,17 @@ class SeaweedFS:
 
     def _spawn(self) -> None:
         args = [
-            str(WEED if WEED.exists() else shutil.which("weed")), "mini",
+            str(WEED if WEED.exists() else shutil.which("weed")),
+            "mini",
             f"-dir={self.root / 'data'}",
-            "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
             f"-s3.config={self.config_path}",
-            "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-master.telemetry=false",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
             f"-filer.localSocket={self.root / 'filer.sock'}",
             f"-s3.localSocket={self.root / 's3.sock'}",
             f"-bucket={','.join(self.buckets)}",
@@ -138,8 +153,12 @@ class SeaweedFS:
         log = self.log_path.open("ab")
         try:
             self.proc = subprocess.Popen(
-                args, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                args,
+                cwd=self.root,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         finally:
             log.close()
@@ -149,8 +168,11 @@ class SeaweedFS:
         from obstore.store import S3Store
 
         store = S3Store(
-            self.buckets[0], endpoint=self.endpoint, region="us-east-1",
-            access_key_id=self.access_key, secret_access_key=self.secret_key,
+            self.buckets[0],
+            endpoint=self.endpoint,
+            region="us-east-1",
+            access_key_id=self.access_key,
+            secret_access_key=self.secret_key,
             virtual_hosted_style_request=False,
             client_options={"allow_http": True, "timeout": "2s", "connect_timeout": "1s"},
             retry_config={"max_retries": 0},

@@ -5,11 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from tests.peers.homekit import (
-    Paired,
+from tests.peers.camera_tlv import (
     SetupEndpointsRequest,
     SetupEndpointsResponse,
-    StreamManagement,
     VideoSelection,
     reconfigure_stream_config,
     select_stream,
@@ -17,6 +15,7 @@ from tests.peers.homekit import (
     start_stream_config,
     stop_stream_config,
 )
+from tests.peers.homekit import Paired, StreamManagement
 from tests.peers.srtp_receiver import SrtpReceiver
 
 
