@@ -52,6 +52,19 @@ def doctor(config: Config, url: str | None) -> int:
         timing = f", {avg:.0f} ms per inference" if avg else ""
         calls = detection["inference_calls"]
         print(f"detection {detection['model']}: {calls} inference(s){timing}")
+    storage = status.get("storage")
+    if storage is None:
+        print("clips     not recorded: no [storage] (obscura keys generate, keys add-recipient)")
+    else:
+        up = storage["uploads"]
+        line = (
+            f"clips     {storage['clips_sealed']} sealed to {len(storage['recipients'])} "
+            f"recipient(s) in {storage['bucket']}; {up['pending_count']} waiting to upload"
+        )
+        print(line)
+        if up.get("last_error") and up["pending_count"]:
+            problems += 1
+            print(f"          upload failing: {up['last_error']}")
     for cam in status["cameras"]:
         video = cam["video"]
         if cam["state"] == "streaming" and video:
