@@ -54,7 +54,10 @@ def free_box_header(padding: int) -> bytes:
 
 
 def mp4_free_box(padding: int) -> bytes:
-    """An ISO BMFF `free` box of exactly `padding` bytes (>= 8), zero-filled."""
+    """An ISO BMFF `free` box of exactly `padding` bytes (>= 8), zero-filled; no box for 0
+    (what mp4_padding returns for a length that already is a Padmé size)."""
+    if padding == 0:
+        return b""
     header = free_box_header(padding)
     return header + bytes(padding - len(header))
 

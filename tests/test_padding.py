@@ -195,3 +195,10 @@ def test_jpeg_comments_split_large_padding() -> None:
         p = jpeg_padding(n)
         assert p == 0 or p >= 4
         assert padme(n + p) == n + p
+
+
+def test_no_box_when_already_padded() -> None:
+    from crypto.padding import mp4_free_box, mp4_padding, padme
+
+    size = padme(100_000)
+    assert mp4_padding(size) == 0 and mp4_free_box(mp4_padding(size)) == b""
