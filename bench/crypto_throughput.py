@@ -44,7 +44,7 @@ def raw_seconds(data: memoryview) -> float:
     nonce = bytes(12)
     t = time.perf_counter()
     for i in range(0, len(data), CHUNK):
-        aead.encrypt_into(nonce, data[i:i + CHUNK], None, out)
+        aead.encrypt_into(nonce, data[i : i + CHUNK], None, out)
     return time.perf_counter() - t
 
 
@@ -52,7 +52,7 @@ def writer_seconds(data: memoryview, write_size: int, recipient: str) -> float:
     t = time.perf_counter()
     w = AgeWriter([recipient], NullSink())
     for i in range(0, len(data), write_size):
-        w.write(data[i:i + write_size])
+        w.write(data[i : i + write_size])
     w.close()
     return time.perf_counter() - t
 
@@ -104,10 +104,21 @@ def main() -> None:
     print(table(["case", "MB/s (median)", "MB/s (best)", "ratio to raw"], rows))
     worst = min(r["ratio"] for n, r in results.items() if n.startswith("AgeWriter"))
     verdict = "meets" if worst >= GOAL else "MISSES"
-    print(f"\nworst AgeWriter / raw = {worst:.2f} ({verdict} the goal >= {GOAL}); "
-          f"{args.mb} MiB x {args.runs} runs; {describe_machine(info)}")
-    emit_json(args, {"machine": info, "mb": args.mb, "runs": args.runs, "results": results,
-                     "worst_ratio": worst, "goal": GOAL})
+    print(
+        f"\nworst AgeWriter / raw = {worst:.2f} ({verdict} the goal >= {GOAL}); "
+        f"{args.mb} MiB x {args.runs} runs; {describe_machine(info)}"
+    )
+    emit_json(
+        args,
+        {
+            "machine": info,
+            "mb": args.mb,
+            "runs": args.runs,
+            "results": results,
+            "worst_ratio": worst,
+            "goal": GOAL,
+        },
+    )
 
 
 if __name__ == "__main__":

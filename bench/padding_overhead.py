@@ -40,20 +40,25 @@ def encode_clip(
     """Bytes of a real fMP4 at ~`mbps`."""
     buf = io.BytesIO()
     kbps = int(mbps * 1000)
-    with av.open(buf, "w", format="mp4",
-                 options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}) as out:
+    with av.open(
+        buf, "w", format="mp4", options={"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+    ) as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.options = {
-            "preset": "ultrafast", "g": str(fps), "b": f"{kbps}k", "maxrate": f"{kbps}k",
-            "bufsize": f"{kbps}k", "x264-params": "nal-hrd=cbr",
+            "preset": "ultrafast",
+            "g": str(fps),
+            "b": f"{kbps}k",
+            "maxrate": f"{kbps}k",
+            "bufsize": f"{kbps}k",
+            "x264-params": "nal-hrd=cbr",
         }
         rng = np.random.default_rng(seconds)
         w, h = size
         base = rng.integers(0, 255, (h, w + 16 * seconds * fps, 3), dtype=np.uint8)
         for i in range(seconds * fps):
-            img = np.ascontiguousarray(base[:, 16 * i:16 * i + w])  # a scrolling scene
+            img = np.ascontiguousarray(base[:, 16 * i : 16 * i + w])  # a scrolling scene
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)
             for packet in stream.encode(frame):
@@ -104,33 +109,79 @@ def main() -> None:
             t = time.perf_counter()
             n = encode_clip(seconds, mbps)
             real.append((seconds, mbps, n))
-            log(f"real clip {seconds} s at {mbps} Mbit/s: {n / 1e6:.2f} MB "
-                f"({time.perf_counter() - t:.1f} s to encode)")
+            log(
+                f"real clip {seconds} s at {mbps} Mbit/s: {n / 1e6:.2f} MB "
+                f"({time.perf_counter() - t:.1f} s to encode)"
+            )
 
     rows = []
     for seconds, mbps, n in real:
         pad = mp4_padding(n)
-        rows.append([f"{seconds} s", f"{mbps}", f"{n:,}", f"{padme(n + pad):,}", f"{pad:,}",
-                     f"{pad / n:.2%}", f"{(encrypted_size(n + pad) - n) / n:.2%}"])
-    print(table(["length", "Mbit/s", "fMP4 bytes", "padded", "free box", "padding",
-                 "total (with age)"], rows))
+        rows.append(
+            [
+                f"{seconds} s",
+                f"{mbps}",
+                f"{n:,}",
+                f"{padme(n + pad):,}",
+                f"{pad:,}",
+                f"{pad / n:.2%}",
+                f"{(encrypted_size(n + pad) - n) / n:.2%}",
+            ]
+        )
+    print(
+        table(
+            ["length", "Mbit/s", "fMP4 bytes", "padded", "free box", "padding", "total (with age)"],
+            rows,
+        )
+    )
 
     sets = {"real clips": stats([n for _, _, n in real]), "grid": stats(grid_sizes())}
     print()
-    print(table(
-        ["set", "clips", "sizes (MB)", "padding mean", "padding max", "total mean", "total max",
-         "distinct padded sizes"],
-        [[name, s["clips"], f"{s['min_mb']:.2f}-{s['max_mb']:.2f}", f"{s['mean_pad']:.2%}",
-          f"{s['max_pad']:.2%}", f"{s['mean_total']:.2%}", f"{s['max_total']:.2%}",
-          s["distinct_padded"]] for name, s in sets.items()],
-    ))
+    print(
+        table(
+            [
+                "set",
+                "clips",
+                "sizes (MB)",
+                "padding mean",
+                "padding max",
+                "total mean",
+                "total max",
+                "distinct padded sizes",
+            ],
+            [
+                [
+                    name,
+                    s["clips"],
+                    f"{s['min_mb']:.2f}-{s['max_mb']:.2f}",
+                    f"{s['mean_pad']:.2%}",
+                    f"{s['max_pad']:.2%}",
+                    f"{s['mean_total']:.2%}",
+                    f"{s['max_total']:.2%}",
+                    s["distinct_padded"],
+                ]
+                for name, s in sets.items()
+            ],
+        )
+    )
     worst = max(s["max_pad"] for s in sets.values())
     verdict = "meets" if worst <= GOAL else "MISSES"
-    print(f"\nworst padding overhead {worst:.2%} ({verdict} the goal <= {GOAL:.0%}); "
-          f"{describe_machine(info)}")
-    emit_json(args, {"machine": info, "real": [
-        {"seconds": s, "mbps": m, "bytes": n, "padding": mp4_padding(n)} for s, m, n in real
-    ], "sets": sets, "worst_padding": worst, "goal": GOAL})
+    print(
+        f"\nworst padding overhead {worst:.2%} ({verdict} the goal <= {GOAL:.0%}); "
+        f"{describe_machine(info)}"
+    )
+    emit_json(
+        args,
+        {
+            "machine": info,
+            "real": [
+                {"seconds": s, "mbps": m, "bytes": n, "padding": mp4_padding(n)} for s, m, n in real
+            ],
+            "sets": sets,
+            "worst_padding": worst,
+            "goal": GOAL,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ each run, in alternating order:
 - spool path (the bridge's real path, for reference): encrypt into a spool entry (fsync'd file),
   then the Uploader uploads it and verifies it (SHA-256 + MD5 ETag re-read): sequential stages.
 
-The goal (issue 4) is encrypted / plaintext >= 0.9. If crypto/age.py is not there yet the
-"encrypted" rows measure the same pipeline with a pass-through writer (and say so).
+The goal (issue 4) is encrypted / plaintext >= 0.9. The "encrypted" rows use the real
+crypto.age.AgeWriter to one fresh X25519 recipient (crypto.age_keys.generate_identity()).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import statistics
-import subprocess
 import tempfile
 import threading
 import time
@@ -41,6 +40,8 @@ from bridge.store.backends.s3 import PART_CONCURRENCY, PART_SIZE, ObstoreBucket
 from bridge.store.bucket import BucketLayout, open_bucket
 from bridge.store.spool import Spool
 from bridge.store.uploader import Uploader
+from crypto.age import AgeWriter
+from crypto.age_keys import generate_identity
 from tests.peers.seaweed import SeaweedFS
 
 MiB = 1 << 20
@@ -56,32 +57,9 @@ class Writer(Protocol):
     def close(self) -> Any: ...
 
 
-class PassThrough:
-    """Stand-in for AgeWriter while crypto/age.py does not exist: same pipeline, no cipher."""
-
-    def __init__(self, recipients: list[str], out: Sink) -> None:
-        self.out = out
-
-    def write(self, data: bytes | memoryview) -> int:
-        return self.out.write(data)
-
-    def close(self) -> None:
-        pass
-
-
 def writer_factory() -> tuple[Callable[[list[str], Sink], Writer], list[str], str]:
-    """(AgeWriter or PassThrough, recipients, label)."""
-    try:
-        from crypto.age import AgeWriter  # type: ignore[import-not-found]
-    except ImportError:
-        return PassThrough, [], "pass-through (crypto/age.py not available yet)"
-    keygen = shutil.which("age-keygen")
-    if keygen is None:
-        raise SystemExit("age-keygen (Debian package age) is needed for a recipient")
-    out = subprocess.run([keygen], capture_output=True, text=True, check=True).stdout
-    recipient = next(
-        line.split(":", 1)[1].strip() for line in out.splitlines() if "public key" in line
-    )
+    """(AgeWriter, recipients, label): one fresh X25519 recipient, as a bridge would have."""
+    recipient = str(generate_identity().recipient)
     return AgeWriter, [recipient], "age (crypto/age.py AgeWriter, X25519, 1 recipient)"
 
 
@@ -105,7 +83,7 @@ class QueueSink:
         self.total += n
         while view:
             take = min(len(view), FEED - self.fill)
-            self.buf[self.fill:self.fill + take] = view[:take]
+            self.buf[self.fill : self.fill + take] = view[:take]
             self.fill += take
             view = view[take:]
             if self.fill == FEED:
@@ -133,7 +111,7 @@ async def run_plain(bucket: ObstoreBucket, data: bytes, name: str) -> float:
     async def chunks() -> AsyncIterator[bytes]:
         view = memoryview(data)
         for i in range(0, len(data), FEED):
-            yield view[i:i + FEED]  # type: ignore[misc]
+            yield view[i : i + FEED]  # type: ignore[misc]
 
     t = time.perf_counter()
     await upload_stream(bucket, name, chunks())
@@ -141,8 +119,11 @@ async def run_plain(bucket: ObstoreBucket, data: bytes, name: str) -> float:
 
 
 async def run_encrypted(
-    bucket: ObstoreBucket, data: bytes, name: str,
-    make: Callable[[list[str], Sink], Writer], recipients: list[str],
+    bucket: ObstoreBucket,
+    data: bytes,
+    name: str,
+    make: Callable[[list[str], Sink], Writer],
+    recipients: list[str],
 ) -> tuple[float, int]:
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[bytearray | None] = asyncio.Queue(maxsize=8)
@@ -153,7 +134,7 @@ async def run_encrypted(
             writer = make(recipients, sink)
             view = memoryview(data)
             for i in range(0, len(data), 64 * 1024):
-                writer.write(view[i:i + 64 * 1024])
+                writer.write(view[i : i + 64 * 1024])
             writer.close()
         finally:
             sink.finish()
@@ -172,8 +153,12 @@ async def run_encrypted(
 
 
 async def run_spool_path(
-    bucket: ObstoreBucket, data: bytes, spool: Spool, layout: BucketLayout,
-    make: Callable[[list[str], Sink], Writer], recipients: list[str],
+    bucket: ObstoreBucket,
+    data: bytes,
+    spool: Spool,
+    layout: BucketLayout,
+    make: Callable[[list[str], Sink], Writer],
+    recipients: list[str],
 ) -> tuple[float, float, str]:
     name = layout.clip_name()
 
@@ -182,7 +167,7 @@ async def run_spool_path(
             writer = make(recipients, entry)
             view = memoryview(data)
             for i in range(0, len(data), 64 * 1024):
-                writer.write(view[i:i + 64 * 1024])
+                writer.write(view[i : i + 64 * 1024])
             writer.close()
             entry.commit(name, "clip")
 
@@ -231,8 +216,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 dt, enc, obj = await run_spool_path(bucket, data, spool, layout, make, recipients)
                 results["spool_path"].append(args.mb / dt)
                 spool_encrypt.append(args.mb / enc)
-                log(f"run {r + 1}/{args.runs} spool path: {args.mb / dt:.0f} MiB/s "
-                    f"(encrypt into spool {args.mb / enc:.0f} MiB/s)")
+                log(
+                    f"run {r + 1}/{args.runs} spool path: {args.mb / dt:.0f} MiB/s "
+                    f"(encrypt into spool {args.mb / enc:.0f} MiB/s)"
+                )
                 await bucket.delete(obj)
     finally:
         if not args.keep:
@@ -266,10 +253,15 @@ def main() -> None:
     med = res["median_mib_s"]
     print(f"\n{describe_machine(res['machine'])}")
     print(f"{args.mb} MiB per upload, {args.runs} runs per mode, writer: {res['writer']}\n")
-    print(table(
-        ["mode", "median MiB/s", "runs (MiB/s)"],
-        [[k, f"{med[k]:.0f}", " ".join(f"{x:.0f}" for x in v)] for k, v in res["mib_s"].items()],
-    ))
+    print(
+        table(
+            ["mode", "median MiB/s", "runs (MiB/s)"],
+            [
+                [k, f"{med[k]:.0f}", " ".join(f"{x:.0f}" for x in v)]
+                for k, v in res["mib_s"].items()
+            ],
+        )
+    )
     print(f"\nencrypted / plaintext = {res['ratio_encrypted_over_plaintext']:.2f} (goal >= 0.9)")
     print(f"spool path: encrypt into the spool {res['spool_encrypt_mib_s']:.0f} MiB/s, then upload")
     with contextlib.suppress(BrokenPipeError):
