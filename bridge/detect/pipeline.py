@@ -226,6 +226,7 @@ class LivePipelineRunner:
             if frame is None:
                 continue
             started = self.clock()
+            paced_from = time.monotonic()  # pacing must not stall when the wall clock steps
             try:
                 pipeline.process(FrameInput(frame, started))
                 self.error = None
@@ -234,7 +235,7 @@ class LivePipelineRunner:
                     log.exception("camera %r: detection failed", pipeline.camera)
                 self.error = str(exc)
             # Pace to the configured rate; frames arriving meanwhile replace each other.
-            rest = pipeline.interval - (self.clock() - started)
+            rest = pipeline.interval - (time.monotonic() - paced_from)
             if rest > 0:
                 self._stop.wait(rest)
         pipeline.close(self.clock())
