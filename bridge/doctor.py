@@ -55,6 +55,9 @@ def doctor(config: Config, url: str | None) -> int:
     storage = status.get("storage")
     if storage is None:
         print("clips     not recorded: no [storage] (obscura keys generate, keys add-recipient)")
+    elif storage.get("error"):
+        problems += 1
+        print(f"clips     NOT recorded: {storage['error']}")
     else:
         up = storage["uploads"]
         line = (

@@ -35,6 +35,7 @@ class BridgeService:
         self.homekit: HomeKitBridge | None = None
         self.detection: DetectionService | None = None
         self.vault: Any = None
+        self.storage_error: str | None = None
         self.recorders: list[Any] = []
         self._status_runner: Any = None
 
@@ -96,8 +97,15 @@ class BridgeService:
         from bridge.store.vault import ClipVault
         from crypto.padding import mp4_free_box, mp4_padding
 
-        self.vault = ClipVault(storage, self.config.state_dir)
-        await self.vault.start()
+        try:
+            vault = ClipVault(storage, self.config.state_dir)
+            await vault.start()
+        except (ValueError, OSError) as exc:  # bad bucket URL, credentials file, keys, state
+            # Like a broken model: cameras keep streaming; the log and doctor say why.
+            self.storage_error = str(exc)
+            log.error("recording is off, cameras keep streaming: %s", exc)
+            return
+        self.vault = vault
         settings = RecordSettings(
             pre_roll=storage.pre_roll_seconds,
             post_roll=storage.post_roll_seconds,
@@ -141,7 +149,9 @@ class BridgeService:
             },
             "cameras": [self._camera_status(c) for c in self.cameras],
             "detection": self.detection.summary() if self.detection else None,
-            "storage": self.vault.status() if self.vault else None,
+            "storage": self.vault.status()
+            if self.vault
+            else ({"error": self.storage_error} if self.storage_error else None),
         }
 
     def _camera_status(self, camera: BridgeCamera) -> dict[str, Any]:

@@ -87,3 +87,28 @@ def test_clips_are_encrypted_to_the_owner_and_decrypt_with_stock_age(
     with av.open(str(mp4s[0])) as container:
         frames = [f for f in container.decode(video=0)]
     assert len(frames) >= 15 and (frames[0].width, frames[0].height) == (640, 360)
+
+
+def test_bad_storage_is_a_clear_error_and_streaming_goes_on(
+    tmp_path: Path, owner_key: tuple[Path, str]
+) -> None:
+    creds = tmp_path / "s3.env"
+    creds.write_text("AWS_ACCESS_KEY_ID=AK\nAWS_SECRET_ACCESS_KEY=never-logged-7f3a\n")
+    creds.chmod(0o644)  # readable by others: refused
+    bridge = BridgeProcess(
+        tmp_path,
+        [CameraSpec("Demo", "demo:", {"width": 320, "height": 240})],
+        storage={
+            "bucket": "s3://clips/home?endpoint=http://127.0.0.1:9&region=us-east-1",
+            "recipients": [owner_key[1]],
+            "credentials_file": str(creds),
+        },
+    )
+    bridge.start()
+    try:
+        bridge.wait_camera("Demo")
+        error = bridge.status()["storage"]["error"]
+        assert "s3.env" in error and "0644" in error
+    finally:
+        assert bridge.stop() == 0
+    assert "never-logged-7f3a" not in bridge.log_text()
