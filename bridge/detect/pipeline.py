@@ -141,7 +141,9 @@ class CameraPipeline:
             min(1.0, min_side),
         )
         pixels = region.to_pixels(width, height) if region is not None else None
-        rgb = frame.to_ndarray(format="rgb24")
+        # One scaler thread: PyAV would otherwise start a thread pool per converted frame,
+        # kept alive as long as the frame (a track's best frame can live for minutes).
+        rgb = frame.reformat(format="rgb24", threads=1).to_ndarray()
         found = self.detector.detect(rgb, pixels)
         self.detector_calls += 1
         sightings = [
