@@ -77,18 +77,21 @@ class OnnxDetector(Detector):
     score_threshold: float
     iou_threshold: float
 
+    default_score = 0.35
+    default_iou = 0.5
+
     def __init__(
         self,
         path: Path,
         *,
-        threads: int,
-        labels: tuple[str, ...] | None,
-        score_threshold: float,
-        iou_threshold: float,
+        threads: int = 2,
+        labels: tuple[str, ...] | None = None,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
     ) -> None:
         self.path = path
-        self.score_threshold = score_threshold
-        self.iou_threshold = iou_threshold
+        self.score_threshold = self.default_score if score_threshold is None else score_threshold
+        self.iou_threshold = self.default_iou if iou_threshold is None else iou_threshold
         self._lock = threading.Lock()
         self._session: ort.InferenceSession | None = make_session(path, threads)
         inputs = self._session.get_inputs()

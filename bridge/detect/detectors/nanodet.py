@@ -9,7 +9,6 @@ exports concatenate everything into one [1, ΣN, C + 4·(R+1)] output; both layo
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,23 +25,6 @@ MAX_CANDIDATES = 1000
 class NanoDetDetector(OnnxDetector):
     kind = "nanodet"
     default_size = (416, 416)
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        threads: int = 2,
-        labels: tuple[str, ...] | None = None,
-        score_threshold: float = 0.35,
-        iou_threshold: float = 0.5,
-    ) -> None:
-        super().__init__(
-            path,
-            threads=threads,
-            labels=labels,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-        )
 
     # ---- layout ------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ Pre-processing is Ultralytics' letterbox: scale to fit, centre, pad with grey 11
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,23 +46,7 @@ def _layout(shape: tuple[int, int], c: int | None) -> tuple[str, int]:
 class YoloDetector(OnnxDetector):
     kind = "yolo"
     default_size = (640, 640)
-
-    def __init__(
-        self,
-        path: Path,
-        *,
-        threads: int = 2,
-        labels: tuple[str, ...] | None = None,
-        score_threshold: float = 0.35,
-        iou_threshold: float = 0.45,
-    ) -> None:
-        super().__init__(
-            path,
-            threads=threads,
-            labels=labels,
-            score_threshold=score_threshold,
-            iou_threshold=iou_threshold,
-        )
+    default_iou = 0.45  # as Ultralytics' own NMS
 
     def _configure(
         self, outputs: list[Any], labels: tuple[str, ...] | None, meta: dict[str, str]
