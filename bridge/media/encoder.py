@@ -65,9 +65,6 @@ class H264Encoder:
             out.append((data, float(packet.pts or 0) / 90000, idr or packet.is_keyframe))
         return out
 
-    def force_keyframe(self, frame: av.video.frame.VideoFrame) -> None:
-        frame.pict_type = av.video.frame.PictureType.I
-
     @property
     def parameter_sets(self) -> bytes:
         return self._normalizer.parameter_sets
@@ -75,7 +72,3 @@ class H264Encoder:
     @property
     def profile(self) -> str:
         return self._normalizer.profile
-
-    def close(self) -> None:
-        # PyAV frees the context when it is garbage collected; drop our reference now.
-        self._ctx = None  # type: ignore[assignment]

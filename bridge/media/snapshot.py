@@ -6,7 +6,6 @@ import asyncio
 import io
 
 import av.video.frame
-from PIL import Image
 
 from accessories.backend import CameraUnavailable
 from bridge.media.frames import FrameTap
@@ -51,8 +50,3 @@ async def snapshot_jpeg(
 
     return await asyncio.to_thread(render)
 
-
-def placeholder_jpeg(width: int, height: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (max(1, width), max(1, height)), (32, 32, 32)).save(out, "JPEG")
-    return out.getvalue()

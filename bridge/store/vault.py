@@ -201,14 +201,18 @@ class ClipVault:
     def _retention_entries(self) -> list[tuple[str, float]]:
         return list(self._index.items())
 
-    async def _retention_deleted(self, names: list[str]) -> None:
+    def _forget(self, names: list[str], reason: str) -> list[Entry]:
+        """Drop objects from the retention index; the manifest entries that record why."""
         entries: list[Entry] = []
         for name in names:
             self._index.pop(name, None)
             object_id = self.layout.object_id(name)
             if object_id:
-                entries.append(DeleteEntry(object_id, "retention"))
-        if entries:
+                entries.append(DeleteEntry(object_id, reason))
+        return entries
+
+    async def _retention_deleted(self, names: list[str]) -> None:
+        if entries := self._forget(names, "retention"):
             await self.append(entries)
 
     def _evicted(self, items: list[SpoolItem]) -> None:
@@ -220,13 +224,7 @@ class ClipVault:
 
     def _record_evictions(self) -> None:
         names, self._evictions = self._evictions, []
-        entries: list[Entry] = []
-        for name in names:
-            self._index.pop(name, None)
-            object_id = self.layout.object_id(name)
-            if object_id:
-                entries.append(DeleteEntry(object_id, "evicted"))
-        if entries:
+        if entries := self._forget(names, "evicted"):
             self._tasks.append(asyncio.ensure_future(self.append(entries)))
 
     # -- lifecycle -----------------------------------------------------------------------
