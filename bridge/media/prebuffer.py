@@ -16,6 +16,7 @@ class Prebuffer:
         self.seconds = seconds
         self.max_bytes = max_bytes
         self._packets: deque[VideoPacket] = deque()
+        self._keyframes: deque[VideoPacket] = deque()  # the keyframes among _packets, in order
         self._bytes = 0
 
     def append(self, packet: VideoPacket) -> None:
@@ -26,30 +27,27 @@ class Prebuffer:
             if not packet.keyframe:
                 return
         self._packets.append(packet)
+        if packet.keyframe:
+            self._keyframes.append(packet)
         self._bytes += len(packet.data)
         self._trim(packet.pts)
 
     def _trim(self, newest_pts: float) -> None:
         # Drop whole GOPs from the front while the rest still covers `seconds` (or memory is
-        # over the cap), so the buffer keeps at least one GOP and starts at a keyframe.
-        while True:
-            second_key = self._second_keyframe_index()
-            if second_key is None:
-                return
-            covers = newest_pts - self._packets[second_key].pts >= self.seconds
+        # over the cap), so the buffer keeps at least one GOP and starts at a keyframe. Runs
+        # on the loop for every packet: the keyframe deque makes it O(1) per dropped packet.
+        while len(self._keyframes) >= 2:
+            second = self._keyframes[1]
+            covers = newest_pts - second.pts >= self.seconds
             if not covers and self._bytes <= self.max_bytes:
                 return
-            for _ in range(second_key):
+            self._keyframes.popleft()
+            while self._packets[0] is not second:
                 self._bytes -= len(self._packets.popleft().data)
-
-    def _second_keyframe_index(self) -> int | None:
-        for i, packet in enumerate(self._packets):
-            if i > 0 and packet.keyframe:
-                return i
-        return None
 
     def clear(self) -> None:
         self._packets.clear()
+        self._keyframes.clear()
         self._bytes = 0
 
     def packets(self) -> list[VideoPacket]:
@@ -57,10 +55,16 @@ class Prebuffer:
         return list(self._packets)
 
     def from_latest_keyframe(self) -> list[VideoPacket]:
-        for i in range(len(self._packets) - 1, -1, -1):
-            if self._packets[i].keyframe:
-                return list(self._packets)[i:]
-        return []
+        if not self._keyframes:
+            return []
+        latest = self._keyframes[-1]
+        out: list[VideoPacket] = []
+        for packet in reversed(self._packets):  # the newest GOP is at the end: walk back to it
+            out.append(packet)
+            if packet is latest:
+                break
+        out.reverse()
+        return out
 
     @property
     def duration(self) -> float:
