@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -41,13 +40,13 @@ from typing import Any, Self
 
 from bridge.store.backends.file import fsync_dir
 from bridge.store.bucket import check_name
+from bridge.store.digests import Hasher, file_digests
 
 log = logging.getLogger(__name__)
 
 KINDS = frozenset({"clip", "thumbnail", "manifest"})
 _ID = re.compile(r"^\d{20}-[0-9a-f]{8}$")
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_HASH_CHUNK = 1 << 20
 
 
 class SpoolFull(RuntimeError):
@@ -68,6 +67,10 @@ class SpoolItem:
     last_error: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     data_path: Path = Path()
+    # The S3 ETag hashed while the entry was written, for buckets split in parts of
+    # etag_part_size (None: one PUT): lets the uploader verify without re-reading the file.
+    etag: str | None = None
+    etag_part_size: int | None = None
 
     def sidecar(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,8 @@ class SpoolItem:
             "attempts": self.attempts,
             "last_error": self.last_error,
             "meta": self.meta,
+            "etag": self.etag,
+            "etag_part_size": self.etag_part_size,
         }
 
 
@@ -112,14 +117,6 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class SpoolEntry:
     """A file being written into the spool: a binary sink (write/flush) that hashes as it goes."""
 
@@ -130,7 +127,7 @@ class SpoolEntry:
         self._fd: int | None = os.open(
             self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600
         )
-        self._sha = hashlib.sha256()
+        self._hasher = Hasher(spool.etag_part_size, with_md5=spool.etag_md5)
         self.size = 0
         self._done = False
 
@@ -146,7 +143,7 @@ class SpoolEntry:
                 raise self._spool.full_error(f"after {written} bytes of this entry") from e
             raise
         n = len(memoryview(data).cast("B"))
-        self._sha.update(data)
+        self._hasher.update(data)
         self.size += n
         self._spool._incoming_grew(n)
         return n
@@ -175,16 +172,22 @@ class SpoolEntry:
             self._fd = None
             size = self.path.stat().st_size
             # Someone wrote to entry.path directly: hash what is on disk instead.
-            digest = self._sha.hexdigest() if size == self.size else file_sha256(self.path)
+            digests = (
+                self._hasher.digests()
+                if size == self.size
+                else file_digests(self.path, spool.etag_part_size, spool.etag_md5)
+            )
             item = SpoolItem(
                 id=self.id,
                 object_name=object_name,
                 kind=kind,
                 size=size,
-                sha256=digest,
+                sha256=digests.sha256,
                 committed_at=time.time(),
                 meta=dict(meta or {}),
                 data_path=spool.ready_dir / f"{self.id}.data",
+                etag=digests.etag,
+                etag_part_size=spool.etag_part_size if digests.etag else None,
             )
             _write_json(sidecar_tmp, item.sidecar())
             spool._hook("before-data-rename")
@@ -242,8 +245,14 @@ class Spool:
         max_bytes: int,
         *,
         on_evict: Callable[[list[SpoolItem]], None] | None = None,
+        etag_md5: bool = False,
+        etag_part_size: int | None = None,
     ) -> None:
+        """etag_md5 / etag_part_size: hash each entry's S3 ETag as it is written (the bucket's
+        `md5_etags` and `part_size`), so uploads are verified without a second read."""
         self.dir = directory
+        self.etag_md5 = etag_md5
+        self.etag_part_size = etag_part_size
         self.max_bytes = max_bytes
         self.incoming = directory / "incoming"
         self.ready_dir = directory / "ready"
@@ -306,6 +315,8 @@ class Spool:
                 last_error=raw.get("last_error"),
                 meta=dict(raw.get("meta") or {}),
                 data_path=data,
+                etag=raw.get("etag"),
+                etag_part_size=raw.get("etag_part_size"),
             )
             if data.stat().st_size != item.size:
                 raise ValueError(f"data is {data.stat().st_size} bytes, sidecar says {item.size}")

@@ -4,10 +4,13 @@ Each spool entry carries the object name fixed at commit time, so a retry — af
 after a crash in the middle of a PUT — re-uploads the same bytes under the same name: an object
 never appears under two names, and a re-PUT is idempotent. An entry leaves the spool only after:
 
-1. its bytes still hash to the sidecar's SHA-256 (a locally corrupted entry is quarantined),
-2. the PUT succeeded (a file is streamed from disk: multipart parts of `bucket.part_size`),
-3. HEAD reports the same size and, where the bucket's ETags are MD5s, the expected ETag
+1. the PUT succeeded (a file is streamed from disk: multipart parts of `bucket.part_size`),
+2. HEAD reports the same size and, where the bucket's ETags are MD5s, the expected ETag
    (the MD5, or for a multipart upload the MD5 of the parts' MD5s + "-N"),
+3. its bytes are the committed ones: the ETag was hashed from them as they were written into
+   the spool, so a match proves it end to end with no second read. Where there is no such ETag
+   the file is re-hashed (SHA-256) while it uploads. A locally corrupted entry is quarantined
+   and its upload deleted,
 4. `on_uploaded(item)` returned (so a crash before it means the callback runs again after the
    restart: it is at-least-once, keyed by `item.object_name`).
 
@@ -19,73 +22,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import logging
-import os
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from bridge.redact import redact
 from bridge.store.bucket import Bucket
+from bridge.store.digests import Digests, file_digests
 from bridge.store.spool import Spool, SpoolItem
 
 log = logging.getLogger(__name__)
 
 OnUploaded = Callable[[SpoolItem], Awaitable[None] | None]
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
-_HASH_CHUNK = 1 << 20
 _LOG_EVERY = 60.0  # while failing, log at most once a minute
 
 
 class VerifyError(Exception):
     """The object in the bucket is not what was sent."""
-
-
-@dataclass(frozen=True, slots=True)
-class Digests:
-    sha256: str
-    etag: str | None  # the S3-style ETag this upload should produce, if the bucket has them
-
-
-def file_digests(path: Path, part_size: int | None, with_md5: bool) -> Digests:
-    """SHA-256 of the file and the expected S3 ETag, in one read (run in a thread)."""
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        # obstore uploads a file larger than part_size in parts of exactly part_size: the ETag
-        # is then MD5(MD5(part1) || MD5(part2) ...) + "-N"; otherwise the file's MD5.
-        multipart = part_size is not None and size > part_size
-        step = part_size if multipart and part_size else size or 1
-        md5s: list[bytes] = []
-        md5 = hashlib.md5(usedforsecurity=False)
-        in_step = 0
-        while chunk := f.read(_HASH_CHUNK):
-            sha.update(chunk)
-            if not with_md5:
-                continue
-            view = memoryview(chunk)
-            while view:  # part boundaries need not align with read chunks
-                take = min(len(view), step - in_step)
-                md5.update(view[:take])
-                in_step += take
-                view = view[take:]
-                if in_step == step:
-                    md5s.append(md5.digest())
-                    md5, in_step = hashlib.md5(usedforsecurity=False), 0
-    if not with_md5:
-        return Digests(sha.hexdigest(), None)
-    if in_step or not md5s:
-        md5s.append(md5.digest())
-    if multipart:
-        composite = hashlib.md5(b"".join(md5s), usedforsecurity=False).hexdigest()
-        return Digests(sha.hexdigest(), f"{composite}-{len(md5s)}")
-    return Digests(sha.hexdigest(), md5s[0].hex())
 
 
 @dataclass(slots=True)
@@ -227,20 +186,11 @@ class Uploader:
             return True  # evicted meanwhile
         self._current = item.object_name
         try:
-            try:
-                digests = await asyncio.to_thread(
-                    file_digests, item.data_path, self.bucket.part_size, self.bucket.md5_etags
-                )
-            except FileNotFoundError:
+            if not item.data_path.exists():
                 await asyncio.to_thread(self.spool.quarantine, item, "its data file is missing")
                 return True
-            if digests.sha256 != item.sha256:
-                await asyncio.to_thread(
-                    self.spool.quarantine, item, "its bytes no longer match the committed SHA-256"
-                )
-                return True
-            await self.bucket.put(item.object_name, item.data_path)
-            await self._verify(item, digests)
+            if not await self._put_verified(item):
+                return True  # quarantined
             if self.on_uploaded is not None:
                 result = self.on_uploaded(item)
                 if inspect.isawaitable(result):
@@ -259,7 +209,58 @@ class Uploader:
         self._succeeded(item)
         return True
 
-    async def _verify(self, item: SpoolItem, digests: Digests) -> None:
+    def _committed_etag(self, item: SpoolItem) -> str | None:
+        """The ETag hashed at write time, if this bucket reports ETags of that form."""
+        bucket = self.bucket
+        if bucket.md5_etags and item.etag and item.etag_part_size == bucket.part_size:
+            return item.etag
+        return None
+
+    async def _put_verified(self, item: SpoolItem) -> bool:
+        """PUT and verify `item`: True when it is in the bucket as committed, False when the
+        local copy turned out corrupt (quarantined, its upload deleted); raises to retry."""
+        etag = self._committed_etag(item)
+        if etag is not None:
+            await self.bucket.put(item.object_name, item.data_path)
+            try:
+                if await self._verify(item, etag):
+                    return True
+            except VerifyError:
+                # The server got other bytes: the network's fault (retry) or the disk's.
+                if not await self._local_copy_intact(item):
+                    return False
+                raise
+            # The server's ETag is of another kind (e.g. SSE-KMS): check the local bytes.
+            return await self._local_copy_intact(item)
+        # No end-to-end ETag: check the local bytes while they upload (a second read, but the
+        # page cache usually still has them and hashing overlaps the transfer).
+        hashing = asyncio.create_task(asyncio.to_thread(
+            file_digests, item.data_path, self.bucket.part_size, self.bucket.md5_etags
+        ))
+        try:
+            await self.bucket.put(item.object_name, item.data_path)
+        finally:
+            digests: Digests = await hashing
+        if digests.sha256 != item.sha256:
+            await self._drop_corrupt(item, "its bytes no longer match the committed SHA-256")
+            return False
+        await self._verify(item, digests.etag)
+        return True
+
+    async def _local_copy_intact(self, item: SpoolItem) -> bool:
+        digests = await asyncio.to_thread(file_digests, item.data_path, None, False)
+        if digests.sha256 == item.sha256:
+            return True
+        await self._drop_corrupt(item, "its bytes no longer match the committed SHA-256")
+        return False
+
+    async def _drop_corrupt(self, item: SpoolItem, reason: str) -> None:
+        with contextlib.suppress(Exception):  # best effort: never leave bad bytes behind
+            await self.bucket.delete(item.object_name)
+        await asyncio.to_thread(self.spool.quarantine, item, reason)
+
+    async def _verify(self, item: SpoolItem, expected_etag: str | None) -> bool:
+        """Size always; True if the ETag was compared too (raises VerifyError on a mismatch)."""
         info = await self.bucket.head(item.object_name)
         if info is None:
             raise VerifyError(f"{item.object_name} is missing right after its PUT")
@@ -267,12 +268,15 @@ class Uploader:
             raise VerifyError(
                 f"{item.object_name} is {info.size} bytes in the bucket, sent {item.size}"
             )
-        etag = (info.etag or "").lower()
-        if digests.etag is not None and _MD5_ETAG.match(etag) and etag != digests.etag:
+        etag = (info.etag or "").lower().strip('"')
+        if expected_etag is None or not _MD5_ETAG.match(etag):
+            return False
+        if etag != expected_etag:
             raise VerifyError(
-                f"{item.object_name}: bucket ETag {etag} != expected {digests.etag} (if this "
+                f"{item.object_name}: bucket ETag {etag} != expected {expected_etag} (if this "
                 "server's ETags are not MD5s, e.g. SSE-KMS, add verify_etag=false to the URL)"
             )
+        return True
 
     def _failed(self, item: SpoolItem, e: Exception) -> None:
         now = time.time()

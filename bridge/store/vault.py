@@ -72,6 +72,8 @@ class ClipVault:
             storage.spool_dir or state_dir / "spool",
             storage.spool_max_mb * MiB,
             on_evict=self._evicted,
+            etag_md5=self.bucket.md5_etags,
+            etag_part_size=self.bucket.part_size,
         )
         self.uploader = Uploader(self.spool, self.bucket)
         self._state_path = state_dir / "manifest-state.json"
