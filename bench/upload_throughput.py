@@ -1,20 +1,25 @@
-"""Encrypt-while-uploading vs plaintext upload of the same bytes to the same SeaweedFS.
+"""Encrypt + upload vs plaintext upload of the same bytes to the same SeaweedFS.
 
-    .venv/bin/python -m bench.upload_throughput [--mb 128] [--runs 5] [--json [FILE]]
+    .venv/bin/python -m bench.upload_throughput [--mb 128] [--runs 7] [--json [FILE]]
 
-One `weed mini` on 127.0.0.1 (tests/peers/seaweed.py), N MiB of random bytes in memory, and for
-each run, in alternating order:
+One `weed mini` on 127.0.0.1 (tests/peers/seaweed.py) and N MiB of random bytes in memory. Each
+round runs four uploads in alternating order (the order flips every round):
 
 - plaintext: the bytes streamed to S3 through obstore's multipart upload (8 MiB parts, 4 in
-  flight — the bridge's settings), fed as 1 MiB chunks from an async iterator;
-- encrypted: the same bytes written into crypto.age.AgeWriter in a worker thread, its ciphertext
-  fed through a bounded queue into the same kind of streaming upload (encryption and upload
-  overlap, as they would for a clip going straight to the bucket);
-- spool path (the bridge's real path, for reference): encrypt into a spool entry (fsync'd file),
-  then the Uploader uploads it and verifies it (SHA-256 + MD5 ETag re-read): sequential stages.
+  flight: the bridge's settings), fed in 8 MiB chunks from an async iterator;
+- encrypted: the same bytes through crypto.age.AgeWriter (one fresh X25519 recipient), 8 MiB of
+  plaintext per step in a worker thread (CPU work stays off the event loop), the ciphertext fed
+  to the same streaming upload: encryption of the next part overlaps the upload of the last;
+- file put: a ciphertext file on disk PUT with `bucket.put(path)`, nothing else: the baseline for
+- spool drain: the bridge's real upload path. The clip was encrypted into a spool entry while
+  it was recorded (timed separately: "encrypt into the spool", which also hashes the S3 ETag);
+  the Uploader PUTs it, HEADs it, checks size + ETag and drops the spool copy.
 
-The goal (issue 4) is encrypted / plaintext >= 0.9. The "encrypted" rows use the real
-crypto.age.AgeWriter to one fresh X25519 recipient (crypto.age_keys.generate_identity()).
+Ratios are reported twice: of the medians, and the median of the per-round ratios (each round's
+uploads run back to back, so slow drifts of a shared machine cancel out). CPU is the process's
+own (obstore's threads included) and SeaweedFS's, per MiB, from /proc.
+
+Goal (issue 4): encrypted / plaintext >= 0.9.
 """
 
 from __future__ import annotations
@@ -27,15 +32,14 @@ import secrets
 import shutil
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import obstore
 
-from bench._common import describe_machine, emit_json, log, machine_info, table
+from bench._common import cpu_seconds, describe_machine, emit_json, log, machine_info, table
 from bridge.store.backends.s3 import PART_CONCURRENCY, PART_SIZE, ObstoreBucket
 from bridge.store.bucket import BucketLayout, open_bucket
 from bridge.store.spool import Spool
@@ -45,60 +49,24 @@ from crypto.age_keys import generate_identity
 from tests.peers.seaweed import SeaweedFS
 
 MiB = 1 << 20
-FEED = MiB  # bytes per chunk handed to the uploader
+STEP = PART_SIZE  # bytes of plaintext per hand-over to the upload
+WRITE = 64 * 1024  # the recorder's fMP4 fragments are of this order
+MODES = ("plaintext", "encrypted", "file_put", "spool_drain")
 
 
-class Sink(Protocol):
-    def write(self, data: bytes | memoryview) -> int: ...
+class Collect:
+    """An AgeWriter sink: appends to a bytearray that is handed over whole (no further copy)."""
 
-
-class Writer(Protocol):
-    def write(self, data: bytes | memoryview) -> Any: ...
-    def close(self) -> Any: ...
-
-
-def writer_factory() -> tuple[Callable[[list[str], Sink], Writer], list[str], str]:
-    """(AgeWriter, recipients, label): one fresh X25519 recipient, as a bridge would have."""
-    recipient = str(generate_identity().recipient)
-    return AgeWriter, [recipient], "age (crypto/age.py AgeWriter, X25519, 1 recipient)"
-
-
-class QueueSink:
-    """Thread side of the pipe: batches writes into FEED-sized chunks for the upload task."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytearray | None]
-    ) -> None:
-        self.loop = loop
-        self.queue = queue
-        self.buf = bytearray(FEED)
-        self.fill = 0
-        self.total = 0
+    def __init__(self) -> None:
+        self.buf = bytearray()
 
     def write(self, data: bytes | memoryview) -> int:
-        # One copy into a fresh FEED-sized buffer (the writer may reuse its own), which is then
-        # handed over whole: no further copies on this side.
-        view = memoryview(data).cast("B")
-        n = len(view)
-        self.total += n
-        while view:
-            take = min(len(view), FEED - self.fill)
-            self.buf[self.fill : self.fill + take] = view[:take]
-            self.fill += take
-            view = view[take:]
-            if self.fill == FEED:
-                self._send(self.buf)
-                self.buf, self.fill = bytearray(FEED), 0
-        return n
+        self.buf += data
+        return len(data)
 
-    def finish(self) -> None:
-        if self.fill:
-            self._send(self.buf[: self.fill])
-        self._send(None)
-
-    def _send(self, item: bytearray | None) -> None:
-        # Blocks this thread while the queue is full: bounded memory, real backpressure.
-        asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop).result()
+    def take(self) -> bytearray:
+        out, self.buf = self.buf, bytearray()
+        return out
 
 
 async def upload_stream(bucket: ObstoreBucket, name: str, chunks: AsyncIterator[Any]) -> None:
@@ -107,142 +75,139 @@ async def upload_stream(bucket: ObstoreBucket, name: str, chunks: AsyncIterator[
     )
 
 
-async def run_plain(bucket: ObstoreBucket, data: bytes, name: str) -> float:
-    async def chunks() -> AsyncIterator[bytes]:
+async def run_plain(bucket: ObstoreBucket, data: bytes, name: str) -> int:
+    async def chunks() -> AsyncIterator[memoryview]:
         view = memoryview(data)
-        for i in range(0, len(data), FEED):
-            yield view[i : i + FEED]  # type: ignore[misc]
+        for i in range(0, len(data), STEP):
+            yield view[i : i + STEP]
 
-    t = time.perf_counter()
     await upload_stream(bucket, name, chunks())
-    return time.perf_counter() - t
+    return len(data)
 
 
-async def run_encrypted(
-    bucket: ObstoreBucket,
-    data: bytes,
-    name: str,
-    make: Callable[[list[str], Sink], Writer],
-    recipients: list[str],
-) -> tuple[float, int]:
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[bytearray | None] = asyncio.Queue(maxsize=8)
-    sink = QueueSink(loop, queue)
+async def run_encrypted(bucket: ObstoreBucket, data: bytes, name: str, recipient: str) -> int:
+    sink = Collect()
+    writer = AgeWriter([recipient], sink)
+    view = memoryview(data)
 
-    def encrypt() -> None:
-        try:
-            writer = make(recipients, sink)
-            view = memoryview(data)
-            for i in range(0, len(data), 64 * 1024):
-                writer.write(view[i : i + 64 * 1024])
+    def encrypt(i: int) -> bytearray:
+        for j in range(i, min(i + STEP, len(data)), WRITE):
+            writer.write(view[j : min(j + WRITE, i + STEP)])
+        if i + STEP >= len(data):
             writer.close()
-        finally:
-            sink.finish()
+        return sink.take()
 
     async def chunks() -> AsyncIterator[bytearray]:
-        while (item := await queue.get()) is not None:
-            yield item
+        for i in range(0, len(data), STEP):
+            yield await asyncio.to_thread(encrypt, i)
 
-    t = time.perf_counter()
-    worker = threading.Thread(target=encrypt, name="encrypt")
-    worker.start()
     await upload_stream(bucket, name, chunks())
-    elapsed = time.perf_counter() - t
-    await asyncio.to_thread(worker.join)
-    return elapsed, sink.total
+    return writer.size
 
 
-async def run_spool_path(
-    bucket: ObstoreBucket,
-    data: bytes,
-    spool: Spool,
-    layout: BucketLayout,
-    make: Callable[[list[str], Sink], Writer],
-    recipients: list[str],
-) -> tuple[float, float, str]:
-    name = layout.clip_name()
+def encrypt_into_spool(spool: Spool, data: bytes, recipient: str, name: str) -> None:
+    with spool.create() as entry:
+        writer = AgeWriter([recipient], entry)
+        view = memoryview(data)
+        for i in range(0, len(data), WRITE):
+            writer.write(view[i : i + WRITE])
+        writer.close()
+        entry.commit(name, "clip")
 
-    def encrypt() -> None:
-        with spool.create() as entry:
-            writer = make(recipients, entry)
-            view = memoryview(data)
-            for i in range(0, len(data), 64 * 1024):
-                writer.write(view[i : i + 64 * 1024])
-            writer.close()
-            entry.commit(name, "clip")
 
-    done = asyncio.Event()
-    up = Uploader(spool, bucket, on_uploaded=lambda item: done.set())
+async def drain(spool: Spool, bucket: ObstoreBucket) -> float:
+    """Seconds from the uploader's start until the spool is empty (uploaded, verified, the
+    entry forgotten; the data file's unlink runs in the background and is not counted)."""
+    up = Uploader(spool, bucket)
     t = time.perf_counter()
-    await asyncio.to_thread(encrypt)
-    t_spooled = time.perf_counter()
     up.start()
-    await done.wait()
-    elapsed = time.perf_counter() - t
-    await up.stop()
-    return elapsed, t_spooled - t, name
+    try:
+        assert await up.wait_idle(120)
+        return time.perf_counter() - t
+    finally:
+        await up.stop()
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    make, recipients, label = writer_factory()
+    recipient = str(generate_identity().recipient)
     info = machine_info()
-    log(f"writer: {label}")
     data = os.urandom(args.mb * MiB)
     work = Path(tempfile.mkdtemp(prefix="upload-bench-"))
-    results: dict[str, list[float]] = {"plaintext": [], "encrypted": [], "spool_path": []}
-    spool_encrypt: list[float] = []
+    mib_s: dict[str, list[float]] = {m: [] for m in MODES}
+    cpu_ms: dict[str, list[float]] = {m: [] for m in MODES}
+    server_ms: dict[str, list[float]] = {m: [] for m in MODES}
+    spool_mib_s: list[float] = []
     try:
         with SeaweedFS(root=work / "seaweed") as s3:
+            assert s3.proc is not None
+            server = s3.proc.pid
             bucket = open_bucket(s3.url(prefix="bench"), environ=s3.env)
             assert isinstance(bucket, ObstoreBucket)
-            spool = Spool(work / "spool", 4 * args.mb * MiB)
             layout = BucketLayout(secrets.token_hex(8))
+            spool = Spool(work / "spool", 4 * args.mb * MiB, etag_md5=True,
+                          etag_part_size=bucket.part_size)
+            cipher_file = work / "cipher.age"
+            with cipher_file.open("wb") as f:
+                AgeWriter([recipient], f).write(data)  # unsealed: the bytes are all that count
             # One warm-up of each (connections, volume allocation), not counted.
             await run_plain(bucket, data[: 16 * MiB], "warm-plain")
-            await run_encrypted(bucket, data[: 16 * MiB], "warm-enc", make, recipients)
+            await run_encrypted(bucket, data[: 16 * MiB], "warm-enc", recipient)
             for r in range(args.runs):
-                order = ["plaintext", "encrypted"] if r % 2 == 0 else ["encrypted", "plaintext"]
-                for mode in order:
-                    name = f"{mode}-{r}"
-                    if mode == "plaintext":
-                        dt = await run_plain(bucket, data, name)
-                    else:
-                        dt, size = await run_encrypted(bucket, data, name, make, recipients)
-                        head = await bucket.head(name)
-                        assert head is not None and head.size == size
-                    results[mode].append(args.mb / dt)
-                    log(f"run {r + 1}/{args.runs} {mode}: {args.mb / dt:.0f} MiB/s")
-                    await bucket.delete(name)
-                dt, enc, obj = await run_spool_path(bucket, data, spool, layout, make, recipients)
-                results["spool_path"].append(args.mb / dt)
-                spool_encrypt.append(args.mb / enc)
-                log(
-                    f"run {r + 1}/{args.runs} spool path: {args.mb / dt:.0f} MiB/s "
-                    f"(encrypt into spool {args.mb / enc:.0f} MiB/s)"
-                )
-                await bucket.delete(obj)
+                t = time.perf_counter()
+                name = layout.clip_name()
+                await asyncio.to_thread(encrypt_into_spool, spool, data, recipient, name)
+                spool_mib_s.append(args.mb / (time.perf_counter() - t))
+                jobs: dict[str, Callable[[], Awaitable[Any]]] = {
+                    "plaintext": lambda r=r: run_plain(bucket, data, f"plain-{r}"),
+                    "encrypted": lambda r=r: run_encrypted(bucket, data, f"enc-{r}", recipient),
+                    "file_put": lambda r=r: bucket.put(f"file-{r}", cipher_file),  # type: ignore[misc]
+                    "spool_drain": lambda: drain(spool, bucket),
+                }
+                for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                    c0, s0, t0 = cpu_seconds(os.getpid()), cpu_seconds(server), time.perf_counter()
+                    result = await jobs[mode]()
+                    dt = result if mode == "spool_drain" else time.perf_counter() - t0
+                    cpu_ms[mode].append((cpu_seconds(os.getpid()) - c0) * 1000 / args.mb)
+                    server_ms[mode].append((cpu_seconds(server) - s0) * 1000 / args.mb)
+                    mib_s[mode].append(args.mb / dt)
+                log(f"round {r + 1}/{args.runs}: " + ", ".join(
+                    f"{m} {mib_s[m][-1]:.0f}" for m in MODES) + " MiB/s")
+                async for obj, _ in bucket.list(""):
+                    if not obj.startswith("warm-"):
+                        await bucket.delete(obj)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
             log(f"kept {work}")
-    med = {k: statistics.median(v) for k, v in results.items()}
+
+    def ratios(a: str, b: str) -> dict[str, float]:
+        paired = [x / y for x, y in zip(mib_s[a], mib_s[b], strict=True)]
+        return {
+            "of_medians": statistics.median(mib_s[a]) / statistics.median(mib_s[b]),
+            "median_paired": statistics.median(paired),
+            "min_paired": min(paired),
+            "max_paired": max(paired),
+        }
+
     return {
         "machine": info,
-        "writer": label,
         "mb": args.mb,
         "runs": args.runs,
-        "mib_s": results,
-        "median_mib_s": med,
-        "spool_encrypt_mib_s": statistics.median(spool_encrypt),
-        "ratio_encrypted_over_plaintext": med["encrypted"] / med["plaintext"],
+        "mib_s": mib_s,
+        "median_mib_s": {m: statistics.median(v) for m, v in mib_s.items()},
+        "cpu_ms_per_mib": {m: statistics.median(v) for m, v in cpu_ms.items()},
+        "server_cpu_ms_per_mib": {m: statistics.median(v) for m, v in server_ms.items()},
+        "encrypt_into_spool_mib_s": statistics.median(spool_mib_s),
+        "encrypted_over_plaintext": ratios("encrypted", "plaintext"),
+        "drain_over_file_put": ratios("spool_drain", "file_put"),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=128, help="MiB per upload (default 128)")
-    parser.add_argument("--runs", type=int, default=5, help="runs per mode (default 5)")
+    parser.add_argument("--runs", type=int, default=7, help="rounds (default 7)")
     parser.add_argument("--quick", action="store_true", help="--mb 32 --runs 3")
     parser.add_argument("--json", nargs="?", const="-", metavar="FILE")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -250,20 +215,25 @@ def main() -> None:
     if args.quick:
         args.mb, args.runs = 32, 3
     res = asyncio.run(bench(args))
-    med = res["median_mib_s"]
+    med, cpu, srv = res["median_mib_s"], res["cpu_ms_per_mib"], res["server_cpu_ms_per_mib"]
     print(f"\n{describe_machine(res['machine'])}")
-    print(f"{args.mb} MiB per upload, {args.runs} runs per mode, writer: {res['writer']}\n")
-    print(
-        table(
-            ["mode", "median MiB/s", "runs (MiB/s)"],
-            [
-                [k, f"{med[k]:.0f}", " ".join(f"{x:.0f}" for x in v)]
-                for k, v in res["mib_s"].items()
-            ],
-        )
-    )
-    print(f"\nencrypted / plaintext = {res['ratio_encrypted_over_plaintext']:.2f} (goal >= 0.9)")
-    print(f"spool path: encrypt into the spool {res['spool_encrypt_mib_s']:.0f} MiB/s, then upload")
+    print(f"{args.mb} MiB per upload, {args.runs} rounds, age to 1 X25519 recipient\n")
+    print(table(
+        ["mode", "median MiB/s", "rounds (MiB/s)", "CPU ms/MiB (bench)", "CPU ms/MiB (weed)"],
+        [
+            [m, f"{med[m]:.0f}", " ".join(f"{x:.0f}" for x in res["mib_s"][m]),
+             f"{cpu[m]:.2f}", f"{srv[m]:.2f}"]
+            for m in MODES
+        ],
+    ))
+    for label, key in (("encrypted / plaintext", "encrypted_over_plaintext"),
+                       ("spool drain / file put", "drain_over_file_put")):
+        r = res[key]
+        print(f"{label}: {r['of_medians']:.2f} of medians, {r['median_paired']:.2f} median of "
+              f"rounds (range {r['min_paired']:.2f}-{r['max_paired']:.2f})")
+    print("goal: encrypted / plaintext >= 0.9")
+    print(f"encrypt into the spool (age + SHA-256 + ETag MD5s, fsync): "
+          f"{res['encrypt_into_spool_mib_s']:.0f} MiB/s")
     with contextlib.suppress(BrokenPipeError):
         emit_json(args, res)
 

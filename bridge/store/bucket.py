@@ -73,8 +73,9 @@ class Bucket(abc.ABC):
     md5_etags: bool = False
 
     @abc.abstractmethod
-    async def put(self, name: str, data: Data) -> None:
-        """Create or replace `name` atomically (readers see the old object or the new one)."""
+    async def put(self, name: str, data: Data) -> str | None:
+        """Create or replace `name` atomically (readers see the old object or the new one).
+        Returns the ETag the server reported for this write, if it reports one."""
 
     @abc.abstractmethod
     async def put_if_absent(self, name: str, data: Data) -> bool:

@@ -289,8 +289,8 @@ class Spool:
             if stem in self._items and ext in ("json", "data"):
                 continue
             (self.ready_dir / name).unlink()
-            if ext == "data":
-                log.warning("spool: removed %s (a commit interrupted before its sidecar)", name)
+            if ext == "data":  # an interrupted commit (or the clean-up after an upload)
+                log.info("spool: removed %s (no sidecar)", name)
         fsync_dir(self.ready_dir)
         fsync_dir(self.incoming)
         if self._items:
@@ -452,10 +452,27 @@ class Spool:
 
     def remove(self, item: SpoolItem) -> None:
         """Drop an uploaded entry: sidecar first (the commit marker), then data."""
+        self.forget(item)
+        self.drop_data(item)
+
+    def forget(self, item: SpoolItem) -> None:
+        """The first half of remove(): the entry is no longer pending (its sidecar is gone).
+        No directory fsync: if a crash undoes the unlink, the entry is uploaded again under the
+        same name (idempotent), which is cheaper than an fsync after every upload."""
         with self._lock:
             self._items.pop(item.id, None)
             self._claimed.discard(item.id)
-        self._unlink(item)
+        with contextlib.suppress(FileNotFoundError):
+            (self.ready_dir / f"{item.id}.json").unlink()
+
+    def drop_data(self, item: SpoolItem) -> None:
+        """The second half: unlinking a large, freshly written file can take ~10-60 ms on ext4,
+        so the uploader does it in the background while the next upload starts. A crash
+        before it leaves a .data without sidecar, which start-up removes."""
+        try:
+            item.data_path.unlink(missing_ok=True)
+        except OSError as e:  # start-up removes it then
+            log.warning("spool: cannot remove uploaded %s: %s", item.data_path.name, e.strerror)
 
     def quarantine(self, item: SpoolItem, reason: str) -> None:
         """Move a corrupt entry aside (never uploaded, kept for inspection)."""

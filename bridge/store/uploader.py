@@ -5,8 +5,9 @@ after a crash in the middle of a PUT — re-uploads the same bytes under the sam
 never appears under two names, and a re-PUT is idempotent. An entry leaves the spool only after:
 
 1. the PUT succeeded (a file is streamed from disk: multipart parts of `bucket.part_size`),
-2. HEAD reports the same size and, where the bucket's ETags are MD5s, the expected ETag
-   (the MD5, or for a multipart upload the MD5 of the parts' MD5s + "-N"),
+2. the PUT's response or a HEAD reports the expected ETag where the bucket's ETags are MD5s
+   (the MD5, or for a multipart upload the MD5 of the parts' MD5s + "-N"), else HEAD reports
+   the same size,
 3. its bytes are the committed ones: the ETag was hashed from them as they were written into
    the spool, so a match proves it end to end with no second read. Where there is no such ETag
    the file is re-hashed (SHA-256) while it uploads. A locally corrupted entry is quarantined
@@ -98,6 +99,7 @@ class Uploader:
         self.failures = 0
         self.next_retry_at: float | None = None
         self._last_logged = 0.0
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     # -- control -----------------------------------------------------------------------------
 
@@ -112,6 +114,8 @@ class Uploader:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     def wake(self) -> None:
         """Look at the spool now (thread-safe; the spool calls it after each commit)."""
@@ -195,7 +199,10 @@ class Uploader:
                 result = self.on_uploaded(item)
                 if inspect.isawaitable(result):
                     await result
-            await asyncio.to_thread(self.spool.remove, item)
+            await asyncio.to_thread(self.spool.forget, item)
+            cleanup = asyncio.create_task(asyncio.to_thread(self.spool.drop_data, item))
+            self._cleanups.add(cleanup)
+            cleanup.add_done_callback(self._cleanups.discard)
         except asyncio.CancelledError:
             self.spool.release(item)
             raise
@@ -221,7 +228,9 @@ class Uploader:
         local copy turned out corrupt (quarantined, its upload deleted); raises to retry."""
         etag = self._committed_etag(item)
         if etag is not None:
-            await self.bucket.put(item.object_name, item.data_path)
+            reported = await self.bucket.put(item.object_name, item.data_path)
+            if reported is not None and reported.lower() == etag:
+                return True  # the server hashed what it stored: no HEAD needed
             try:
                 if await self._verify(item, etag):
                     return True

@@ -166,8 +166,9 @@ class FileBucket(Bucket):
 
     # -- Bucket ------------------------------------------------------------------------------
 
-    async def put(self, name: str, data: Data) -> None:
+    async def put(self, name: str, data: Data) -> str | None:
         await asyncio.to_thread(self._put, name, data, True)
+        return None  # no ETags: the uploader verifies sizes and re-hashes the local copy
 
     async def put_if_absent(self, name: str, data: Data) -> bool:
         return await asyncio.to_thread(self._put, name, data, False)

@@ -77,6 +77,24 @@ def url_query(parts: SplitResult, allowed: set[str]) -> dict[str, str]:
     return query
 
 
+def check_endpoint(endpoint: str) -> bool:
+    """Validate a URL's `endpoint=` option; True if it is plain http (object_store's
+    allow_http), which is only said loudly, not refused, when it is not loopback."""
+    ep = urlsplit(endpoint)
+    if ep.scheme not in ("http", "https") or not ep.hostname:
+        raise BucketConfigError(
+            f"bucket URL: endpoint must be http(s)://host[:port][/path], got {endpoint!r}"
+        )
+    if ep.username or ep.password or ep.query or ep.fragment:
+        raise BucketConfigError("bucket URL: the endpoint must not carry credentials or a query")
+    plain_http = ep.scheme == "http"
+    if plain_http and ep.hostname not in ("127.0.0.1", "localhost", "::1"):
+        # Requests are signed, and clips are ciphertext, but the signatures and the object
+        # names travel in the clear: allowed (LAN NAS), said loudly.
+        log.warning("bucket endpoint %s is plain http (not loopback)", endpoint)
+    return plain_http
+
+
 class ObstoreBucket(Bucket):
     """A Bucket over any obstore store (S3Store, GCSStore, AzureStore)."""
 
@@ -101,10 +119,10 @@ class ObstoreBucket(Bucket):
     def _fail(self, op: str, name: str, e: BaseException) -> BucketError:
         return BucketError(f"{self._description}: {op} {name}: {_short(e)}")
 
-    async def _put(self, name: str, data: Data, mode: str | None) -> None:
+    async def _put(self, name: str, data: Data, mode: str | None) -> str | None:
         check_name(name)
         payload: Any = data if isinstance(data, Path) else bytes(data)
-        await obstore.put_async(
+        result = await obstore.put_async(
             self._store,
             name,
             payload,
@@ -115,10 +133,12 @@ class ObstoreBucket(Bucket):
             chunk_size=self._part_size,
             max_concurrency=self._concurrency,
         )
+        etag = result.get("e_tag")
+        return etag.strip('"') if etag else None
 
-    async def put(self, name: str, data: Data) -> None:
+    async def put(self, name: str, data: Data) -> str | None:
         try:
-            await self._put(name, data, None)
+            return await self._put(name, data, None)
         except BucketError:
             raise
         except Exception as e:
@@ -205,21 +225,8 @@ def open_s3(parts: SplitResult, credentials_file: Path | None, env: Mapping[str,
     prefix = check_prefix(parts.path)
     query = url_query(parts, _S3_QUERY)
     endpoint = query.get("endpoint") or None
-    plain_http = False
+    plain_http = check_endpoint(endpoint) if endpoint else False
     region = query.get("region") or "us-east-1"
-    if endpoint:
-        ep = urlsplit(endpoint)
-        if ep.scheme not in ("http", "https") or not ep.hostname:
-            raise BucketConfigError(
-                f"bucket URL: endpoint must be http(s)://host[:port], got {endpoint!r}"
-            )
-        if ep.username or ep.password:
-            raise BucketConfigError("bucket URL: the endpoint must not carry credentials")
-        plain_http = ep.scheme == "http"
-        if plain_http and ep.hostname not in ("127.0.0.1", "localhost", "::1"):
-            # Requests are signed, and clips are ciphertext, but the keys' signatures and the
-            # object names travel in the clear: allowed (LAN NAS), said loudly.
-            log.warning("bucket endpoint %s is plain http (not loopback)", endpoint)
     creds = s3_credentials(credentials_file, env)
     store = S3Store(
         bucket,
