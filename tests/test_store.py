@@ -431,7 +431,7 @@ def test_full_disk_raises_spool_full_real_tmpfs(tmp_path: Path) -> None:
 
 
 def test_full_disk_during_commit_injected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bridge.store.spool as spool_mod
+    import bridge.store.spool_entry as spool_mod
 
     spool = Spool(tmp_path, 64 * MiB)
     spool_put(spool, b"first", "o/first")
@@ -439,7 +439,7 @@ def test_full_disk_during_commit_injected(tmp_path: Path, monkeypatch: pytest.Mo
     def no_space(path: Path, obj: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(spool_mod, "_write_json", no_space)
+    monkeypatch.setattr(spool_mod, "write_json", no_space)
     entry = spool.create()
     entry.write(b"second")
     with pytest.raises(SpoolFull, match="while committing"):
