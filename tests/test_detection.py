@@ -223,3 +223,51 @@ async def test_a_bad_model_is_a_clear_error_and_cameras_keep_streaming(
     finally:
         assert bridge.stop() == 0
     assert expected in bridge.log_text()
+
+
+def test_a_wall_clock_step_during_a_visit_neither_ends_nor_splits_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NTP can step the wall clock by hours (a board with no RTC syncs after boot). The live
+    pipeline runs on the monotonic clock and only stamps events with wall time, so a step
+    while a person is in view leaves one visit with its true length."""
+    from av import open as av_open
+
+    from bridge.detect.config import CameraDetect
+    from bridge.detect.pipeline import (
+        CameraPipeline,
+        LivePipelineRunner,
+        SharedDetector,
+        monotonic_to_wall,
+    )
+    from bridge.detect.registry import load_model
+    from bridge.detect.types import TrackEvent
+
+    path = tmp_path / "short.mp4"
+    truth = write_crossing_clip(path, seconds=8.0, enter_at=1.0, cross_seconds=4.0)
+    events: list[TrackEvent] = []
+    shared = SharedDetector(load_model("nanodet-m", threads=2))
+    pipeline = CameraPipeline(
+        "Yard", shared, CameraDetect(), 5.0, events.append, to_wall=monotonic_to_wall
+    )
+    runner = LivePipelineRunner(pipeline)
+    runner.start()
+    real_time, step = time.time, 3600.0
+    try:
+        with av_open(str(path)) as clip:
+            t0 = time.monotonic()
+            for frame in clip.decode(video=0):
+                assert frame.time is not None
+                if frame.time >= truth.enters + 1.0:  # the person is in view: step
+                    monkeypatch.setattr(time, "time", lambda: real_time() + step)
+                time.sleep(max(0.0, t0 + frame.time - time.monotonic()))
+                runner.on_frame(frame, frame.time)
+    finally:
+        runner.stop()
+        shared.close()
+    starts = [e for e in events if e.kind == "start"]
+    ends = [e for e in events if e.kind == "end"]
+    assert len(starts) == 1 and len(ends) == 1, events
+    assert ends[0].ended_at is not None
+    seen_for = ends[0].ended_at - starts[0].started_at - step  # the end is stamped after it
+    assert abs(seen_for - (truth.leaves - truth.enters)) <= 1.5, (seen_for, truth)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import av.video.frame
@@ -63,7 +63,12 @@ class SharedDetector:
 @dataclass
 class FrameInput:
     frame: av.video.frame.VideoFrame
-    time: float  # seconds on the pipeline's clock
+    time: float  # seconds on the pipeline's clock (monotonic when live)
+
+
+def monotonic_to_wall(t: float) -> float:
+    """A time.monotonic() reading as wall-clock time, with today's offset between the two."""
+    return t + (time.time() - time.monotonic())
 
 
 def gray_thumbnail(frame: av.video.frame.VideoFrame, width: int = MOTION_WIDTH) -> np.ndarray:
@@ -88,8 +93,14 @@ class CameraPipeline:
         fps: float,
         on_event: Callable[[TrackEvent], None],
         on_motion: Callable[[bool], None] | None = None,
+        to_wall: Callable[[float], float] | None = None,
     ) -> None:
+        """`to_wall` maps the pipeline's clock to wall-clock times for the events it emits:
+        the pipeline runs on a monotonic clock so that an NTP step (large on a board with no
+        RTC) cannot end a live event early or hold one open, while clips and the manifest
+        still get wall-clock times."""
         self.camera = camera
+        self.to_wall = to_wall
         self.detector = detector
         self.config = config
         self.interval = 1.0 / fps
@@ -175,7 +186,17 @@ class CameraPipeline:
     def _emit(self, events: list[TrackEvent]) -> None:
         for event in events:
             self.events += event.kind == "start"
-            self.on_event(event)
+            self.on_event(self._walled(event) if self.to_wall is not None else event)
+
+    def _walled(self, event: TrackEvent) -> TrackEvent:
+        assert self.to_wall is not None
+        wall = self.to_wall
+        return replace(
+            event,
+            time=wall(event.time),
+            started_at=wall(event.started_at),
+            ended_at=None if event.ended_at is None else wall(event.ended_at),
+        )
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -191,7 +212,9 @@ class CameraPipeline:
 class LivePipelineRunner:
     """Feeds a camera's newest decoded frames to its pipeline at the configured rate."""
 
-    def __init__(self, pipeline: CameraPipeline, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, pipeline: CameraPipeline, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.pipeline = pipeline
         self.clock = clock
         self._latest: av.video.frame.VideoFrame | None = None
@@ -228,7 +251,7 @@ class LivePipelineRunner:
             if frame is None:
                 continue
             started = self.clock()
-            paced_from = time.monotonic()  # pacing must not stall when the wall clock steps
+            paced_from = time.monotonic()
             try:
                 pipeline.process(FrameInput(frame, started))
                 self.error = None

@@ -19,7 +19,12 @@ from bridge.camera import BridgeCamera
 from bridge.config import Config
 from bridge.detect.config import CameraDetect
 from bridge.detect.detectors.base import ModelError
-from bridge.detect.pipeline import CameraPipeline, LivePipelineRunner, SharedDetector
+from bridge.detect.pipeline import (
+    CameraPipeline,
+    LivePipelineRunner,
+    SharedDetector,
+    monotonic_to_wall,
+)
 from bridge.detect.registry import load_model
 from bridge.detect.settings import SettingsError
 from bridge.detect.types import TrackEvent
@@ -123,9 +128,10 @@ class DetectionService:
             loop.call_soon_threadsafe(sensors.raw_motion, moving)
 
         pipeline = CameraPipeline(
-            camera.name, self.detector, cfg, cfg.fps or self.config.detect.fps, on_event, on_motion
+            camera.name, self.detector, cfg, cfg.fps or self.config.detect.fps, on_event, on_motion,
+            to_wall=monotonic_to_wall,
         )
-        runner = LivePipelineRunner(pipeline)
+        runner = LivePipelineRunner(pipeline, clock=time.monotonic)
         camera.source.frames.add_listener(runner.on_frame)
         camera.source.frames.lease(LEASE_SECONDS)
         runner.start()
