@@ -70,11 +70,12 @@ class BridgeService:
         await self.detection.start()
         await self._start_recording()
         if config.status.enabled:
-            from bridge.owner.share_api import add_share_routes
+            from bridge.owner.owner_api import add_owner_routes
 
             self._status_runner = await start_status_server(
                 self.status, config.status.address, config.status.port,
-                lambda app: add_share_routes(app, lambda: self.vault),  # POST /shares
+                # The owner's shares and deletions, each proven with an owner identity.
+                lambda app: add_owner_routes(app, lambda: self.vault),
             )
         log.info(
             "%s is running: HomeKit on %s:%d, %d camera(s)%s",

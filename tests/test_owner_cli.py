@@ -304,13 +304,14 @@ def test_forged_clip(recorded: Recorded, tmp_path: Path) -> None:
 
 def test_share_is_recorded_by_the_bridge_and_listed(recorded: Recorded, tmp_path: Path) -> None:
     """The bridge side is the real ClipVault (the recorded bridge's own state) with
-    bridge/owner/share_api.py mounted on a status app, as the service is to mount it."""
+    bridge/owner/owner_api.py mounted on a status app, as the service mounts it; the CLI
+    proves the owner's identity (tests/test_owner_requests.py does this against `obscura run`)."""
     import asyncio
     import threading
 
     from aiohttp import web
 
-    from bridge.owner.share_api import add_share_routes
+    from bridge.owner.owner_api import add_owner_routes
     from bridge.store.config import StorageConfig
     from bridge.store.vault import ClipVault
     from tests.peers.rtsp import free_port
@@ -333,7 +334,7 @@ def test_share_is_recorded_by_the_bridge_and_listed(recorded: Recorded, tmp_path
             return web.json_response({"storage": vault.status()})
 
         app.router.add_get("/status", status)
-        add_share_routes(app, lambda: vault)
+        add_owner_routes(app, lambda: vault)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -94,3 +94,69 @@ async def test_retention_deletes_old_clip_and_poster_and_records_it(tmp_path: Pa
     assert {vault.layout.object_id(n) for n in deleted} == {old.id, old.thumb}
     assert new.deleted is None
     assert new.id in blobs and new.thumb in blobs
+
+
+async def test_owner_deletion_is_recorded_then_carried_out_even_after_a_bucket_outage(
+    tmp_path: Path,
+) -> None:
+    """The bridge logs an owner deletion before deleting (manifest.md §6 rule 4); objects the
+    bucket would not delete then are removed by retention, after a restart too, with no second
+    `delete` entry."""
+    identity = generate_identity()
+    state = tmp_path / "state"
+    state.mkdir()
+    config = StorageConfig(
+        bucket=(tmp_path / "bucket").as_uri(),
+        recipients=(str(identity.recipient),),
+        retention_days=10,
+        heartbeat_seconds=300,
+    )
+    vault = ClipVault(config, state)
+    await vault.start()
+    try:
+        now = time.time()
+        await seal(vault, meta("Kept", now, 20_000), b"k" * 20_000)
+        kept = set(vault._index)
+        await seal(vault, meta("Doomed", now, 20_000), b"d" * 20_000)
+        doomed = sorted(set(vault._index) - kept)
+        assert len(doomed) == 2 and await vault.uploader.wait_idle(timeout=5)
+
+        async def refuse(name: str) -> None:
+            raise OSError("the bucket is down")
+
+        vault.bucket.delete = refuse  # type: ignore[method-assign]
+        assert sorted(await vault.delete_for_owner(doomed, timeout=5)) == doomed
+        assert not any(vault.is_live(n) for n in doomed)
+    finally:
+        await vault.stop(drain_seconds=5)
+
+    vault = ClipVault(config, state)  # restarted: the bucket deletes again
+    await vault.start()  # its first retention pass runs at once
+    try:
+        seq = vault.writer.state.seq if vault.writer.state else None
+        pending = state / "owner-deletions.json"
+        for _ in range(50):
+            listed = {n async for n, _ in vault.bucket.list("")}
+            if not set(doomed) & listed and pending.read_text() == "[]":
+                break
+            await asyncio.sleep(0.1)
+        assert not set(doomed) & listed and set(kept) <= listed
+        assert pending.read_text() == "[]"
+        assert (vault.writer.state.seq if vault.writer.state else None) == seq
+    finally:
+        await vault.stop(drain_seconds=5)
+
+    bucket = open_bucket(config.bucket)
+    try:
+        blobs = {n.rsplit("/", 1)[1]: await bucket.get(n) async for n, _ in bucket.list("")}
+    finally:
+        await bucket.close()
+    report = ManifestVerifier(
+        [identity],
+        head_id=vault.layout.well_known_name("manifest-head").rsplit("/", 1)[1],
+        get=blobs.get,
+        list=lambda: [(oid, len(b or b"")) for oid, b in blobs.items()],
+    ).verify()
+    assert report.problems == [] and not [n for n in report.notices if "not live" in n]
+    clips = {c.camera: c for c in report.clips}
+    assert clips["Doomed"].deleted == "owner" and clips["Kept"].deleted is None

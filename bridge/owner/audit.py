@@ -29,6 +29,8 @@ from crypto.signing import BridgeKeyError, BridgePublicKey
 T = TypeVar("T")
 HEAD = "manifest-head"
 CHUNK = 4 << 20
+#: Problems that make the manifest itself untrustworthy: commands that act on it refuse to go on.
+FATAL = {"head", "key", "signature", "fork", "rollback", "segment"}
 
 
 class OwnerError(Exception):
@@ -211,6 +213,19 @@ class Owner:
             )
         if h.hexdigest() != sha256:
             raise OwnerError(f"{label}: object {name}: SHA-256 mismatch (swapped or altered)")
+
+
+def report_problems(views: list[BridgeView], strict: bool) -> None:
+    """Notices and problems on stderr; with `strict`, stop if a manifest is untrustworthy."""
+    for v in views:
+        for notice in v.report.notices:
+            print(f"note: {notice}", file=sys.stderr)
+        for p in v.report.problems:
+            print(f"warning: bridge {v.bridge_id}: {p.message}", file=sys.stderr)
+        if strict and any(p.kind in FATAL for p in v.report.problems):
+            raise OwnerError(
+                f"bridge {v.bridge_id}: the manifest does not verify; run `obscura clips verify`"
+            )
 
 
 def _progress(label: str, done: int, total: int, width: int = 30) -> None:

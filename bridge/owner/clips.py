@@ -1,28 +1,28 @@
-"""`obscura clips list|get|verify|share`: the owner's tools over the bucket (docs/manifest.md)."""
+"""`obscura clips list|get|verify` (and share|delete, clips_write.py): the owner's tools over the
+bucket (docs/manifest.md)."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import re
-import secrets
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bridge.owner.audit import BridgeView, Owner, OwnerError
-from bridge.owner.keys import bridge_status
-from crypto.age import AgeError, decrypt_file, reencrypt
-from crypto.age_keys import X25519Recipient
+from bridge.owner.audit import BridgeView, Owner, OwnerError, report_problems
+from bridge.owner.clips_write import cmd_delete, cmd_share
+from crypto.age import AgeError, decrypt_file
 from crypto.manifest import ClipInfo
 
-#: Problems that make the manifest itself untrustworthy: list/get refuse to go on.
-FATAL = {"head", "key", "signature", "fork", "rollback", "segment"}
+#: How `clips list` and `clips verify` name a deletion's reason (docs/manifest.md §4).
+DELETED = {
+    "owner": "deleted by the owner",
+    "retention": "deleted by retention",
+    "evicted": "never uploaded (spool full)",
+}
 
 
 def _when(ms: int) -> str:
@@ -42,18 +42,6 @@ def parse_since(text: str) -> float:
             f"--since {text!r}: use e.g. 2h, 3d or 2026-11-25T08:00"
         ) from None
     return (dt if dt.tzinfo else dt.astimezone()).timestamp()
-
-
-def _report_problems(views: list[BridgeView], strict: bool) -> None:
-    for v in views:
-        for notice in v.report.notices:
-            print(f"note: {notice}", file=sys.stderr)
-        for p in v.report.problems:
-            print(f"warning: bridge {v.bridge_id}: {p.message}", file=sys.stderr)
-        if strict and any(p.kind in FATAL for p in v.report.problems):
-            raise OwnerError(
-                f"bridge {v.bridge_id}: the manifest does not verify; run `obscura clips verify`"
-            )
 
 
 def _clip_dict(v: BridgeView, c: ClipInfo) -> dict:
@@ -79,7 +67,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     owner = Owner(args)
     try:
         views = owner.all(deep=False)
-        _report_problems(views, strict=True)
+        report_problems(views, strict=True)
     finally:
         owner.close()
     since_ms = int(args.since * 1000) if args.since is not None else None
@@ -97,18 +85,25 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     if not rows:
         print("no clips" + (" match" if args.camera or args.subject or args.since else ""))
+    hidden = sum(1 for v in views for c in v.report.clips if c.deleted and not args.all)
+    if hidden:
+        print(f"({hidden} deleted clip(s) not shown: --all lists them)", file=sys.stderr)
     for v, c in rows:
         seconds = (c.end_ms - c.start_ms) / 1000
         subjects = ",".join(c.subjects) or "-"
-        extra = f"  deleted ({c.deleted})" if c.deleted else ""
+        extra = f"  {_deleted(c.deleted)}" if c.deleted else ""
         print(
             f"{c.id}  {_when(c.start_ms)}  {seconds:5.1f}s  {c.camera!r:<20} {subjects:<12} "
             f"{c.size / 1e6:6.2f} MB{extra}" + (f"  bridge {v.bridge_id}" if len(views) > 1 else "")
         )
         for s in c.shares:
-            gone = f" (copy deleted: {s.deleted})" if s.deleted else ""
+            gone = f" (copy {_deleted(s.deleted)})" if s.deleted else ""
             print(f"    shared with {s.recipient} as {s.copy}{gone}")
     return 0
+
+
+def _deleted(reason: str) -> str:
+    return DELETED.get(reason, f"deleted ({reason})")
 
 
 def _fetch_and_decrypt(owner: Owner, name: str, sha: str, size: int, out: Path, label: str) -> int:
@@ -127,7 +122,7 @@ def cmd_get(args: argparse.Namespace) -> int:
     owner = Owner(args)
     try:
         views = owner.all(deep=False)
-        _report_problems(views, strict=True)
+        report_problems(views, strict=True)
         view, clip = owner.find_clip(views, args.id)
         root = view.layout.root
         n = _fetch_and_decrypt(
@@ -177,88 +172,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 live = sum(1 for c in r.clips if not c.deleted)
                 seq = r.head.seq if r.head else "?"
                 print(f"bridge {bid}: OK ({live} clips, manifest seq {seq})")
+            # Listed, not a problem: the signed log says the owner asked for these.
+            for c in r.clips:
+                if c.deleted == "owner":
+                    print(f"bridge {bid}: clip {c.id} ({c.camera!r}, {_when(c.start_ms)}) "
+                          "deleted by the owner")
     finally:
         owner.close()
     return 1 if bad else 0
 
 
-def cmd_share(args: argparse.Namespace) -> int:
-    try:
-        recipient = str(X25519Recipient.parse(args.to.strip()))
-    except AgeError as e:
-        raise OwnerError(f"--to {args.to!r} is not an age recipient: {e}") from None
-    owner = Owner(args)
-    try:
-        views = owner.all(deep=False)
-        _report_problems(views, strict=True)
-        view, clip = owner.find_clip(views, args.id)
-        status = bridge_status(owner.config)
-        storage = (status or {}).get("storage") or {}
-        if storage.get("bridge_id") != view.bridge_id:
-            raise OwnerError(
-                f"the share must be recorded in the manifest by bridge {view.bridge_id}, whose "
-                "status API is not reachable from here (is it running, and is this its config?)"
-            )
-        root = view.layout.root
-        with tempfile.TemporaryDirectory(prefix="obscura-share-") as tmp:
-            enc, copy = Path(tmp) / "clip.age", Path(tmp) / "copy.age"
-            owner.download(f"{root}/{clip.id}", clip.sha256, clip.size, enc, f"clip {clip.id[:8]}")
-            # reencrypt, not share_copy: a fresh file key makes the copy unlinkable to the
-            # source (the operator cannot see *that* a clip was shared) and keeps age's "one
-            # file key per file" rule; it costs one decrypt+encrypt of a few MB, locally.
-            try:
-                with open(enc, "rb") as src, open(copy, "wb") as dst:
-                    size = reencrypt(owner.identities, src, dst, [recipient])
-            except AgeError as e:
-                raise OwnerError(f"clip {clip.id}: cannot decrypt ({e}); nothing shared") from None
-            sha = hashlib.sha256(copy.read_bytes()).hexdigest()
-            copy_id = secrets.token_hex(16)
-            name = f"{root}/{copy_id}"
-            owner.bucket.run(owner.bucket.bucket.put(name, copy))
-        body = {
-            "object": clip.id,
-            "copy": copy_id,
-            "recipient": recipient,
-            "sha256": sha,
-            "size": size,
-        }
-        try:
-            seq = _request_share(owner, body)
-        except OwnerError:
-            owner.bucket.run(owner.bucket.bucket.delete(name))  # never leave an unrecorded copy
-            raise
-    finally:
-        owner.close()
-    print(f"Shared clip {clip.id} with {recipient}: object {name} (manifest seq {seq}).")
-    print(f"They run: age -d -i THEIR.key -o clip.mp4 {copy_id}.age   (after fetching {name})")
-    print("A share cannot be revoked once downloaded; it is listed by `obscura clips list`.")
-    return 0
-
-
-def _request_share(owner: Owner, body: dict) -> object:
-    st = owner.config.status
-    host = "127.0.0.1" if st.address in ("0.0.0.0", "", "::") else st.address
-    host = f"[{host}]" if ":" in host else host
-    req = urllib.request.Request(
-        f"http://{host}:{st.port}/shares",
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=120) as response:
-            return json.load(response).get("seq")
-    except urllib.error.HTTPError as e:
-        detail = e.read().decode(errors="replace")[:300]
-        if e.code == 404 and "not a live clip" not in detail:
-            detail = "this bridge does not support shares yet (no POST /shares)"
-        raise OwnerError(f"the bridge refused to record the share: {detail}") from None
-    except OSError as e:
-        raise OwnerError(f"cannot reach the bridge to record the share: {e}") from None
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    clips = sub.add_parser("clips", help="list, fetch, verify and share recorded clips")
+    clips = sub.add_parser("clips", help="list, fetch, verify, share and delete recorded clips")
     cs = clips.add_subparsers(dest="clips_command", required=True, metavar="ACTION")
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -299,3 +224,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     sh.add_argument("id", help="clip id (or a unique prefix)")
     sh.add_argument("--to", required=True, metavar="AGE1…")
     sh.set_defaults(func=cmd_share)
+    rm = common(cs.add_parser("delete", help="delete one clip, its poster and its share copies"))
+    rm.add_argument("id", help="clip id (or a unique prefix)")
+    rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    rm.set_defaults(func=cmd_delete)
+    for p in (sh, rm):  # the bridge records these in the manifest: it must be running
+        p.add_argument(
+            "--url", metavar="URL", help="the bridge's status API (default: from the config)"
+        )

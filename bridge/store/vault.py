@@ -33,6 +33,7 @@ from crypto.manifest import (
     ManifestOutput,
     ManifestState,
     ManifestWriter,
+    ShareEntry,
 )
 from crypto.signing import BridgeKey
 
@@ -87,8 +88,14 @@ class ClipVault:
             self.key, self.recipients, state, period_s=int(storage.heartbeat_seconds)
         )
         self._index: dict[str, float] = self._load_index()  # object name -> recorded at
+        # Deleted by the owner in the log but maybe still in the bucket: retention retries them.
+        self._doomed_path = state_dir / "owner-deletions.json"
+        self._doomed: set[str] = self._load_doomed()
         self._lock = asyncio.Lock()
         self._head: bytes | None = None
+        self._head_version = 0  # bumped by every commit, after `_head` is set
+        self._published_version = 0  # the newest head version known to be in the bucket
+        self._published = asyncio.Condition()
         self._head_event = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._evictions: list[str] = []
@@ -158,6 +165,7 @@ class ClipVault:
                 entry.abort()
                 raise
         self._head = out.head
+        self._head_version += 1  # after _head: a reader of this version gets that head or newer
         self._loop.call_soon_threadsafe(self._head_event.set)
         self.uploader.wake()
 
@@ -170,17 +178,33 @@ class ClipVault:
             # Polling the spool: segments leave it as the uploader confirms them.
             while any(i.kind == "manifest" for i in self.spool.ready()):  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-            head = self._head
+            version, head = self._head_version, self._head
             if head is None:
                 continue
             try:
                 await self.bucket.put(self.head_name, head)
                 failures = 0
+                async with self._published:
+                    self._published_version = max(self._published_version, version)
+                    self._published.notify_all()
             except Exception as exc:  # bucket down: try again with backoff
                 failures += 1
                 self.last_error = f"head upload: {exc}"
                 await asyncio.sleep(min(60.0, 2**failures) * random.uniform(0.8, 1.2))
                 self._head_event.set()
+
+    async def wait_published(self, timeout: float = 30.0) -> bool:
+        """Wait until everything appended so far is in the bucket (segments and the head naming
+        them), so the owner's next `clips list`/`verify` sees it. False on timeout."""
+        target = self._head_version
+        try:
+            async with self._published:
+                await asyncio.wait_for(
+                    self._published.wait_for(lambda: self._published_version >= target), timeout
+                )
+        except TimeoutError:
+            return False
+        return True
 
     async def _heartbeat_loop(self) -> None:
         period = self.storage.heartbeat_seconds
@@ -200,8 +224,18 @@ class ClipVault:
         except FileNotFoundError:
             return {}
 
+    def _load_doomed(self) -> set[str]:
+        try:
+            return {str(n) for n in json.loads(self._doomed_path.read_text())}
+        except FileNotFoundError:
+            return set()
+
+    def _save_doomed(self) -> None:
+        _write_private(self._doomed_path, json.dumps(sorted(self._doomed)))
+
     def _retention_entries(self) -> list[tuple[str, float]]:
-        return list(self._index.items())
+        # Owner-deleted objects still in the bucket are due at once (time 0).
+        return [*self._index.items(), *((name, 0.0) for name in self._doomed)]
 
     def _forget(self, names: list[str], reason: str) -> list[Entry]:
         """Drop objects from the retention index; the manifest entries that record why."""
@@ -214,7 +248,11 @@ class ClipVault:
         return entries
 
     async def _retention_deleted(self, names: list[str]) -> None:
-        if entries := self._forget(names, "retention"):
+        if done := self._doomed.intersection(names):
+            self._doomed -= done  # their deletion is in the log already
+            await asyncio.to_thread(self._save_doomed)
+        # Only what the index still holds: an owner deletion meanwhile recorded the rest.
+        if entries := self._forget([n for n in names if n in self._index], "retention"):
             await self.append(entries)
 
     def _evicted(self, items: list[SpoolItem]) -> None:
@@ -228,6 +266,47 @@ class ClipVault:
         names, self._evictions = self._evictions, []
         if entries := self._forget(names, "evicted"):
             self._tasks.append(asyncio.ensure_future(self.append(entries)))
+
+    # -- owner requests (bridge/owner/owner_api.py, authenticated there) ---------------------
+
+    def is_live(self, name: str) -> bool:
+        """Whether this bridge recorded `name` (clip, poster, share copy) and still holds it."""
+        return name in self._index
+
+    async def record_share(self, source_name: str, copy_name: str, entry: ShareEntry) -> bool:
+        """False if the source stopped being live (deleted meanwhile): nothing recorded."""
+        if source_name not in self._index or copy_name in self._index:
+            return False
+        self._index[copy_name] = self._index[source_name]  # retention removes it with its source
+        await self.append([entry])
+        return True
+
+    async def delete_for_owner(self, names: list[str], timeout: float = 30.0) -> list[str]:
+        """Record the deletions (reason `owner`), publish them, then remove the objects
+        (docs/manifest.md §6 rule 4). Returns the names still in the bucket: they are in the
+        log as deleted, and retention removes them once the bucket lets it."""
+        saved = {name: self._index[name] for name in names}
+        entries = self._forget(names, "owner")
+        self._doomed.update(names)
+        try:
+            await asyncio.to_thread(self._save_doomed)  # before the log says "deleted"
+            await self.append(entries)
+        except BaseException:
+            self._index.update(saved)
+            self._doomed.difference_update(names)
+            raise
+        if not await self.wait_published(timeout):
+            return list(names)
+        failed: list[str] = []
+        for name in names:
+            try:
+                await self.bucket.delete(name)
+            except Exception as exc:
+                log.warning("owner deletion: cannot delete %s yet: %s", name, exc)
+                failed.append(name)
+        self._doomed.difference_update(set(names) - set(failed))
+        await asyncio.to_thread(self._save_doomed)
+        return failed
 
     # -- lifecycle -----------------------------------------------------------------------
 
