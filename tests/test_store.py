@@ -201,6 +201,9 @@ def test_missing_credentials_and_bad_urls() -> None:
     with pytest.raises(CredentialsError, match="AWS_ACCESS_KEY_ID"):
         open_bucket("s3://b/p?endpoint=http://127.0.0.1:9&region=us-east-1", environ={})
     env = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    # No endpoint: AWS itself, virtual-hosted, spelled out (no I/O here: it is never contacted).
+    aws = open_bucket("s3://b/p?region=eu-west-1", environ=env)
+    assert aws.describe() == "s3://b/p"
     with pytest.raises(BucketConfigError, match="must not carry credentials"):
         open_bucket("s3://key:secret@b/p", environ=env)
     with pytest.raises(BucketConfigError, match="unknown option"):

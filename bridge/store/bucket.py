@@ -5,8 +5,10 @@ object names below are relative to it):
 
     file:///var/lib/obscura/bucket
     s3://bucket/prefix?endpoint=http://127.0.0.1:8333&region=us-east-1
-    gs://bucket/prefix                 (credentials_file = a service-account JSON key, required)
-    az://container/prefix?account=NAME (AZURE_STORAGE_ACCOUNT_KEY or credentials_file)
+    gs://bucket/prefix[?endpoint=…]    (credentials_file = a service-account JSON key, required)
+    az://container/prefix?account=NAME[&endpoint=…]  (AZURE_STORAGE_ACCOUNT_KEY, file or env)
+
+(backends/s3.py and backends/cloud.py document each form's options.)
 
 S3, GCS and Azure go through obstore (Rust object_store); `file://` is our own backend because it
 must fsync. Credentials never come from a URL and never from a cloud metadata service.

@@ -5,7 +5,7 @@
 bucket = "file:///var/lib/obscura/bucket"  # or s3://bucket/prefix?endpoint=…&region=…
 recipients = ["age1…"]                     # the owner's public keys; the bridge holds no secret
 retention_days = 10
-credentials_file = "/etc/obscura/s3.env"   # S3 keys (mode 0600); else the environment
+credentials_file = "/etc/obscura/s3.env"   # bucket keys (mode 0600); else the environment
 ```
 """
 
@@ -47,7 +47,9 @@ def parse_storage(path: Path, raw: Any) -> StorageConfig | None:
         raise r.fail("bucket", "is required: file:///path or s3://bucket/prefix?endpoint=…")
     scheme = urlsplit(bucket).scheme
     if scheme not in BUCKET_SCHEMES:
-        raise r.fail("bucket", f"unsupported bucket {scheme or bucket!r}: use file:// or s3://")
+        raise r.fail(
+            "bucket", f"unsupported bucket {scheme or bucket!r}: use file://, s3://, az:// or gs://"
+        )
     recipients = r.get("recipients", list, [])
     for i, recipient in enumerate(recipients):
         if not isinstance(recipient, str) or not _RECIPIENT.match(recipient.strip()):

@@ -9,6 +9,7 @@ Its own retries are kept short: the uploader owns the long backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
@@ -51,7 +52,7 @@ CLIENT_OPTIONS: dict[str, Any] = {"connect_timeout": "5s", "timeout": "120s"}
 _S3_QUERY = {"endpoint", "region", "virtual_hosted", "verify_etag"}
 
 
-def _short(e: BaseException) -> str:
+def short_error(e: BaseException) -> str:
     """First line of an obstore error (they carry a long debug dump), with URLs redacted."""
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return redact(text)[:300]
@@ -117,7 +118,7 @@ class ObstoreBucket(Bucket):
         return self._description
 
     def _fail(self, op: str, name: str, e: BaseException) -> BucketError:
-        return BucketError(f"{self._description}: {op} {name}: {_short(e)}")
+        return BucketError(f"{self._description}: {op} {name}: {short_error(e)}")
 
     async def _put(self, name: str, data: Data, mode: str | None) -> str | None:
         check_name(name)
@@ -180,8 +181,12 @@ class ObstoreBucket(Bucket):
         except (NotFoundError, FileNotFoundError):
             return None
         except Exception as e:
-            if "416" in str(e):  # a range starting at or past the end: like reading at EOF
-                return b"" if await self.head(name) is not None else None
+            # A range starting at or past the end reads like EOF. Servers answer 416 (S3), or
+            # object_store refuses it itself (Azure): ask for the size rather than parse errors.
+            with contextlib.suppress(BucketError):
+                info = await self.head(name)
+                if info is None or start >= info.size:
+                    return None if info is None else b""
             raise self._fail("GET (range)", name, e) from e
 
     async def head(self, name: str) -> ObjectInfo | None:
@@ -228,13 +233,19 @@ def open_s3(parts: SplitResult, credentials_file: Path | None, env: Mapping[str,
     plain_http = check_endpoint(endpoint) if endpoint else False
     region = query.get("region") or "us-east-1"
     creds = s3_credentials(credentials_file, env)
+    # Path-style for custom endpoints (SeaweedFS, MinIO, Ceph), virtual-hosted for AWS.
+    virtual_hosted = _flag(query, "virtual_hosted", endpoint is None)
+    # AWS's own endpoint is spelled out too: object_store would otherwise take AWS_ENDPOINT_URL
+    # from the environment (and obstore refuses endpoint=None).
+    aws = f"https://{bucket}.s3.{region}.amazonaws.com" if virtual_hosted else (
+        f"https://s3.{region}.amazonaws.com"
+    )
     store = S3Store(
         bucket,
         prefix=prefix or None,
-        endpoint=endpoint,
+        endpoint=endpoint or aws,
         region=region,
-        # Path-style for custom endpoints (SeaweedFS, MinIO, Ceph), virtual-hosted for AWS.
-        virtual_hosted_style_request=_flag(query, "virtual_hosted", endpoint is None),
+        virtual_hosted_style_request=virtual_hosted,
         skip_signature=False,
         credential_provider=_StaticCredentials(creds),
         client_options=cast("ClientConfig", {**CLIENT_OPTIONS, "allow_http": plain_http}),
