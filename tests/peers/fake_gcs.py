@@ -15,22 +15,13 @@ format all the same, so the bridge's JWT signing runs).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
-import subprocess
-import tempfile
-import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from tests.peers.seaweed import free_ports
+from tests.peers.server_process import ServerProcess, free_ports
 
 
 class FakeGcsError(RuntimeError):
@@ -74,15 +65,15 @@ def service_account_key(path: Path) -> Path:
     return path
 
 
-class FakeGcs:
+class FakeGcs(ServerProcess):
+    name = "fake-gcs-server"
+    error = FakeGcsError
+
     def __init__(self, *, buckets: tuple[str, ...] = ("obscura",), timeout: float = 20.0) -> None:
         self.bin = binary()
-        self.root = Path(tempfile.mkdtemp(prefix="fake-gcs-"))
+        super().__init__(None, "fake-gcs.log", timeout)
         self.buckets = buckets
-        self.timeout = timeout
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.root / "fake-gcs.log"
         self.key_file = service_account_key(self.root / "gcs-key.json")
 
     @property
@@ -92,33 +83,24 @@ class FakeGcs:
     def url(self, bucket: str | None = None, prefix: str = "") -> str:
         return f"gs://{bucket or self.buckets[0]}/{prefix}?endpoint={self.endpoint}"
 
-    def start(self) -> None:
+    # -- ServerProcess (its memory backend forgets everything at a restart) --------------------
+
+    def _pick_ports(self) -> None:
         (self.port,) = free_ports(1)
-        host = f"127.0.0.1:{self.port}"
-        args = [
+
+    def _spawn(self) -> None:
+        self._popen([
             str(self.bin), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-            "-backend", "memory", "-public-host", host, "-external-url", self.endpoint,
-            "-log-level", "warn",
-        ]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                args, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise FakeGcsError("fake-gcs-server exited at start\n" + self.log_tail())
-            try:
-                for bucket in self.buckets:
-                    self._request("POST", "/storage/v1/b", json.dumps({"name": bucket}).encode())
-                return
-            except urllib.error.URLError as e:
-                if isinstance(e, urllib.error.HTTPError) or time.monotonic() > deadline:
-                    raise FakeGcsError(
-                        f"fake-gcs-server not ready: {e}\n" + self.log_tail()
-                    ) from None
-                time.sleep(0.05)
+            "-backend", "memory", "-public-host", f"127.0.0.1:{self.port}",
+            "-external-url", self.endpoint, "-log-level", "warn",
+        ])
+
+    def _wait_ready(self) -> None:
+        def create_buckets() -> None:
+            for bucket in self.buckets:
+                self._request("POST", "/storage/v1/b", json.dumps({"name": bucket}).encode())
+
+        self._poll_ready(create_buckets, port_taken="address already in use")
 
     def _request(self, method: str, path: str, body: bytes) -> bytes:
         request = urllib.request.Request(f"{self.endpoint}{path}", data=body, method=method)
@@ -129,34 +111,3 @@ class FakeGcs:
         """Create an object through the JSON API (object_store's XML PUT is not served)."""
         query = urllib.parse.urlencode({"uploadType": "media", "name": name})
         self._request("POST", f"/upload/storage/v1/b/{bucket}/o?{query}", data)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""

