@@ -92,7 +92,8 @@ class Recorder:
         self.clock = clock
         self.clips_finished = 0
         self.clips_failed = 0
-        self.last_clip: ClipMeta | None = None
+        # Only the end time: the clip's metadata and poster must not outlive it in memory.
+        self.last_clip_end: float | None = None
         self.last_error: str | None = None
         self._tracks: dict[int, TrackEvent] = {}  # live tracks → their latest event
         self._last_seen: float | None = None  # newest end of a track since the last start
@@ -150,13 +151,12 @@ class Recorder:
                 await asyncio.gather(*self._finishing, return_exceptions=True)
 
     def status(self) -> dict[str, Any]:
-        last = self.last_clip
         return {
             "recording": self.recording,
             "clips": self.clips_finished,
             "failed": self.clips_failed,
             "last_error": self.last_error,
-            "last_clip_end": None if last is None else last.end,
+            "last_clip_end": self.last_clip_end,
         }
 
     # -- one recording session (possibly several consecutive clips) -------------------------
@@ -305,15 +305,10 @@ class Recorder:
             self._failed(f"clip of camera {name!r} could not be stored: {exc!r}")
             return
         self.clips_finished += 1
-        self.last_clip = meta
-        log.info(
-            "camera %r: clip %.1f s (%s, %s, %d bytes)",
-            name,
-            meta.duration,
-            ", ".join(meta.subjects) or "no subject",
-            reason,
-            meta.size,
-        )
+        self.last_clip_end = meta.end
+        # What a clip shows (subjects) stays in the encrypted manifest; the log, which a thief
+        # of the bridge could read, says only that one was stored (see the threat model).
+        log.info("camera %r: clip stored (%.0f s, %s)", name, meta.duration, reason)
 
     def _failed(self, message: str) -> None:
         self.clips_failed += 1
