@@ -139,6 +139,13 @@ class ManifestWriter:
     def pending(self) -> tuple[Entry, ...]:
         return tuple(self._pending)
 
+    def restore(self, state: ManifestState | None, pending: Sequence[Entry]) -> None:
+        """Undo an append or heartbeat whose output was not persisted: back to `state` (the
+        state before it), with `pending` queued for the next append. The next segment then
+        takes the unpersisted one's place instead of chaining to a segment that never existed."""
+        self._state = state
+        self._pending = list(pending)
+
     def _now(self, now_ms: int | None) -> int:
         t = int(self._clock() * 1000) if now_ms is None else now_ms
         # Strictly increasing: a clock stepping back must not make a new head look replayed.

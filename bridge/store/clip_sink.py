@@ -9,15 +9,18 @@ them in the manifest and wakes the uploader.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from bridge.record.clip import ClipMeta
 from bridge.store.bucket import BucketLayout
-from bridge.store.spool import Spool, SpoolItem
+from bridge.store.spool import Spool, SpoolFull, SpoolItem
 from crypto.age import AgeWriter
 from crypto.age_keys import X25519Recipient
 from crypto.padding import pad_jpeg
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +64,27 @@ class EncryptedClipSink:
         clip = self._entry.commit(self._layout.clip_name(), "clip")
         poster = None
         if meta.poster:
-            entry = self._spool.create()
             try:
-                writer = AgeWriter(self._recipients, entry)
-                writer.write(pad_jpeg(meta.poster))
-                writer.close()
-                poster = entry.commit(self._layout.thumbnail_name(), "thumbnail")
-            except BaseException:
-                entry.abort()
-                raise
+                poster = self._seal_poster(meta.poster, clip)
+            except (SpoolFull, OSError) as exc:
+                # The clip is committed (maybe uploading already): it must reach the manifest,
+                # or the owner's verify would call it forged. Record it without a poster.
+                log.warning("clip %s: its poster could not be spooled: %s", clip.object_name, exc)
         return SealedClip(meta, clip, poster)
+
+    def _seal_poster(self, jpeg: bytes, clip: SpoolItem) -> SpoolItem:
+        entry = self._spool.create()
+        try:
+            writer = AgeWriter(self._recipients, entry)
+            writer.write(pad_jpeg(jpeg))
+            writer.close()
+            # meta names the clip: spool eviction drops a clip and its poster together.
+            return entry.commit(
+                self._layout.thumbnail_name(), "thumbnail", {"clip": clip.object_name}
+            )
+        except BaseException:
+            entry.abort()
+            raise
 
     def abort(self) -> None:
         if self._writer is not None:

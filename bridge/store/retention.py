@@ -1,8 +1,9 @@
 """Retention: delete this bridge's objects older than `retention_days` (HKSV keeps 10 days).
 
 The bucket holds no times (object names are random, and an operator-side mtime is not trusted),
-so the caller passes (object_name, recorded_at) pairs from its own manifest state, and records the
-deletions this returns in the manifest.
+so the caller passes (object_name, recorded_at) pairs from its own state. With a `record` hook
+the deletions are logged first and the objects deleted after (docs/manifest.md §6 rule 4): a
+verify run in between sees deleted-but-present objects (harmless), never live-but-missing ones.
 """
 
 from __future__ import annotations
@@ -48,7 +49,13 @@ async def delete_expired(
 ) -> list[str]:
     """Delete the expired objects; returns the names now gone (a failed delete is left for the
     next round and not returned). Deleting an object that is already missing counts as done."""
-    names = expired(entries, now, retention_days)
+    return await delete_objects(bucket, expired(entries, now, retention_days), concurrency)
+
+
+async def delete_objects(
+    bucket: Bucket, names: Sequence[str], concurrency: int = 8, why: str = "retention"
+) -> list[str]:
+    """Delete `names`; returns those now gone (a failed delete is logged and left out)."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(name: str) -> str | None:
@@ -56,20 +63,21 @@ async def delete_expired(
             try:
                 await bucket.delete(name)
             except Exception as e:
-                log.warning("retention: cannot delete %s yet: %s", name, e)
+                log.warning("%s: cannot delete %s yet: %s", why, name, e)
                 return None
             return name
 
     done = await asyncio.gather(*(one(n) for n in names))
     deleted = [n for n in done if n is not None]
     if deleted:
-        log.info("retention: deleted %d object(s) older than %g days", len(deleted), retention_days)
+        log.info("%s: deleted %d object(s)", why, len(deleted))
     return deleted
 
 
 class RetentionTask:
-    """Every `interval` seconds: ask `entries()` for (name, recorded_at), delete what expired,
-    hand the deleted names to `on_deleted` (to append deletions to the manifest)."""
+    """Every `interval` seconds: ask `entries()` for (name, recorded_at); hand what expired to
+    `record` (which logs the deletions and returns the names safe to delete now: published),
+    delete those, and hand the names gone to `on_deleted`."""
 
     def __init__(
         self,
@@ -78,6 +86,7 @@ class RetentionTask:
         entries: Callable[[], Sequence[Recorded] | Awaitable[Sequence[Recorded]]],
         on_deleted: Callable[[list[str]], Awaitable[None] | None],
         *,
+        record: Callable[[list[str]], Awaitable[list[str]]] | None = None,
         interval: float = 3600.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -85,6 +94,7 @@ class RetentionTask:
         self.retention_days = retention_days
         self.entries = entries
         self.on_deleted = on_deleted
+        self.record = record
         self.interval = interval
         self.clock = clock
         self.deleted_total = 0
@@ -94,7 +104,10 @@ class RetentionTask:
     async def run_once(self) -> list[str]:
         listed = self.entries()
         current = await listed if inspect.isawaitable(listed) else listed
-        deleted = await delete_expired(self.bucket, current, self.clock(), self.retention_days)
+        names = expired(current, self.clock(), self.retention_days)
+        if names and self.record is not None:
+            names = await self.record(names)  # in the log, and the log in the bucket, first
+        deleted = await delete_objects(self.bucket, names)
         if deleted:
             result = self.on_deleted(deleted)
             if inspect.isawaitable(result):

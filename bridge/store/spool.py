@@ -12,7 +12,13 @@ a crash at any point leaves either no entry or a complete one. On start-up `inco
 Ids start with the creation time in nanoseconds, so sorting by id is oldest first. Eviction (size
 cap, checked at each commit) takes the oldest ready entries that the uploader has not claimed, logs
 a loud warning and hands them to `on_evict(items)` (called in the committing thread) so the caller
-can record that those clips are lost.
+can record that those clips are lost. Manifest segments are never evicted: they are small, and
+losing one breaks the owner's hash chain for good. A clip goes with its poster (the thumbnail
+whose meta names it as `clip`), so a poster does not outlive its clip by accident.
+
+An entry committed with `hold=True` is durable but not offered for upload (`ready()`) until
+`unhold(item)`, or dropped with `discard(item)`: the vault uses it to spool a manifest segment
+before it saves the state naming that segment (see vault.py).
 
 All methods block on the disk (fsync): call them from a worker thread (asyncio.to_thread), as the
 recorder's encryption thread and the uploader do. The spool is thread-safe.
@@ -77,6 +83,8 @@ class Spool:
         self._lock = threading.Lock()
         self._items: dict[str, SpoolItem] = {}
         self._claimed: set[str] = set()
+        self._held: set[str] = set()
+        self._over_cap = False  # warned that only unevictable entries are left above the cap
         self._incoming_bytes = 0
         self._listeners: list[Callable[[], None]] = []
         self._test_hook: Callable[[str], None] | None = None
@@ -166,30 +174,57 @@ class Spool:
         with self._lock:
             self._incoming_bytes = max(0, self._incoming_bytes - n)
 
-    def _committed(self, item: SpoolItem, written: int) -> None:
+    def _committed(self, item: SpoolItem, written: int, hold: bool = False) -> None:
         with self._lock:
             self._incoming_bytes = max(0, self._incoming_bytes - written)
             self._items[item.id] = item
-            evicted = self._pick_evictions(keep=item.id)
+            if hold:
+                self._held.add(item.id)
+            evicted, over = self._pick_evictions(keep=item)
             self.stats.evicted_count += len(evicted)
             self.stats.evicted_bytes += sum(i.size for i in evicted)
+            warn, self._over_cap = over and not self._over_cap, over
         if evicted:
             self._evict(evicted)
+        if warn:
+            log.warning(
+                "spool over its cap (%d MiB) with nothing left to evict but manifest segments "
+                "and entries being uploaded: keeping them — is the bucket reachable?",
+                self.max_bytes >> 20,
+            )
+        if not hold:
+            self._notify()
+
+    def _notify(self) -> None:
         for listener in list(self._listeners):
             listener()
 
-    def _pick_evictions(self, keep: str) -> list[SpoolItem]:
+    def _pick_evictions(self, keep: SpoolItem) -> tuple[list[SpoolItem], bool]:
+        """Oldest clips (with their posters) and posters until under the cap; whether the spool
+        is still over it."""
         total = sum(i.size for i in self._items.values()) + self._incoming_bytes
+        posters = {i.meta.get("clip"): i for i in self._items.values() if i.kind == "thumbnail"}
         out: list[SpoolItem] = []
         for entry_id in sorted(self._items):
             if total <= self.max_bytes:
                 break
-            if entry_id == keep or entry_id in self._claimed:
-                continue
-            item = self._items.pop(entry_id)
-            out.append(item)
-            total -= item.size
-        return out
+            item = self._items.get(entry_id)
+            if item is None or item.kind == "manifest":
+                continue  # gone with its clip, or part of the owner's hash chain
+            group = [item]
+            if item.kind == "clip" and (poster := posters.get(item.object_name)):
+                group.append(poster)
+            elif item.kind == "thumbnail":
+                group += [i for i in self._items.values() if i.object_name == item.meta.get("clip")]
+            if any(i.id == keep.id for i in group):
+                continue  # the entry just committed (or its clip): it was not in time to upload
+            for i in group:
+                if i.id in self._claimed or i.id in self._held:
+                    continue  # being uploaded (or not yet offered): it will arrive
+                del self._items[i.id]
+                out.append(i)
+                total -= i.size
+        return out, total > self.max_bytes
 
     def _evict(self, items: list[SpoolItem]) -> None:
         for item in items:
@@ -218,9 +253,24 @@ class Spool:
             self._listeners.remove(callback)
 
     def ready(self) -> list[SpoolItem]:
-        """Committed entries, oldest first."""
+        """Committed entries offered for upload (not held), oldest first."""
         with self._lock:
-            return [self._items[k] for k in sorted(self._items)]
+            return [self._items[k] for k in sorted(self._items) if k not in self._held]
+
+    def unhold(self, item: SpoolItem) -> None:
+        """Offer an entry committed with `hold=True` for upload."""
+        with self._lock:
+            self._held.discard(item.id)
+        self._notify()
+
+    def discard(self, item: SpoolItem) -> None:
+        """Drop a committed entry that must never be uploaded (durably: the directory is
+        fsync'd, so a crash cannot bring it back)."""
+        with self._lock:
+            self._items.pop(item.id, None)
+            self._claimed.discard(item.id)
+            self._held.discard(item.id)
+        self._unlink(item)
 
     @property
     def pending_count(self) -> int:
@@ -277,6 +327,7 @@ class Spool:
         with self._lock:
             self._items.pop(item.id, None)
             self._claimed.discard(item.id)
+            self._held.discard(item.id)
         with contextlib.suppress(FileNotFoundError):
             (self.ready_dir / f"{item.id}.json").unlink()
 

@@ -128,9 +128,12 @@ class SpoolEntry:
     def tell(self) -> int:
         return self.size
 
-    def commit(self, object_name: str, kind: str, meta: dict[str, Any] | None = None) -> SpoolItem:
+    def commit(
+        self, object_name: str, kind: str, meta: dict[str, Any] | None = None, *, hold: bool = False
+    ) -> SpoolItem:
         """Make the entry durable and ready for upload under `object_name` (fixed from now on:
-        every retry, even after a crash, re-uploads the same name)."""
+        every retry, even after a crash, re-uploads the same name). `hold`: not offered for
+        upload until `spool.unhold(item)` (spool.py)."""
         if self._done or self._fd is None:
             raise ValueError("spool entry already committed or aborted")
         if kind not in KINDS:
@@ -182,7 +185,7 @@ class SpoolEntry:
                 raise spool.full_error("while committing") from e
             raise
         self._done = True
-        spool._committed(item, self.size)
+        spool._committed(item, self.size, hold)
         return item
 
     def abort(self) -> None:

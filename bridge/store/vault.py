@@ -4,16 +4,16 @@ Recorder → EncryptedClipSink (age, into the spool) → `on_sealed` → a manif
 (signed, hash-chained, encrypted: crypto/manifest.py) → spool → Uploader → bucket. The head
 object is uploaded only once the segments it names are in the bucket, so a verifier never sees
 a head that points at nothing. The bridge keeps public keys, its signing key, the manifest
-state and a retention index (object id and time; no camera names or subjects) — no secret
-that opens a clip.
+state and a retention index (object name and the hour it was recorded, rounded up; no camera
+names, subjects or exact times: a disk thief gets no timeline) — no secret that opens a clip.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-import os
 import random
 import time
 from pathlib import Path
@@ -25,6 +25,7 @@ from bridge.store.config import StorageConfig
 from bridge.store.retention import RetentionTask
 from bridge.store.spool import Spool, SpoolItem
 from bridge.store.uploader import Uploader
+from bridge.store.vault_deletions import Deletions, hour_up, write_private
 from crypto.age_keys import X25519Recipient
 from crypto.manifest import (
     ClipEntry,
@@ -33,7 +34,6 @@ from crypto.manifest import (
     ManifestOutput,
     ManifestState,
     ManifestWriter,
-    ShareEntry,
 )
 from crypto.signing import BridgeKey
 
@@ -43,23 +43,7 @@ MiB = 1024 * 1024
 HEAD = "manifest-head"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Atomic and durable: the manifest state must survive a crash before its segment uploads."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-class ClipVault:
+class ClipVault(Deletions):
     def __init__(self, storage: StorageConfig, state_dir: Path) -> None:
         self.storage = storage
         self.state_dir = state_dir
@@ -87,21 +71,27 @@ class ClipVault:
         self.writer = ManifestWriter(
             self.key, self.recipients, state, period_s=int(storage.heartbeat_seconds)
         )
-        self._index: dict[str, float] = self._load_index()  # object name -> recorded at
-        # Deleted by the owner in the log but maybe still in the bucket: retention retries them.
+        self._drop_unsaved_segments(state)
+        self._index: dict[str, int] = self._load_index()  # object name -> hour recorded
+        # Deleted in the log but maybe still in the bucket: retention retries them. A name still
+        # in the index may have crashed before its deletion was logged: it is not doomed.
         self._doomed_path = state_dir / "owner-deletions.json"
-        self._doomed: set[str] = self._load_doomed()
+        self._doomed: set[str] = self._load_doomed() - set(self._index)
+        self._lost: set[str] = set()  # evicted before their clip entry was logged
         self._lock = asyncio.Lock()
         self._head: bytes | None = None
         self._head_version = 0  # bumped by every commit, after `_head` is set
         self._published_version = 0  # the newest head version known to be in the bucket
         self._published = asyncio.Condition()
         self._head_event = asyncio.Event()
+        self._retry = asyncio.Event()  # a failed append left entries queued: retry soon
         self._tasks: list[asyncio.Task[Any]] = []
-        self._evictions: list[str] = []
+        self._appends: set[asyncio.Task[None]] = set()
         self.retention = RetentionTask(
-            self.bucket, storage.retention_days, self._retention_entries, self._retention_deleted
+            self.bucket, storage.retention_days, self._retention_entries, self._gone,
+            record=self._retention_record,
         )
+        self.publish_timeout = 30.0  # how long a deletion waits for its log to be in the bucket
         self.clips_sealed = 0
         self.last_error: str | None = None
         self._loop = asyncio.get_running_loop()  # constructed by the service, on its loop
@@ -126,14 +116,17 @@ class ClipVault:
             thumb_sha256=poster.sha256 if poster else None,
             thumb_size=poster.size if poster else None,
         )
-        self._index[clip.object_name] = meta.start
-        if poster:
-            self._index[poster.object_name] = meta.start
-        await self.append([entry])
+        entries: list[Entry] = [entry]
+        for item in (clip, poster) if poster else (clip,):
+            if item.object_name in self._lost:  # evicted already: logged with its entry
+                self._lost.discard(item.object_name)
+                entries.append(DeleteEntry(self._id(item), "evicted"))
+            else:
+                self._index[item.object_name] = hour_up(meta.start)
+        await self.append(entries, keep=True)  # the objects are spooled: they must be logged
         self.clips_sealed += 1
-        log.info(
-            "%s: clip of %.1f s sealed (%d bytes encrypted)", meta.camera, meta.duration, clip.size
-        )
+        # No camera or subjects: the log lives on the bridge's disk too.
+        log.info("clip %s sealed (%d bytes encrypted)", entry.object, clip.size)
 
     def _id(self, item: SpoolItem) -> str:
         object_id = self.layout.object_id(item.object_name)
@@ -142,32 +135,92 @@ class ClipVault:
 
     # -- manifest ------------------------------------------------------------------------
 
-    async def append(self, entries: list[Entry]) -> None:
-        async with self._lock:
-            out = self.writer.append(entries)
-            await asyncio.to_thread(self._commit, out)
+    async def append(self, entries: list[Entry], *, keep: bool = False) -> None:
+        """Log `entries` in a new segment, atomically for the chain: if the segment cannot be
+        spooled or the state saved (a full disk), the writer goes back to where it was, so no
+        later segment chains to the lost one. `keep`: the entries stay queued for the next
+        append (the objects they describe exist anyway); else the caller undoes its side. Runs
+        to the end even if the caller is cancelled."""
+        await asyncio.shield(self._advance(entries, keep))
 
     async def heartbeat(self) -> None:
-        async with self._lock:
-            out = self.writer.heartbeat()
-            await asyncio.to_thread(self._commit, out)
+        await asyncio.shield(self._advance(None, True))
 
-    def _commit(self, out: ManifestOutput) -> None:
-        # State first: after a crash the next segment must follow this one, never fork.
-        _write_private(self._state_path, out.state.to_json())
-        _write_private(self._index_path, json.dumps(self._index, sort_keys=True))
-        if out.segment_id is not None and out.segment is not None:
-            entry = self.spool.create()
+    async def _advance(self, entries: list[Entry] | None, keep: bool) -> None:
+        async with self._lock:
+            before, queued = self.writer.state, self.writer.pending
+            out = self.writer.heartbeat() if entries is None else self.writer.append(entries)
+            index = json.dumps(self._index, sort_keys=True)  # a snapshot, taken on the loop
             try:
-                entry.write(out.segment)
-                entry.commit(f"{self.layout.root}/{out.segment_id}", "manifest")
-            except BaseException:
-                entry.abort()
+                await asyncio.to_thread(self._commit, out, before, index)
+            except BaseException as exc:
+                kept = [*queued, *(entries if keep and entries else [])]
+                self.writer.restore(before, kept)
+                self.last_error = f"manifest append: {exc}"
+                if kept:
+                    log.warning("manifest append failed (%s); %d entr%s queued for the next one",
+                                exc, len(kept), "y" if len(kept) == 1 else "ies")
+                    self._retry.set()
                 raise
+
+    def _commit(self, out: ManifestOutput, before: ManifestState | None, index: str) -> None:
+        """Spool the segment held back from upload, save the state, then release the segment:
+        the state is durable before the segment can upload (manifest.md §6 rule 1), and a
+        failure before it is saved leaves nothing behind. A crash in between leaves a held
+        segment the state does not name: start-up drops it (`_drop_unsaved_segments`)."""
+        item = self._spool_segment(out) if out.segment is not None else None
+        try:
+            write_private(self._state_path, out.state.to_json())
+        except BaseException:
+            self._unsave_state(out.state, before)
+            if item is not None:
+                self.spool.discard(item)
+            raise
+        try:
+            write_private(self._index_path, index)
+        except OSError as exc:  # retention's own bookkeeping: the next append saves it again
+            log.warning("cannot save the retention index yet: %s", exc)
+        if item is not None:
+            self.spool.unhold(item)
         self._head = out.head
         self._head_version += 1  # after _head: a reader of this version gets that head or newer
         self._loop.call_soon_threadsafe(self._head_event.set)
         self.uploader.wake()
+
+    def _spool_segment(self, out: ManifestOutput) -> SpoolItem:
+        assert out.segment is not None and out.segment_id is not None
+        entry = self.spool.create()
+        try:
+            entry.write(out.segment)
+            name = f"{self.layout.root}/{out.segment_id}"
+            return entry.commit(name, "manifest", {"seq": out.state.seq}, hold=True)
+        except BaseException:
+            entry.abort()
+            raise
+
+    def _unsave_state(self, new: ManifestState, before: ManifestState | None) -> None:
+        """The save failed after the rename (a failed directory fsync): put the old state back,
+        so the file never names a segment that was dropped."""
+        with contextlib.suppress(OSError):
+            if self._state_path.read_text() == new.to_json():
+                if before is None:
+                    self._state_path.unlink()
+                else:
+                    write_private(self._state_path, before.to_json())
+
+    def _drop_unsaved_segments(self, state: ManifestState | None) -> None:
+        """Segments spooled by an append that crashed before saving its state: never upload
+        them (the next append takes their seq; both in the bucket would be a fork)."""
+        for item in self.spool.ready():
+            seq = item.meta.get("seq")
+            if item.kind != "manifest" or not isinstance(seq, int):
+                continue
+            if state is None or seq > state.seq or (
+                seq == state.seq and self._id(item) != state.segment
+            ):
+                log.warning("dropping manifest segment %d from the spool: an append crashed "
+                            "before saving it", seq)
+                self.spool.discard(item)
 
     async def _head_loop(self) -> None:
         """Upload the newest head once every segment before it is in the bucket."""
@@ -208,105 +261,38 @@ class ClipVault:
 
     async def _heartbeat_loop(self) -> None:
         period = self.storage.heartbeat_seconds
+        failures = 0
         while True:
-            await asyncio.sleep(period)
+            # Entries queued by a failed append (a full disk) are retried soon, with backoff.
+            delay = min(period, 2.0 * 2**failures) if self.writer.pending else period
+            self._retry.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._retry.wait(), delay)
+            if self._retry.is_set():
+                continue  # an append just failed: wait `delay` from now
             try:
                 await self.heartbeat()
+                failures = 0
             except Exception as exc:
+                failures += 1
                 self.last_error = f"heartbeat: {exc}"
-                log.exception("manifest heartbeat failed")
+                log.warning("manifest heartbeat failed: %s", exc)
 
-    # -- retention and eviction ----------------------------------------------------------
-
-    def _load_index(self) -> dict[str, float]:
-        try:
-            return {str(k): float(v) for k, v in json.loads(self._index_path.read_text()).items()}
-        except FileNotFoundError:
-            return {}
-
-    def _load_doomed(self) -> set[str]:
-        try:
-            return {str(n) for n in json.loads(self._doomed_path.read_text())}
-        except FileNotFoundError:
-            return set()
-
-    def _save_doomed(self) -> None:
-        _write_private(self._doomed_path, json.dumps(sorted(self._doomed)))
-
-    def _retention_entries(self) -> list[tuple[str, float]]:
-        # Owner-deleted objects still in the bucket are due at once (time 0).
-        return [*self._index.items(), *((name, 0.0) for name in self._doomed)]
-
-    def _forget(self, names: list[str], reason: str) -> list[Entry]:
-        """Drop objects from the retention index; the manifest entries that record why."""
-        entries: list[Entry] = []
-        for name in names:
-            self._index.pop(name, None)
-            object_id = self.layout.object_id(name)
-            if object_id:
-                entries.append(DeleteEntry(object_id, reason))
-        return entries
-
-    async def _retention_deleted(self, names: list[str]) -> None:
-        if done := self._doomed.intersection(names):
-            self._doomed -= done  # their deletion is in the log already
-            await asyncio.to_thread(self._save_doomed)
-        # Only what the index still holds: an owner deletion meanwhile recorded the rest.
-        if entries := self._forget([n for n in names if n in self._index], "retention"):
-            await self.append(entries)
+    # -- eviction ----------------------------------------------------------------------
 
     def _evicted(self, items: list[SpoolItem]) -> None:
         """Spool over its cap (called in the committing thread): record what never made it."""
-        for item in items:
-            if item.kind in ("clip", "thumbnail"):
-                self._evictions.append(item.object_name)
-        self._loop.call_soon_threadsafe(self._record_evictions)
+        names = [i.object_name for i in items if i.kind in ("clip", "thumbnail")]
+        self._loop.call_soon_threadsafe(self._record_evictions, names)
 
-    def _record_evictions(self) -> None:
-        names, self._evictions = self._evictions, []
+    def _record_evictions(self, names: list[str]) -> None:
+        # Not logged yet (sealed, entry not appended): `_on_sealed` logs it with its entry.
+        self._lost.update(n for n in names if n not in self._index)
         if entries := self._forget(names, "evicted"):
-            self._tasks.append(asyncio.ensure_future(self.append(entries)))
-
-    # -- owner requests (bridge/owner/owner_api.py, authenticated there) ---------------------
-
-    def is_live(self, name: str) -> bool:
-        """Whether this bridge recorded `name` (clip, poster, share copy) and still holds it."""
-        return name in self._index
-
-    async def record_share(self, source_name: str, copy_name: str, entry: ShareEntry) -> bool:
-        """False if the source stopped being live (deleted meanwhile): nothing recorded."""
-        if source_name not in self._index or copy_name in self._index:
-            return False
-        self._index[copy_name] = self._index[source_name]  # retention removes it with its source
-        await self.append([entry])
-        return True
-
-    async def delete_for_owner(self, names: list[str], timeout: float = 30.0) -> list[str]:
-        """Record the deletions (reason `owner`), publish them, then remove the objects
-        (docs/manifest.md §6 rule 4). Returns the names still in the bucket: they are in the
-        log as deleted, and retention removes them once the bucket lets it."""
-        saved = {name: self._index[name] for name in names}
-        entries = self._forget(names, "owner")
-        self._doomed.update(names)
-        try:
-            await asyncio.to_thread(self._save_doomed)  # before the log says "deleted"
-            await self.append(entries)
-        except BaseException:
-            self._index.update(saved)
-            self._doomed.difference_update(names)
-            raise
-        if not await self.wait_published(timeout):
-            return list(names)
-        failed: list[str] = []
-        for name in names:
-            try:
-                await self.bucket.delete(name)
-            except Exception as exc:
-                log.warning("owner deletion: cannot delete %s yet: %s", name, exc)
-                failed.append(name)
-        self._doomed.difference_update(set(names) - set(failed))
-        await asyncio.to_thread(self._save_doomed)
-        return failed
+            task = asyncio.ensure_future(self.append(entries, keep=True))
+            self._appends.add(task)
+            task.add_done_callback(self._appends.discard)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged by append
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -329,6 +315,14 @@ class ClipVault:
     async def stop(self, drain_seconds: float = 10.0) -> None:
         # A clean shutdown leaves the bucket consistent: what was sealed is uploaded and the
         # head names it (else the owner's audit would see objects the manifest does not).
+        await asyncio.gather(*self._appends, return_exceptions=True)
+        if pending := len(self.writer.pending):  # queued by a failed append: a last try
+            try:
+                await self.heartbeat()
+            except Exception as exc:  # in memory only: the owner's verify will show the gap
+                log.error("stopping with %d manifest entr%s never logged (%s): their objects "
+                          "will show as not in the manifest", pending,
+                          "y" if pending == 1 else "ies", exc)
         if not await self.uploader.wait_idle(timeout=drain_seconds):
             log.warning(
                 "stopping with %d object(s) still in the spool; they upload on the next start",

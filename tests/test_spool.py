@@ -1,0 +1,67 @@
+"""The spool's eviction policy and held entries (its other tests are in test_store.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.store.spool import Spool
+
+MiB = 1 << 20
+
+
+def spool_kind(
+    spool: Spool, size: int, name: str, kind: str, meta: dict[str, Any] | None = None
+) -> None:
+    with spool.create() as entry:
+        entry.write(os.urandom(size))
+        entry.commit(name, kind, meta)
+
+
+def test_spool_cap_never_evicts_manifest_segments_and_takes_posters_with_clips(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: eviction took the oldest entries whatever their kind, so with the bucket
+    down segment 0 went and the owner's chain was broken for good."""
+    evicted: list[str] = []
+    spool = Spool(tmp_path, 3 * MiB, on_evict=lambda items: evicted.extend(
+        i.object_name for i in items))
+    spool_kind(spool, 4000, "m/0", "manifest")
+    spool_kind(spool, MiB, "c/1", "clip")
+    spool_kind(spool, 4000, "m/1", "manifest")
+    spool_kind(spool, 300_000, "c/2", "clip")
+    spool_kind(spool, 20_000, "t/1", "thumbnail", {"clip": "c/1"})  # c/1's poster, out of order
+    spool_kind(spool, 20_000, "t/2", "thumbnail", {"clip": "c/2"})
+    assert evicted == []
+    spool_kind(spool, 2 * MiB, "c/3", "clip")  # 3.3 MiB: c/1 goes, and its poster with it
+    assert evicted == ["c/1", "t/1"]
+    assert [i.object_name for i in spool.ready()] == ["m/0", "m/1", "c/2", "t/2", "c/3"]
+
+    # Only segments (and the entry just committed) left above the cap: kept, one warning.
+    small = Spool(tmp_path / "small", MiB, on_evict=lambda items: evicted.extend(
+        i.object_name for i in items))
+    with caplog.at_level(logging.WARNING, logger="bridge.store.spool"):
+        for i in range(3):
+            spool_kind(small, 400_000, f"m/{i}", "manifest")
+    assert [i.object_name for i in small.ready()] == ["m/0", "m/1", "m/2"]
+    assert evicted == ["c/1", "t/1"] and caplog.text.count("nothing left to evict") == 1
+    spool_kind(small, 10, "c/x", "clip")  # still over: no new warning for every commit
+    assert caplog.text.count("nothing left to evict") == 1
+
+
+def test_spool_held_entry_is_not_offered_until_released(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 64 * MiB)
+    woken: list[int] = []
+    spool.add_listener(lambda: woken.append(1))
+    with spool.create() as entry:
+        entry.write(b"segment")
+        held = entry.commit("m/held", "manifest", {"seq": 4}, hold=True)
+    assert spool.ready() == [] and woken == [] and spool.has_object("m/held")
+    spool.unhold(held)
+    assert [i.object_name for i in spool.ready()] == ["m/held"] and woken == [1]
+    spool.discard(held)
+    assert spool.ready() == [] and list((tmp_path / "ready").iterdir()) == []
