@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bridge.config import Config, ConfigError, demo_config, find_config, load_config
+from bridge.config import (
+    Config,
+    ConfigError,
+    ConfigNotFound,
+    demo_config,
+    find_config,
+    load_config,
+)
 
 EXIT_CONFIG = 2
 
@@ -15,9 +22,7 @@ def _load(args: argparse.Namespace, allow_demo: bool) -> Config:
     if path is None:
         if allow_demo:
             return demo_config()
-        raise ConfigError(
-            args.config or "obscura.toml", "", "no configuration file; run `obscura init` first"
-        )
+        raise ConfigNotFound(args.config)
     return load_config(path)
 
 

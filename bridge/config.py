@@ -49,6 +49,27 @@ class ConfigError(Exception):
         super().__init__(f"{path}: configuration error{where}: {problem}")
 
 
+class ConfigNotFound(ConfigError):
+    """No configuration file: names the paths looked at, so the user knows where to put one."""
+
+    def __init__(self, explicit: str | None, why: str = "") -> None:
+        if explicit:
+            super().__init__(explicit, "", "no such file (`obscura init --config FILE` writes one)")
+            return
+        env = os.environ.get("OBSCURA_CONFIG")
+        looked = [
+            f"$OBSCURA_CONFIG ({env})" if env else "$OBSCURA_CONFIG (not set)",
+            *(str(p) for p in DEFAULT_CONFIG_PATHS[1:] if p is not None),
+        ]
+        super().__init__(looked[-1], "", "no configuration file")
+        # Not "FILE: configuration error": there is no one file to blame.
+        Exception.__init__(self, (
+            f"no configuration file (looked for --config, {', '.join(looked)})"
+            + (f"; {why}" if why else "")
+            + "; run `obscura init` to write one, or pass --config FILE"
+        ))
+
+
 @dataclass(frozen=True, slots=True)
 class CameraConfig:
     name: str

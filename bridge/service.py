@@ -95,9 +95,14 @@ class BridgeService:
             )
             return
         from bridge.record import Recorder, RecordSettings
+        from bridge.store.config import NO_RECIPIENTS
         from bridge.store.vault import ClipVault
         from crypto.padding import mp4_free_box, mp4_padding
 
+        if not storage.recipients:
+            self.storage_error = NO_RECIPIENTS
+            log.error("recording is off, cameras keep streaming: %s", NO_RECIPIENTS)
+            return
         try:
             vault = ClipVault(storage, self.config.state_dir)
             await vault.start()

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Protocol
 
-from crypto.age_keys import AgeError, Identity, Stanza, as_identity, b64decode, b64encode, hkdf
+from crypto.age_keys import (
+    AgeError,
+    Identity,
+    NoIdentityMatch,
+    Stanza,
+    as_identity,
+    b64decode,
+    b64encode,
+    hkdf,
+)
 
 VERSION_LINE = b"age-encryption.org/v1\n"
 CHUNK = 64 * 1024
@@ -51,7 +60,9 @@ class Header:
             if key is not None:
                 break
         else:
-            raise AgeError("no identity matches this file (wrong key, or not encrypted to you)")
+            raise NoIdentityMatch(
+                "no identity matches this file (wrong key, or not encrypted to you)"
+            )
         if not hmac.compare_digest(_header_mac(key, self.signed), self.mac):
             raise AgeError("bad header MAC: the header was altered")
         return key

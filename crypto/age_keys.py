@@ -32,6 +32,10 @@ class AgeError(Exception):
     """An age file, key or identity file is invalid, or no identity can open it."""
 
 
+class NoIdentityMatch(AgeError):
+    """The file is well-formed, but none of the given identities opens any of its stanzas."""
+
+
 def hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt, info).derive(ikm)
 

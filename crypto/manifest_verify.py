@@ -5,15 +5,12 @@ listing against the log. Checks and messages: docs/manifest.md §9.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TypeVar
 
 from crypto.age import AgeError, Identity, decrypt
-from crypto.age_keys import as_identity
+from crypto.age_keys import NoIdentityMatch, as_identity
 from crypto.manifest_format import (
     ClipEntry,
     DeleteEntry,
@@ -26,99 +23,33 @@ from crypto.manifest_format import (
     decode_head,
     decode_segment,
 )
+from crypto.manifest_report import (
+    ClipInfo,
+    Problem,
+    RecipientChange,
+    Report,
+    ShareInfo,
+    VerifierState,
+    local_time,
+)
 from crypto.signing import BridgeKeyError, BridgePublicKey
 
+__all__ = [
+    "ClipInfo", "Hasher", "ManifestVerifier", "Problem", "RecipientChange", "Report",
+    "ShareInfo", "VerifierState",
+]
+
 Getter = Callable[[str], bytes | None]
+#: hash(id, limit) -> (SHA-256 hex, bytes read), reading at most `limit` bytes as a stream, or
+#: None if the object is missing. The operator decides how large an object is, so a deep verify
+#: never reads more than the largest size the bridge signed (plus one byte, to see it is longer).
+Hasher = Callable[[str, int], tuple[str, int] | None]
 T = TypeVar("T")
 #: Segments and heads are a few KiB; anything far larger is not the bridge's (anyone can
 #: encrypt to the owner) and is not downloaded into memory.
 MAX_MANIFEST_OBJECT = 16 << 20
+NOT_RECIPIENT = "cannot decrypt (none of these identities is one of its recipients)"
 Lister = Callable[[], Iterable[tuple[str, int]]]
-
-
-@dataclass(frozen=True, slots=True)
-class VerifierState:
-    """What the owner's tools remember per bridge: the pinned key, the highest verified seq and
-    its hash, the newest heartbeat seen."""
-
-    bridge_key: str
-    seq: int
-    hash: bytes
-    time_ms: int
-
-    def to_json(self) -> str:
-        return json.dumps({
-            "v": 1, "bridge_key": self.bridge_key, "seq": self.seq, "hash": self.hash.hex(),
-            "time_ms": self.time_ms,
-        }, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> VerifierState:
-        try:
-            d = json.loads(text)
-            if d["v"] != 1:
-                raise ValueError(f"version {d['v']}")
-            return cls(str(d["bridge_key"]), int(d["seq"]), bytes.fromhex(d["hash"]),
-                       int(d["time_ms"]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise FormatError(f"verifier state is unreadable: {e}") from None
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One finding; `kind` is stable (for code and tests), `message` is for people."""
-
-    kind: str
-    message: str
-    object: str | None = None
-    seq: int | None = None
-
-    def __str__(self) -> str:
-        return self.message
-
-
-@dataclass(slots=True)
-class ShareInfo:
-    copy: str
-    recipient: str
-    seq: int
-    deleted: str | None = None
-
-
-@dataclass(slots=True)
-class ClipInfo:
-    id: str
-    seq: int  # the segment that recorded it
-    camera: str
-    start_ms: int
-    end_ms: int
-    subjects: tuple[str, ...]
-    size: int
-    sha256: str
-    thumb: str | None
-    thumb_sha256: str | None
-    thumb_size: int | None
-    deleted: str | None = None  # the delete reason, once deleted
-    shares: list[ShareInfo] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class Report:
-    clips: list[ClipInfo] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    notices: list[str] = field(default_factory=list)
-    head: Head | None = None
-    recipients: tuple[str, ...] = ()
-    #: The state to save; None when the chain did not verify (keep the previous one).
-    state: VerifierState | None = None
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds")
 
 
 class ManifestVerifier:
@@ -136,11 +67,13 @@ class ManifestVerifier:
         state: VerifierState | None = None,
         deep: bool = True,
         clock: Callable[[], float] = time.time,
+        hasher: Hasher | None = None,
     ) -> None:
         self._ids = [as_identity(i) for i in identities]
         self._head_id = head_id
         self._get = get
         self._list = list
+        self._hash = hasher or self._hash_from_get
         if isinstance(pinned_key, str):
             pinned_key = BridgePublicKey.parse(pinned_key)
         if pinned_key is None and state is not None:
@@ -154,7 +87,7 @@ class ManifestVerifier:
         self._listing: dict[str, int] = {}
 
     def verify(self) -> Report:
-        r = Report()
+        r = Report(verified_seq=self._state.seq if self._state else None)
         self._listing = dict(self._list())
         head = self._read_head(r)
         if head is None:
@@ -176,8 +109,8 @@ class ManifestVerifier:
         now_ms = int(self._clock() * 1000)
         if head_ok and now_ms - head.time_ms > 2 * head.period_s * 1000:
             r.problems.append(Problem("frozen", (
-                f"head is frozen: last heartbeat at {_when(head.time_ms)}, older than 2 × period "  # noqa: RUF001
-                f"({head.period_s} s)"
+                f"head is frozen: last heartbeat at {local_time(head.time_ms)}, older than "
+                f"2 × period ({head.period_s} s)"  # noqa: RUF001
             ), seq=head.seq))
         live, known = self._replay(segments, r)
         known |= set(ids.values()) | {self._head_id}
@@ -202,6 +135,8 @@ class ManifestVerifier:
             return None, "malformed (too large for a manifest object)"
         try:
             return decode(decrypt(self._ids, data)), ""
+        except NoIdentityMatch:
+            return None, NOT_RECIPIENT
         except AgeError as e:
             return None, f"cannot decrypt ({e})"
         except FormatError as e:
@@ -211,6 +146,7 @@ class ManifestVerifier:
         head, why = self._load(self._head_id, decode_head)
         if head is None:
             message = "manifest head is missing" if why == "missing" else f"manifest head: {why}"
+            r.not_recipient = why == NOT_RECIPIENT
             r.problems.append(Problem("head", message, self._head_id))
         return head
 
@@ -245,9 +181,14 @@ class ManifestVerifier:
         key = self._pinned
         if key is None:
             if init is None:
-                r.problems.append(
-                    Problem("key", "no pinned bridge key and segment 0 is unreadable")
+                # The walk stopped at the newest segment it could not read: name that gap.
+                assert r.head is not None
+                stop = min(segments) - 1 if segments else r.head.seq
+                where = "segment 0 is unreadable" if stop == 0 else (
+                    "segment 0 (which holds it) was not reached: the chain breaks at segment "
+                    f"{stop}"
                 )
+                r.problems.append(Problem("key", f"no pinned bridge key, and {where}"))
                 return None
             try:
                 key = BridgePublicKey.parse(init.bridge_key)
@@ -303,8 +244,8 @@ class ManifestVerifier:
             r.problems.append(Problem("fork", f"manifest forked at seq {s.seq}", seq=s.seq))
         elif head.seq == s.seq and head.time_ms < s.time_ms:
             r.problems.append(Problem("rollback", (
-                f"manifest head replayed: heartbeat at {_when(head.time_ms)} is older than the "
-                f"last verified heartbeat at {_when(s.time_ms)}"
+                f"manifest head replayed: heartbeat at {local_time(head.time_ms)} is older "
+                f"than the last verified heartbeat at {local_time(s.time_ms)}"
             ), seq=head.seq))
         elif head.seq > s.seq and s.seq in segments and segments[s.seq].hash() != s.hash:
             r.problems.append(Problem("fork", f"manifest forked at seq {s.seq}", seq=s.seq))
@@ -319,6 +260,7 @@ class ManifestVerifier:
         known: set[str] = set()
         clips: dict[str, ClipInfo] = {}
         shares: dict[str, ShareInfo] = {}
+        clip_of: dict[str, str] = {}  # clip, poster or share copy -> the clip it shows
 
         def add(obj: str, sha: str, size: int, seq: int) -> None:
             if obj in known:
@@ -332,18 +274,29 @@ class ManifestVerifier:
             for e in segments[seq].entries:
                 if isinstance(e, ClipEntry):
                     add(e.object, e.sha256, e.size, seq)
+                    clip_of[e.object] = e.object
                     if e.thumb is not None:
                         assert e.thumb_sha256 is not None and e.thumb_size is not None
                         add(e.thumb, e.thumb_sha256, e.thumb_size, seq)
+                        clip_of[e.thumb] = e.object
                     clips[e.object] = ClipInfo(
                         e.object, seq, e.camera, e.start_ms, e.end_ms, e.subjects, e.size,
                         e.sha256, e.thumb, e.thumb_sha256, e.thumb_size,
+                        recipients=r.recipients,
                     )
                 elif isinstance(e, ShareEntry):
                     add(e.copy, e.sha256, e.size, seq)
-                    shares[e.copy] = ShareInfo(e.copy, e.recipient, seq)
-                    if e.object in clips:
-                        clips[e.object].shares.append(shares[e.copy])
+                    shares[e.copy] = ShareInfo(e.copy, e.recipient, seq, source=e.object)
+                    # Every share is shown under its clip, whatever was shared: one the owner
+                    # cannot see is what a share behind their back would look like.
+                    if (clip := clip_of.get(e.object)) is not None:
+                        clip_of[e.copy] = clip
+                        clips[clip].shares.append(shares[e.copy])
+                    else:
+                        r.problems.append(Problem("share", (
+                            f"segment {seq}: share {e.copy} (to {e.recipient}) of object "
+                            f"{e.object}, which the manifest records no clip for"
+                        ), e.copy, seq))
                 elif isinstance(e, DeleteEntry):
                     if live.pop(e.object, None) is None:
                         r.notices.append(f"segment {seq}: deletion of {e.object}, not live")
@@ -352,6 +305,12 @@ class ManifestVerifier:
                     if e.object in shares:
                         shares[e.object].deleted = e.reason
                 elif isinstance(e, RecipientsEntry):
+                    # A new set applies to what is written after it: a staff key added on the
+                    # bridge shows up here (docs/threat-model.md, "Recipient substitution").
+                    if r.recipients and set(e.recipients) != set(r.recipients):
+                        r.recipient_changes.append(RecipientChange(
+                            seq, segments[seq].time_ms, r.recipients, e.recipients
+                        ))
                     r.recipients = e.recipients
         r.clips = sorted(clips.values(), key=lambda c: (c.start_ms, c.id))
         return live, known
@@ -361,6 +320,9 @@ class ManifestVerifier:
     ) -> None:
         listing = self._listing
         by_hash = {sha: obj for obj, (sha, _) in live.items()}
+        # Enough to hash any object the bridge signed in full (so a swap names its source),
+        # never more: an operator can serve an object of any size.
+        limit = max((size for _, size in live.values()), default=0) + 1
         for obj, (sha, size) in sorted(live.items()):
             if obj not in listing:
                 r.problems.append(Problem("missing", (
@@ -376,17 +338,17 @@ class ManifestVerifier:
                         "(swapped or altered)"
                     ), obj))
                 continue
-            data = self._get(obj)
-            if data is None:
+            hashed = self._hash(obj, limit)
+            if hashed is None:
                 r.problems.append(Problem("missing", (
                     f"object {obj} listed in the manifest is missing from the bucket (deleted)"
                 ), obj))
                 continue
-            actual = hashlib.sha256(data).hexdigest()
-            if actual == sha:
+            actual, n = hashed
+            if actual == sha and n == size:
                 continue
             other = by_hash.get(actual)
-            if other is None and len(data) < size:
+            if other is None and n < size:
                 r.problems.append(Problem("truncated", f"object {obj} is truncated", obj))
                 continue
             holds = f"; it holds object {other}'s content" if other else ""
@@ -398,3 +360,11 @@ class ManifestVerifier:
             return
         for obj in sorted(set(listing) - known):
             r.problems.append(Problem("forged", f"forged object {obj}: not in the manifest", obj))
+
+    def _hash_from_get(self, oid: str, limit: int) -> tuple[str, int] | None:
+        """The default hasher, over `get` (in memory: for callers whose objects are bytes)."""
+        data = self._get(oid)
+        if data is None:
+            return None
+        view = memoryview(data)[:limit]
+        return hashlib.sha256(view).hexdigest(), len(view)

@@ -7,6 +7,7 @@ bucket's raw bytes hold no plaintext marker; the manifest verifies and lists the
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.peers.bridge_process import BridgeProcess, CameraSpec
+from tests.peers.bridge_process import ROOT, BridgeProcess, CameraSpec
 from tests.peers.rtsp import RtspCamera
 from tests.peers.scenes import write_crossing_clip
 
@@ -72,18 +73,36 @@ def test_clips_are_encrypted_to_the_owner_and_decrypt_with_stock_age(
         assert bridge.stop() == 0, bridge.log_text()
     objects = [p for p in bucket.rglob("*") if p.is_file()]
     assert len(objects) >= 4  # clip, poster, manifest segment(s), head
-    markers = [b"Front porch", b"ftyp", b"\xff\xd8\xff", b"person", b"moof"]
-    for obj in objects:
-        raw = obj.read_bytes()
-        assert raw.startswith(b"age-encryption.org/v1\n")
-        assert not any(m in raw for m in markers), obj
-    mp4s = []
+    mp4s, plains = [], []
     for obj in objects:
         plain = tmp_path / f"{obj.name}.out"
         subprocess.run(["age", "-d", "-i", str(key_path), "-o", str(plain), str(obj)], check=True)
-        if plain.read_bytes()[4:8] == b"ftyp":
+        plains.append(plain.read_bytes())
+        if plains[-1][4:8] == b"ftyp":
             mp4s.append(plain)
     assert mp4s, "no clip among the objects"
+    # No plaintext in the bucket. Only markers of 6+ bytes: a short one (the JPEG SOI
+    # ff d8 ff) turns up by chance in ~5% of 0.8 MB of random ciphertext. Each marker is
+    # taken from, or found in, a real plaintext, so the check cannot pass vacuously.
+    jpeg = next(p for p in plains if p.startswith(b"\xff\xd8\xff"))
+    mp4 = mp4s[0].read_bytes()
+    moof = mp4.index(b"moof")
+    markers = [
+        b"Front porch", b"person",  # in the manifest
+        mp4[4:12],  # "ftyp" and the brand
+        mp4[moof - 4:moof + 12],  # the first fragment's header
+        jpeg[:16],  # SOI and the padding comment segment
+        *(p[:16] for p in plains),
+    ]
+    for marker in markers[:2]:
+        assert any(marker in p for p in plains), marker
+    for obj in objects:
+        raw = obj.read_bytes()
+        assert raw.startswith(b"age-encryption.org/v1\n")
+        # The header is text up to the MAC line: not even a short binary marker fits there.
+        header = raw[: raw.index(b"\n", raw.index(b"\n--- ") + 1)]
+        assert b"\xff\xd8\xff" not in header and b"ftyp" not in header, obj
+        assert not [m for m in markers if m in raw], obj
     with av.open(str(mp4s[0])) as container:
         frames = [f for f in container.decode(video=0)]
     assert len(frames) >= 15 and (frames[0].width, frames[0].height) == (640, 360)
@@ -112,3 +131,51 @@ def test_bad_storage_is_a_clear_error_and_streaming_goes_on(
     finally:
         assert bridge.stop() == 0
     assert "never-logged-7f3a" not in bridge.log_text()
+
+
+def obscura(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )
+
+
+def test_no_recipient_turns_recording_off_not_the_bridge(
+    tmp_path: Path, owner_key: tuple[Path, str]
+) -> None:
+    """`keys remove --force` of the last key: the bridge still runs (live view), says why
+    nothing is recorded, and `keys add-recipient` recovers without editing the file by hand."""
+    recipient = owner_key[1]
+    bridge = BridgeProcess(
+        tmp_path,
+        [CameraSpec("Demo", "demo:", {"width": 320, "height": 240})],
+        storage={"bucket": (tmp_path / "bucket").as_uri(), "recipients": [recipient]},
+    )
+    config = str(bridge.config)
+    out = obscura("keys", "remove", recipient, "--force", "--config", config)
+    assert out.returncode == 0 and "No recipient is left" in out.stdout, out.stdout + out.stderr
+    out = obscura("keys", "list", "--config", config)
+    assert out.returncode == 0, out.stderr
+    assert "No recipients" in out.stdout and "obscura keys add-recipient" in out.stdout
+    bridge.start()
+    try:
+        bridge.wait_camera("Demo")
+        assert "no recipients in [storage]" in bridge.status()["storage"]["error"]
+        doctor = obscura("doctor", "--config", config)
+        assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+        assert "clips     NOT recorded: no recipients in [storage]" in doctor.stdout
+        assert "keys add-recipient" in doctor.stdout
+        assert "camera    'Demo' (demo:): 320x240" in doctor.stdout
+    finally:
+        assert bridge.stop() == 0, bridge.log_text()
+    assert "recording is off, cameras keep streaming: no recipients" in bridge.log_text()
+
+    out = obscura("keys", "add-recipient", recipient, "--config", config)
+    assert out.returncode == 0 and "Added" in out.stdout, out.stdout + out.stderr
+    assert recipient in obscura("keys", "list", "--config", config).stdout
+    bridge.start()
+    try:
+        storage = bridge.status()["storage"]
+        assert storage["recipients"] == [recipient] and "error" not in storage
+    finally:
+        assert bridge.stop() == 0, bridge.log_text()

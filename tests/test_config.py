@@ -81,6 +81,12 @@ BAD = [
     ("[detect]\nthreads = 0\n", "detect.threads", "between 1 and 64"),
     ('[detect]\nmodel_type = "ssd"\n', "detect.model_type", "nanodet or yolo"),
     ("[hap\nport = 1\n", "", "not valid TOML"),
+    (
+        '[storage]\nbucket = "file:///b"\nrecipients = ["age1nothing"]\n',
+        "storage.recipients[0]",
+        "must be an age public key",
+    ),
+    ('[storage]\nbucket = "file:///b"\nrecipients = "age1x"\n', "storage.recipients", ""),
 ]
 
 
@@ -107,6 +113,15 @@ def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str, prob
     if key:
         assert f"'{key}'" in message
     assert "secretpw" not in message and "hunter2" not in message
+
+
+@pytest.mark.parametrize("recipients", ["recipients = []\n", ""])
+def test_no_recipient_is_not_a_configuration_error(tmp_path: Path, recipients: str) -> None:
+    """Recording off (the service says why), not a bridge that will not start."""
+    path = tmp_path / "obscura.toml"
+    path.write_text(GOOD + f'\n[storage]\nbucket = "file:///b"\n{recipients}')
+    storage = load_config(path).storage
+    assert storage is not None and storage.recipients == ()
 
 
 def test_run_with_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:

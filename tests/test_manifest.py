@@ -132,9 +132,11 @@ def test_first_segment_holds_init_recipients_and_heartbeat(bridge: Bridge) -> No
 
 
 def test_objects_are_opaque_and_padded(bridge: Bridge) -> None:
+    # Markers of 5+ bytes only: a 3-byte one turns up in ~1% of runs of random ciphertext.
+    markers = (b"porch", b"garden", b"person", b"\x00\x00\x00\x18ftypisom", b'"type":"clip"')
     for oid, data in bridge.bucket.items():
         assert re.fullmatch(r"[0-9a-f]{32}", oid)
-        for marker in (b"porch", b"garden", b"person", b"ftyp", b"\xff\xd8\xff", b"clip"):
+        for marker in markers:
             assert marker not in data
     for out in bridge.history:  # manifest plaintexts are padded to 1 KiB steps
         assert len(decrypt([bridge.owner], out.head)) % 1024 == 0

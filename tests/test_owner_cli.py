@@ -1,156 +1,29 @@
 """The owner's CLI (`obscura keys …`, `obscura clips …`) against a bucket a real bridge filled.
 
 One bridge run records a clip of a person crossing in front of a real RTSP camera; every test
-then runs the CLI as a subprocess against a copy of that bucket, untouched or tampered with.
+then runs the CLI as a subprocess against a copy of that bucket, untouched or tampered with
+(tests/peers/owner_bucket.py; the `recorded` fixture is in tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
 import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
-import pytest
 
-from bridge.store.bucket import BucketLayout
 from crypto.age import encrypt
-from tests.peers.bridge_process import ROOT, BridgeProcess, CameraSpec
-from tests.peers.rtsp import RtspCamera
-from tests.peers.scenes import write_crossing_clip
-
-
-def obscura(*args: str, check: bool | None = True) -> subprocess.CompletedProcess[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, OBSCURA_OWNER_STATE_DIR="/nonexistent/do-not-use"),
-    )
-    if check is True:
-        assert out.returncode == 0, out.stdout + out.stderr
-    return out
-
-
-@dataclass
-class Recorded:
-    bucket: Path
-    bridge_id: str
-    key: Path
-    recipient: str
-    old_head: bytes  # the head as first uploaded (seq 0), before the clip's segment
-    clip: dict
-
-    def head_path(self, bucket: Path) -> Path:
-        layout = BucketLayout(self.bridge_id)
-        return bucket / layout.well_known_name("manifest-head")
-
-    def obj(self, bucket: Path, oid: str) -> Path:
-        return bucket / self.bridge_id / oid
-
-
-def wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-@pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
-    work = tmp_path_factory.mktemp("owner")
-    key = work / "owner.key"
-    out = obscura("keys", "generate", "-o", str(key))
-    recipient = next(w for w in out.stdout.split() if w.startswith("age1"))
-    clip = work / "person.mp4"
-    write_crossing_clip(clip, kind="person", seconds=14, enter_at=1.0, cross_seconds=4.0)
-    bucket = work / "bucket"
-    with RtspCamera(file=clip, width=640, height=360, fps=15) as cam:
-        bridge = BridgeProcess(
-            work,
-            [CameraSpec("Front porch", cam.url, {"detect": {"hold_seconds": 1.0}})],
-            detect={"enabled": True, "fps": 5},
-            storage={
-                "bucket": bucket.as_uri(),
-                "recipients": [recipient],
-                "pre_roll_seconds": 1.0,
-                "post_roll_seconds": 1.0,
-                # Long enough that the head is not "frozen" while the tests run after the
-                # bridge stopped (frozen = older than 2 x period).
-                "heartbeat_seconds": 60,
-            },
-        )
-        bridge.start()
-        old_head: list[bytes] = []
-        try:
-            bridge_id = bridge.status()["storage"]["bridge_id"]
-            head = bucket / BucketLayout(bridge_id).well_known_name("manifest-head")
-
-            def sealed() -> bool:
-                if not old_head and head.exists():
-                    old_head.append(head.read_bytes())
-                return (bridge.status()["storage"] or {}).get("clips_sealed", 0) >= 1
-
-            wait(sealed, 90, "a clip")
-            wait(lambda: bridge.status()["storage"]["uploads"]["pending_count"] == 0, 30, "uploads")
-            wait(lambda: head.read_bytes() != old_head[0], 10, "the head after the clip")
-            time.sleep(0.5)
-        finally:
-            assert bridge.stop() == 0, bridge.log_text()
-    rec = Recorded(bucket, bridge_id, key, recipient, old_head[0], {})
-    listing = json.loads(clips(rec, "list", "--json", state=work / "list-state").stdout)
-    assert len(listing) >= 1
-    rec.clip = listing[0]
-    return rec
-
-
-def config_for(bucket: Path, recipient: str, where: Path) -> Path:
-    path = where / "owner.toml"
-    path.write_text(
-        f'[bridge]\nstate_dir = "{where / "state"}"\n\n[status]\naddress = "127.0.0.1"\n'
-        f'port = 1\n\n[storage]\nbucket = "{bucket.as_uri()}"\nrecipients = ["{recipient}"]\n'
-    )
-    return path
-
-
-def clips(
-    rec: Recorded, *args: str, bucket: Path | None = None, state: Path, check: bool | None = True
-) -> subprocess.CompletedProcess[str]:
-    config = config_for(bucket or rec.bucket, rec.recipient, state.parent)
-    return obscura(
-        "clips",
-        args[0],
-        "--config",
-        str(config),
-        "--identity",
-        str(rec.key),
-        "--state-dir",
-        str(state),
-        *args[1:],
-        check=check,
-    )
-
-
-def tampered(rec: Recorded, tmp_path: Path) -> Path:
-    copy = tmp_path / "bucket"
-    shutil.copytree(rec.bucket, copy)
-    return copy
-
-
-def verify_fails(rec: Recorded, bucket: Path, tmp_path: Path, message: str) -> str:
-    out = clips(rec, "verify", bucket=bucket, state=tmp_path / "state", check=None)
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert message in out.stdout, out.stdout + out.stderr
-    return out.stdout
+from tests.peers.owner_bucket import (
+    Recorded,
+    clips,
+    config_for,
+    obscura,
+    tampered,
+    verify_fails,
+)
 
 
 def test_keys_generate_is_private_and_works_with_stock_age(

@@ -61,6 +61,9 @@ class Live:
     def objects(self) -> list[str]:
         return sorted(p.name for p in self.bucket.rglob("*") if p.is_file())
 
+    def bridge_id(self) -> str:
+        return str(self.bridge.status()["storage"]["bridge_id"])
+
     def seq(self) -> int:
         return int(self.bridge.status()["storage"]["manifest_seq"])
 
@@ -189,7 +192,9 @@ def test_share_through_the_running_bridge_and_a_replay_is_refused(live: Live) ->
     assert out.returncode == 0, out.stdout + out.stderr
     copy_id = out.stdout.split("object ")[1].split()[0].rsplit("/", 1)[1]
     [clip] = live.listing()
-    assert clip["shares"] == [{"copy": copy_id, "recipient": live.support, "deleted": None}]
+    assert clip["shares"] == [
+        {"copy": copy_id, "recipient": live.support, "deleted": None, "source": live.clip_id}
+    ]
     text = live.clips("list").stdout
     assert f"shared with {live.support} as {copy_id}" in text
     copy = next(live.bucket.rglob(copy_id))
@@ -239,7 +244,8 @@ def test_without_the_owner_identity_the_bridge_signs_nothing(live: Live) -> None
     assert status == 403 and "does not match" in answer["error"]
     # The owner's CLI with the stranger's key stops before it reaches the bridge.
     out = live.clips("share", live.clip_id, "--to", live.support, identity=live.stranger_key)
-    assert out.returncode == 1 and "cannot decrypt" in out.stdout + out.stderr
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"{live.stranger_key} is not a recipient of bridge {live.bridge_id()}" in out.stderr
     # A real owner proof is bound to its body: reused for another request it is refused.
     _, challenge = call(live.url, "/owner/challenge", b"{}", JSON)
     nonce = open_challenge(load_identities(live.owner_key), challenge["challenge"])

@@ -1,7 +1,8 @@
 """The owner's view of the bucket: every bridge in it, verified against its manifest.
 
 Per bridge id the owner keeps the pinned bridge key and the verifier state (docs/manifest.md
-§7-8) in `state_dir/<bridge_id>.json`, so a rollback or fork is noticed across runs.
+§7-8) in `state_dir/<bridge_id>.json`, with the bucket it was verified in, so a rollback or fork
+is noticed across runs, and so is a bridge whose objects all vanished from that bucket.
 """
 
 from __future__ import annotations
@@ -9,21 +10,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import platformdirs
 
-from bridge.config import ConfigError, find_config, load_config
+from bridge.config import ConfigError, ConfigNotFound, find_config, load_config
 from bridge.store.bucket import Bucket, BucketLayout, open_bucket
 from crypto.age_keys import X25519Identity, load_identities
-from crypto.manifest import ClipInfo, ManifestVerifier, Report, VerifierState
 from crypto.manifest_format import FormatError
+from crypto.manifest_report import RecipientChange, local_time
+from crypto.manifest_verify import (
+    MAX_MANIFEST_OBJECT,
+    ClipInfo,
+    ManifestVerifier,
+    Problem,
+    Report,
+    VerifierState,
+)
 from crypto.signing import BridgeKeyError, BridgePublicKey
 
 T = TypeVar("T")
@@ -31,6 +42,10 @@ HEAD = "manifest-head"
 CHUNK = 4 << 20
 #: Problems that make the manifest itself untrustworthy: commands that act on it refuse to go on.
 FATAL = {"head", "key", "signature", "fork", "rollback", "segment"}
+#: A remembered bridge with no object left in the bucket: reported, but other bridges' clips
+#: can still be listed and fetched.
+GONE = "gone"
+_STATE_NAME = re.compile(r"^[0-9a-f]{16}\.json$")
 
 
 class OwnerError(Exception):
@@ -58,8 +73,23 @@ class SyncBucket:
 
         return self.run(collect())
 
-    def get(self, name: str) -> bytes | None:
-        return self.run(self.bucket.get(name))
+    def get(self, name: str, limit: int) -> bytes | None:
+        """At most `limit` bytes of `name` (the operator chooses how large an object is)."""
+        return self.run(self.bucket.get_range(name, 0, limit))
+
+    def sha256(self, name: str, limit: int) -> tuple[str, int] | None:
+        """SHA-256 and length of the first `limit` bytes of `name`, read in CHUNK pieces."""
+        h, n = hashlib.sha256(), 0
+        while n < limit:
+            want = min(limit, n + CHUNK) - n
+            data = self.run(self.bucket.get_range(name, n, n + want))
+            if data is None:
+                return None if n == 0 else (h.hexdigest(), n)
+            h.update(data)
+            n += len(data)
+            if len(data) < want:  # the end of the object
+                break
+        return h.hexdigest(), n
 
     def close(self) -> None:
         self.run(self.bucket.close())
@@ -72,6 +102,16 @@ class BridgeView:
     layout: BucketLayout
     report: Report
     state_path: Path
+    identity: str = ""  # the identity file, for messages
+    #: Loud, not fatal: recipient changes since the owner last verified.
+    warnings: list[str] = field(default_factory=list)
+
+    def not_recipient(self) -> str:
+        return (
+            f"{self.identity or 'this identity'} is not a recipient of bridge {self.bridge_id}: "
+            "it opens none of its manifest (wrong --identity, or the bridge no longer encrypts "
+            "to this key)"
+        )
 
 
 class Owner:
@@ -80,12 +120,17 @@ class Owner:
     def __init__(self, args: argparse.Namespace) -> None:
         path = find_config(args.config)
         if path is None or not path.exists():
-            raise ConfigError(args.config or "obscura.toml", "", "no configuration file")
+            raise ConfigNotFound(args.config, "its [storage] table names the bucket")
+        # Only [storage].bucket is needed: these tools read with the identity, and the
+        # recipients (maybe none, with recording off) are the bridge's business.
         config = load_config(path)
         if config.storage is None:
             raise ConfigError(path, "storage", "no [storage] table: there is no bucket to read")
         self.config = config
+        self.bucket_url = config.storage.bucket
+        self.identity_file = str(args.identity)
         self.identities: list[X25519Identity] = load_identities(args.identity)
+        self.mine = {str(i.recipient) for i in self.identities}
         self.bucket = SyncBucket(
             open_bucket(config.storage.bucket, config.storage.credentials_file)
         )
@@ -96,8 +141,18 @@ class Owner:
     def close(self) -> None:
         self.bucket.close()
 
+    def remembered(self) -> set[str]:
+        """Bridges verified before in this bucket: still audited when none of their objects
+        is listed any more (deleting a whole prefix must not make a bridge vanish quietly)."""
+        out = set()
+        for path in self.state_dir.glob("*.json") if self.state_dir.is_dir() else ():
+            if _STATE_NAME.match(path.name) and self._load_state(path)[1] == self.bucket_url:
+                out.add(path.stem)
+        return out
+
     def bridges(self) -> list[str]:
-        ids = sorted(BucketLayout.bridge_ids([n for n, _ in self.bucket.list("")]))
+        listed = BucketLayout.bridge_ids([n for n, _ in self.bucket.list("")])
+        ids = sorted(listed | self.remembered())
         if self.only:
             if self.only not in ids:
                 raise OwnerError(f"bridge {self.only} has no objects in the bucket")
@@ -109,19 +164,24 @@ class Owner:
             )
         return ids
 
-    def _load_state(self, path: Path) -> VerifierState | None:
+    def _load_state(self, path: Path) -> tuple[VerifierState | None, str | None]:
+        """The verifier state and the bucket it was verified in (None: an older file)."""
         try:
-            return VerifierState.from_json(path.read_text())
+            text = path.read_text()
+            state = VerifierState.from_json(text)
+            bucket = json.loads(text).get("bucket")
         except FileNotFoundError:
-            return None
+            return None, None
         except FormatError as e:
             raise OwnerError(f"{path}: {e}") from None
+        return state, bucket if isinstance(bucket, str) else None
 
     def _save_state(self, path: Path, state: VerifierState) -> None:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        data = {**json.loads(state.to_json()), "bucket": self.bucket_url}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as out:
-            out.write(state.to_json() + "\n")
+            out.write(json.dumps(data, sort_keys=True) + "\n")
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
@@ -131,7 +191,7 @@ class Owner:
         head_id = layout.object_id(layout.well_known_name(HEAD))
         assert head_id is not None
         state_path = self.state_dir / f"{bridge_id}.json"
-        state = self._load_state(state_path)
+        state = self._load_state(state_path)[0]
         pin: BridgePublicKey | None = None
         if self.pin:
             try:
@@ -152,13 +212,19 @@ class Owner:
                     out.append((oid, size))
             return out
 
+        objects = listing()
+        if not objects and state is not None:
+            gone = self._gone(state, state_path)
+            return BridgeView(bridge_id, layout, gone, state_path, self.identity_file)
         report = ManifestVerifier(
             self.identities,
             head_id=head_id,
-            list=listing,
+            list=lambda: objects,
             pinned_key=pin,
             state=state,
-            get=lambda oid: self.bucket.get(f"{layout.root}/{oid}"),
+            # Manifest objects only; the verifier refuses anything this large.
+            get=lambda oid: self.bucket.get(f"{layout.root}/{oid}", MAX_MANIFEST_OBJECT + 1),
+            hasher=lambda oid, limit: self.bucket.sha256(f"{layout.root}/{oid}", limit),
             deep=deep,
         ).verify()
         if report.state is not None:
@@ -167,7 +233,33 @@ class Owner:
                     f"bridge {bridge_id}: pinned key {report.state.bridge_key} in {state_path}"
                 )
             self._save_state(state_path, report.state)
-        return BridgeView(bridge_id, layout, report, state_path)
+        warnings = [self.change_line(c) for c in report.new_recipient_changes]
+        return BridgeView(bridge_id, layout, report, state_path, self.identity_file, warnings)
+
+    @staticmethod
+    def _gone(state: VerifierState, state_path: Path) -> Report:
+        return Report(problems=[Problem(GONE, (
+            f"head missing (all its objects are gone?): the bucket lists none of its objects; "
+            f"last verified at seq {state.seq}, heartbeat {local_time(state.time_ms)}. If you "
+            f"retired this bridge on purpose, delete {state_path}"
+        ))], verified_seq=state.seq)
+
+    def describe(self, recipients: tuple[str, ...]) -> str:
+        """Recipients, each key the owner's identities do not hold marked as such."""
+        if not recipients:
+            return "(none recorded)"
+        return ", ".join(
+            r if r in self.mine else f"{r} (not one of your identities)" for r in recipients
+        )
+
+    def change_line(self, c: RecipientChange) -> str:
+        parts = [f"added {self.describe(c.added)}" if c.added else "",
+                 f"removed {self.describe(c.removed)}" if c.removed else ""]
+        return (
+            f"recipients changed at seq {c.seq} ({local_time(c.time_ms)}), since you last "
+            f"verified: {'; '.join(p for p in parts if p)}. Clips from then on are encrypted "
+            f"to {self.describe(c.after)}"
+        )
 
     def all(self, deep: bool = False) -> list[BridgeView]:
         return [self.verify(b, deep) for b in self.bridges()]
@@ -220,8 +312,15 @@ def report_problems(views: list[BridgeView], strict: bool) -> None:
     for v in views:
         for notice in v.report.notices:
             print(f"note: {notice}", file=sys.stderr)
+        if v.report.not_recipient:
+            if strict:
+                raise OwnerError(v.not_recipient())
+            print(f"warning: {v.not_recipient()}", file=sys.stderr)
+            continue
         for p in v.report.problems:
             print(f"warning: bridge {v.bridge_id}: {p.message}", file=sys.stderr)
+        for w in v.warnings:
+            print(f"WARNING: bridge {v.bridge_id}: {w}", file=sys.stderr)
         if strict and any(p.kind in FATAL for p in v.report.problems):
             raise OwnerError(
                 f"bridge {v.bridge_id}: the manifest does not verify; run `obscura clips verify`"

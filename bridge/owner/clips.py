@@ -9,13 +9,13 @@ import re
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-from bridge.owner.audit import BridgeView, Owner, OwnerError, report_problems
+from bridge.owner.audit import GONE, BridgeView, Owner, OwnerError, report_problems
 from bridge.owner.clips_write import cmd_delete, cmd_share
 from crypto.age import AgeError, decrypt_file
-from crypto.manifest import ClipInfo
+from crypto.manifest_report import ClipInfo, local_time
 
 #: How `clips list` and `clips verify` name a deletion's reason (docs/manifest.md §4).
 DELETED = {
@@ -25,8 +25,8 @@ DELETED = {
 }
 
 
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000).astimezone().isoformat(timespec="seconds")
+#: Local time with its UTC offset, everywhere (list, get, verify and the verifier's messages).
+_when = local_time
 
 
 def parse_since(text: str) -> float:
@@ -44,13 +44,17 @@ def parse_since(text: str) -> float:
     return (dt if dt.tzinfo else dt.astimezone()).timestamp()
 
 
-def _clip_dict(v: BridgeView, c: ClipInfo) -> dict:
+def _recipients(owner: Owner, recipients: tuple[str, ...]) -> list[dict]:
+    return [{"recipient": r, "yours": r in owner.mine} for r in recipients]
+
+
+def _clip_dict(owner: Owner, v: BridgeView, c: ClipInfo) -> dict:
     return {
         "bridge": v.bridge_id,
         "id": c.id,
         "camera": c.camera,
-        "start": datetime.fromtimestamp(c.start_ms / 1000, UTC).isoformat(),
-        "end": datetime.fromtimestamp(c.end_ms / 1000, UTC).isoformat(),
+        "start": _when(c.start_ms),
+        "end": _when(c.end_ms),
         "start_ms": c.start_ms,
         "end_ms": c.end_ms,
         "subjects": list(c.subjects),
@@ -58,8 +62,12 @@ def _clip_dict(v: BridgeView, c: ClipInfo) -> dict:
         "poster": c.thumb,
         "deleted": c.deleted,
         "shares": [
-            {"copy": s.copy, "recipient": s.recipient, "deleted": s.deleted} for s in c.shares
+            {"copy": s.copy, "recipient": s.recipient, "deleted": s.deleted, "source": s.source}
+            for s in c.shares
         ],
+        # Who can open this clip (the set when it was recorded), and the bridge's set now.
+        "recipients": _recipients(owner, c.recipients),
+        "bridge_recipients": _recipients(owner, v.report.recipients),
     }
 
 
@@ -80,9 +88,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         and (args.subject is None or args.subject in c.subjects)
         and (since_ms is None or c.end_ms >= since_ms)
     ]
+    # A bridge whose objects all vanished has no clips to show, but it is not forgotten.
+    status = 1 if any(p.kind == GONE for v in views for p in v.report.problems) else 0
     if args.json:
-        print(json.dumps([_clip_dict(v, c) for v, c in rows], indent=2))
-        return 0
+        print(json.dumps([_clip_dict(owner, v, c) for v, c in rows], indent=2))
+        return status
+    for v in views:
+        if v.report.recipients:
+            prefix = f"bridge {v.bridge_id} " if len(views) > 1 else ""
+            print(f"{prefix}clips are encrypted to: {owner.describe(v.report.recipients)}")
     if not rows:
         print("no clips" + (" match" if args.camera or args.subject or args.since else ""))
     hidden = sum(1 for v in views for c in v.report.clips if c.deleted and not args.all)
@@ -96,10 +110,15 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{c.id}  {_when(c.start_ms)}  {seconds:5.1f}s  {c.camera!r:<20} {subjects:<12} "
             f"{c.size / 1e6:6.2f} MB{extra}" + (f"  bridge {v.bridge_id}" if len(views) > 1 else "")
         )
+        if c.recipients and set(c.recipients) != set(v.report.recipients):
+            print(f"    encrypted to: {owner.describe(c.recipients)}")
         for s in c.shares:
             gone = f" (copy {_deleted(s.deleted)})" if s.deleted else ""
-            print(f"    shared with {s.recipient} as {s.copy}{gone}")
-    return 0
+            what = "" if s.source == c.id else (
+                " (its poster)" if s.source == c.thumb else f" (re-shared copy {s.source})"
+            )
+            print(f"    shared with {s.recipient} as {s.copy}{what}{gone}")
+    return status
 
 
 def _deleted(reason: str) -> str:
@@ -157,7 +176,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         bridges = owner.bridges()
         if not bridges:
-            print("the bucket holds no bridge's objects")
+            print("the bucket holds no bridge's objects (and no bridge was verified in it before)")
             return 0
         bad = 0
         for bid in bridges:
@@ -165,6 +184,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
             r = view.report
             for notice in r.notices:
                 print(f"note: {notice}", file=sys.stderr)
+            if r.not_recipient:
+                print(f"bridge {bid}: {view.not_recipient()}")
+                bad += 1
+                continue
             for p in r.problems:
                 print(f"bridge {bid}: {p.message}")
             bad += len(r.problems)
@@ -172,6 +195,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 live = sum(1 for c in r.clips if not c.deleted)
                 seq = r.head.seq if r.head else "?"
                 print(f"bridge {bid}: OK ({live} clips, manifest seq {seq})")
+            if r.recipients:
+                print(f"bridge {bid}: clips are encrypted to: {owner.describe(r.recipients)}")
+            # Recorded, not prevented (docs/threat-model.md): fail once, so a cron job tells.
+            for w in view.warnings:
+                print(f"bridge {bid}: WARNING: {w}")
+            bad += len(view.warnings)
             # Listed, not a problem: the signed log says the owner asked for these.
             for c in r.clips:
                 if c.deleted == "owner":
@@ -220,7 +249,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     ver = common(cs.add_parser("verify", help="full audit of the bucket against the manifest"))
     ver.add_argument("--quick", action="store_true", help="sizes only, no download of clips")
     ver.set_defaults(func=cmd_verify)
-    sh = common(cs.add_parser("share", help="re-wrap one clip for someone else's age key"))
+    sh = common(cs.add_parser("share", help="re-encrypt one clip for someone else's age key"))
     sh.add_argument("id", help="clip id (or a unique prefix)")
     sh.add_argument("--to", required=True, metavar="AGE1…")
     sh.set_defaults(func=cmd_share)

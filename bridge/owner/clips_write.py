@@ -10,11 +10,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bridge.owner.audit import BridgeView, Owner, OwnerError, report_problems
+from bridge.owner.audit import CHUNK, BridgeView, Owner, OwnerError, report_problems
 from bridge.owner.bridge_client import BridgeClient
-from crypto.age import AgeError, reencrypt
-from crypto.age_keys import X25519Recipient
-from crypto.manifest import ClipInfo
+from crypto.age import AgeError, AgeReader, AgeWriter, encrypted_size
+from crypto.age_keys import X25519Identity, X25519Recipient
+from crypto.manifest_report import ClipInfo
 
 
 def _target(owner: Owner, args: argparse.Namespace) -> tuple[BridgeView, ClipInfo, BridgeClient]:
@@ -39,15 +39,10 @@ def cmd_share(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="obscura-share-") as tmp:
             enc, copy = Path(tmp) / "clip.age", Path(tmp) / "copy.age"
             owner.download(f"{root}/{clip.id}", clip.sha256, clip.size, enc, f"clip {clip.id[:8]}")
-            # reencrypt, not share_copy: a fresh file key makes the copy unlinkable to the
-            # source (the operator cannot see *that* a clip was shared) and keeps age's "one
-            # file key per file" rule; it costs one decrypt+encrypt of a few MB, locally.
             try:
-                with open(enc, "rb") as src, open(copy, "wb") as dst:
-                    size = reencrypt(owner.identities, src, dst, [recipient])
+                size, sha = _reencrypt(owner.identities, enc, copy, recipient)
             except AgeError as e:
                 raise OwnerError(f"clip {clip.id}: cannot decrypt ({e}); nothing shared") from None
-            sha = hashlib.sha256(copy.read_bytes()).hexdigest()
             copy_id = secrets.token_hex(16)
             name = f"{root}/{copy_id}"
             owner.bucket.run(owner.bucket.bucket.put(name, copy))
@@ -66,6 +61,39 @@ def cmd_share(args: argparse.Namespace) -> int:
     print(f"They run: age -d -i THEIR.key -o clip.mp4 {copy_id}.age   (after fetching {name})")
     print("A share cannot be revoked once downloaded; it is listed by `obscura clips list`.")
     return 0
+
+
+def _reencrypt(
+    identities: list[X25519Identity], src: Path, dst: Path, recipient: str
+) -> tuple[int, str]:
+    """Re-encrypt `src` for `recipient` into `dst` as a stream; (size, SHA-256) of the copy,
+    checked as clip-format.md §7 step 3 says.
+
+    A fresh file key, not share_copy's re-wrap: the copy is unlinkable to its source (the
+    operator cannot see *that* a clip was shared) and age's "one file key per file" holds."""
+    written = hashlib.sha256()
+    with open(src, "rb") as inp, open(dst, "wb") as out:
+
+        class Tee:
+            def write(self, data: bytes | bytearray | memoryview) -> int:
+                written.update(data)
+                out.write(data)
+                return len(memoryview(data))
+
+        with AgeWriter([recipient], Tee()) as writer:
+            for chunk in AgeReader(identities, inp).chunks():
+                writer.write(chunk)
+    reread, n = hashlib.sha256(), 0
+    with open(dst, "rb") as f:  # what is uploaded must be what was written
+        while data := f.read(CHUNK):
+            reread.update(data)
+            n += len(data)
+    expected = encrypted_size(writer.plaintext_size, 1)
+    if not n == writer.size == expected:
+        raise OwnerError(f"the share copy is {n} bytes, not the {expected} age predicts")
+    if reread.digest() != written.digest():
+        raise OwnerError("the share copy changed on disk after it was written; nothing shared")
+    return n, reread.hexdigest()
 
 
 def _confirm(question: str) -> bool:

@@ -8,7 +8,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from bridge.config import Config, ConfigError, find_config, load_config
+from bridge.config import Config, ConfigNotFound, find_config, load_config
 from bridge.owner.config_edit import set_recipients
 from crypto.age_keys import AgeError, X25519Recipient, generate_identity, write_identity_file
 
@@ -19,9 +19,7 @@ RESTART = "Restart the bridge (`obscura run`) for the change to take effect."
 def _config_path(args: argparse.Namespace) -> Path:
     path = find_config(args.config)
     if path is None or not path.exists():
-        raise ConfigError(
-            args.config or "obscura.toml", "", "no configuration file; run `obscura init` first"
-        )
+        raise ConfigNotFound(args.config)
     return path
 
 
@@ -93,6 +91,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
         "Removal is prospective: clips already recorded stay readable with that key "
         "(delete them, or let retention expire them, to end that)."
     )
+    if not rest:
+        print(
+            "No recipient is left: after the restart the bridge records nothing (cameras keep "
+            "streaming). Add one with `obscura keys add-recipient age1…`."
+        )
     print(RESTART)
     return 0
 
@@ -102,8 +105,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     recipients = _recipients(config)
     if not recipients:
         print(
-            "No recipients: the bridge records no clips. Add one with "
-            "`obscura keys generate` and `obscura keys add-recipient age1…`."
+            "No recipients: the bridge records no clips (cameras keep streaming). Add one with "
+            "`obscura keys generate` and `obscura keys add-recipient age1…`, then restart it."
         )
     for r in recipients:
         print(r)

@@ -43,7 +43,9 @@ def _local_tool(request: web.Request) -> web.Response | None:
 
 
 def _no_vault() -> web.Response:
-    return refuse(503, "this bridge records no clips ([storage] is not configured)")
+    return refuse(
+        503, "this bridge records no clips: no [storage], or recording is off (`obscura doctor`)"
+    )
 
 
 def make_challenge_handler(get_vault: GetVault, store: ChallengeStore) -> Handler:

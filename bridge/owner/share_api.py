@@ -2,7 +2,7 @@
 authenticates the owner first).
 
 Only the bridge's key signs manifest entries, so `obscura clips share` (on the owner's machine)
-uploads the re-wrapped copy itself and then asks the running bridge to append the `share` entry
+uploads the re-encrypted copy itself and then asks the running bridge to append the `share` entry
 (docs/manifest.md §4, clip-format.md §7).
 
 Request (JSON): {"object": source id, "copy": new id, "recipient": "age1…", "sha256", "size"}.
@@ -26,11 +26,28 @@ if TYPE_CHECKING:
     from bridge.store.vault import ClipVault
 
 ID = re.compile(r"^[0-9a-f]{32}$")
+CHUNK = 4 << 20
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
 
 def refuse(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+async def _sha256(vault: ClipVault, name: str, size: int) -> str | None:
+    """SHA-256 of `name` read in chunks, never past `size` + 1 bytes (a clip can be large; the
+    bridge holds one chunk at a time), or None if it is not exactly `size` bytes."""
+    h, n = hashlib.sha256(), 0
+    while n <= size:
+        want = min(size + 1, n + CHUNK) - n
+        data = await vault.bucket.get_range(name, n, n + want)
+        if data is None:
+            return None
+        h.update(data)
+        n += len(data)
+        if len(data) < want:  # the end of the object
+            break
+    return h.hexdigest() if n == size else None
 
 
 async def record_share(vault: ClipVault, body: dict[str, Any]) -> web.Response:
@@ -51,8 +68,7 @@ async def record_share(vault: ClipVault, body: dict[str, Any]) -> web.Response:
     info = await vault.bucket.head(copy_name)
     if info is None or info.size != size:
         return refuse(409, f"the copy {copy} is not in the bucket with {size} bytes")
-    data = await vault.bucket.get(copy_name)
-    if data is None or hashlib.sha256(data).hexdigest() != sha:
+    if await _sha256(vault, copy_name, size) != sha:
         return refuse(409, f"the copy {copy} in the bucket does not match its SHA-256")
     entry = ShareEntry(source, copy, recipient, sha, size)
     if not await vault.record_share(source_name, copy_name, entry):

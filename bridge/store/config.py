@@ -3,7 +3,7 @@
 ```toml
 [storage]
 bucket = "file:///var/lib/obscura/bucket"  # or s3://bucket/prefix?endpoint=…&region=…
-recipients = ["age1…"]                     # the owner's public keys; the bridge holds no secret
+recipients = ["age1…"]                     # the owner's public keys; none: recording is off
 retention_days = 10
 credentials_file = "/etc/obscura/s3.env"   # bucket keys (mode 0600); else the environment
 ```
@@ -21,11 +21,19 @@ from bridge.config import ConfigError, TableReader
 
 BUCKET_SCHEMES = ("file", "s3", "gs", "gcs", "az", "azure")
 _RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
+#: Why nothing is recorded when [storage] has no recipient. Not a configuration error: after
+#: `obscura keys remove --force` of the last key the bridge must still start (live view, and
+#: `obscura keys add-recipient` to recover), like it does with a broken bucket.
+NO_RECIPIENTS = (
+    "no recipients in [storage]: clips could be encrypted to no one, so none are recorded; "
+    "run `obscura keys generate` and `obscura keys add-recipient age1…`, then restart"
+)
 
 
 @dataclass(frozen=True, slots=True)
 class StorageConfig:
     bucket: str
+    #: Empty (`[]` or missing) turns recording off, not the bridge: see `NO_RECIPIENTS`.
     recipients: tuple[str, ...]
     retention_days: float = 10.0
     credentials_file: Path | None = None
@@ -57,12 +65,6 @@ def parse_storage(path: Path, raw: Any) -> StorageConfig | None:
                 path, f"storage.recipients[{i}]",
                 "must be an age public key (age1…, from `obscura keys generate` or age-keygen)",
             )
-    if not recipients:
-        raise r.fail(
-            "recipients",
-            "no recipient: clips cannot be encrypted to anyone, so nothing would be recorded; "
-            "run `obscura keys generate` and add the printed age1… key here",
-        )
     retention = r.get("retention_days", float, 10.0)
     if not 0.01 <= retention <= 3650:
         raise r.fail("retention_days", f"must be between 0.01 and 3650 days, got {retention}")
