@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bridge.owner.audit import GONE, BridgeView, Owner, OwnerError, report_problems
+from bridge.owner.clips_play import add_play_parser
 from bridge.owner.clips_write import cmd_delete, cmd_share
 from crypto.age import AgeError, decrypt_file
 from crypto.manifest_report import ClipInfo, local_time
@@ -212,7 +213,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    clips = sub.add_parser("clips", help="list, fetch, verify, share and delete recorded clips")
+    clips = sub.add_parser(
+        "clips", help="list, fetch, play, verify, share and delete recorded clips"
+    )
     cs = clips.add_subparsers(dest="clips_command", required=True, metavar="ACTION")
 
     def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -257,6 +260,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     rm.add_argument("id", help="clip id (or a unique prefix)")
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     rm.set_defaults(func=cmd_delete)
+    add_play_parser(cs, common)
     for p in (sh, rm):  # the bridge records these in the manifest: it must be running
         p.add_argument(
             "--url", metavar="URL", help="the bridge's status API (default: from the config)"
