@@ -121,6 +121,14 @@ class BridgeService:
         for camera in self.cameras:
             if not camera.config.detect.enabled:
                 continue
+            if storage.pre_roll_seconds > camera.config.prebuffer_seconds:
+                # The pre-roll comes from the live prebuffer: it cannot reach further back.
+                log.warning(
+                    "camera %r: storage.pre_roll_seconds = %g exceeds its prebuffer_seconds = %g:"
+                    " clips start at most ~%g s before an event; raise prebuffer_seconds",
+                    camera.name, storage.pre_roll_seconds, camera.config.prebuffer_seconds,
+                    camera.config.prebuffer_seconds,
+                )
             recorder = Recorder(
                 camera.source, self.vault.sink_factory, settings,
                 pad=lambda n: mp4_free_box(mp4_padding(n)),

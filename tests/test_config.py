@@ -162,3 +162,11 @@ def test_init_writes_private_loadable_config_with_fresh_code(tmp_path: Path) -> 
     assert main(args) == 2  # refuses to overwrite
     assert main([*args, "--force"]) == 0
     assert load_config(path).hap.setup_code != first.hap.setup_code
+
+
+def test_the_shipped_example_config_loads() -> None:
+    """deploy/example.toml is what users copy: it must stay valid as keys change."""
+    example = Path(__file__).resolve().parents[1] / "deploy" / "example.toml"
+    config = load_config(example)
+    assert [c.name for c in config.cameras] == ["Front door", "Garage", "Demo"]
+    assert config.storage is not None and config.storage.recipients == ()  # recording off
