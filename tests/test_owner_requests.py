@@ -260,6 +260,26 @@ def test_without_the_owner_identity_the_bridge_signs_nothing(live: Live) -> None
     assert "refused an owner request POST /shares" in live.bridge.log_text()
 
 
+def test_only_a_clip_can_be_shared(live: Live) -> None:
+    """Regression: POST /shares accepted any live object of the bridge as the source, so a
+    poster or a share copy could be shared. With a valid owner proof, both are now refused."""
+    [clip] = live.listing()
+    owner = load_identities(live.owner_key)
+    seq, objects = live.seq(), live.objects()
+    for source in (clip["poster"], clip["shares"][0]["copy"]):
+        share = {"object": source, "copy": "cd" * 16, "recipient": live.support,
+                 "sha256": "00" * 32, "size": 1000}
+        body = json.dumps(share).encode()
+        _, challenge = call(live.url, "/owner/challenge", b"{}", JSON)
+        nonce = open_challenge(owner, challenge["challenge"])
+        signed = {HEADER_CHALLENGE: challenge["id"],
+                  HEADER_PROOF: proof(nonce, challenge["id"], "POST", "/shares", body)}
+        status, answer = call(live.url, "/shares", body, {**JSON, **signed})
+        assert (status, answer["error"]) == (
+            422, f"{source} is a poster or a share copy, not a clip: only clips can be shared")
+    assert (live.seq(), live.objects()) == (seq, objects)
+
+
 def test_the_owner_deletes_a_clip_with_its_poster_and_share_copies(live: Live) -> None:
     [clip] = live.listing()
     doomed = [clip["id"], clip["poster"], *(s["copy"] for s in clip["shares"])]

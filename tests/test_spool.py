@@ -65,3 +65,27 @@ def test_spool_held_entry_is_not_offered_until_released(tmp_path: Path) -> None:
     assert [i.object_name for i in spool.ready()] == ["m/held"] and woken == [1]
     spool.discard(held)
     assert spool.ready() == [] and list((tmp_path / "ready").iterdir()) == []
+
+
+def test_spool_held_clip_counts_toward_the_cap_and_survives_a_restart(tmp_path: Path) -> None:
+    """A held clip (sealed, its manifest entry not saved yet) can be evicted with its poster, a
+    held segment cannot; after a restart held entries are held again until their owner
+    decides (the vault releases or drops them)."""
+    evicted: list[str] = []
+    spool = Spool(tmp_path, MiB, on_evict=lambda items: evicted.extend(
+        i.object_name for i in items))
+    for name, kind, meta in (("m/0", "manifest", None), ("c/1", "clip", None),
+                             ("t/1", "thumbnail", {"clip": "c/1"})):
+        with spool.create() as entry:
+            entry.write(os.urandom(400_000 if kind == "clip" else 4000))
+            entry.commit(name, kind, meta, hold=True)
+    assert spool.held_count == 3 and spool.ready() == [] and evicted == []
+    spool_kind(spool, 700_000, "c/2", "clip")  # over the cap: the held clip goes, its poster too
+    assert evicted == ["c/1", "t/1"] and spool.held_count == 1
+    assert [i.object_name for i in spool.held()] == ["m/0"]
+
+    again = Spool(tmp_path, MiB)
+    assert [i.object_name for i in again.held()] == ["m/0"] and again.held_count == 1
+    assert [i.object_name for i in again.ready()] == ["c/2"]
+    again.unhold(*again.held())
+    assert [i.object_name for i in again.ready()] == ["m/0", "c/2"]

@@ -6,9 +6,10 @@ uploads the re-encrypted copy itself and then asks the running bridge to append 
 (docs/manifest.md §4, clip-format.md §7).
 
 Request (JSON): {"object": source id, "copy": new id, "recipient": "age1…", "sha256", "size"}.
-The bridge checks that the source is a clip or poster it recorded and still holds in its
-retention index, and that the copy is in the bucket under its prefix with exactly that size and
-SHA-256, before signing; the copy then expires with the source's retention.
+The bridge checks that the source is a clip it recorded and still holds in its retention index
+(not a poster or a share copy: the index records each object's kind), and that the copy is in
+the bucket under its prefix with exactly that size and SHA-256, before signing; the copy then
+expires with the source's retention.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ async def record_share(vault: ClipVault, body: dict[str, Any]) -> web.Response:
     source_name, copy_name = f"{root}/{source}", f"{root}/{copy}"
     if not vault.is_live(source_name):
         return refuse(404, f"{source} is not a live clip of this bridge")
+    if not vault.is_clip(source_name):
+        return refuse(
+            422, f"{source} is a poster or a share copy, not a clip: only clips can be shared"
+        )
     if vault.is_live(copy_name):
         return refuse(409, f"{copy} is already recorded")
     info = await vault.bucket.head(copy_name)

@@ -3,7 +3,9 @@
 Created in the clip's worker thread; every write encrypts one more piece straight into the
 spool file, so no plaintext ever reaches the disk. `finish` seals the clip, encrypts the padded
 poster as its own object, and hands both (with the clip's metadata) to `on_sealed`, which logs
-them in the manifest and wakes the uploader.
+them in the manifest. Both are committed *held*: the vault releases them for upload only once
+the segment logging them is saved, so a crash in between never puts an unlogged object in the
+bucket (the owner's verify would call it forged for good; manifest.md §6 rule 1).
 """
 
 from __future__ import annotations
@@ -61,14 +63,13 @@ class EncryptedClipSink:
         assert self._writer is not None
         self._writer.close()  # the last chunk; the clip's file key is gone from here on
         self._writer = None
-        clip = self._entry.commit(self._layout.clip_name(), "clip")
+        clip = self._entry.commit(self._layout.clip_name(), "clip", hold=True)
         poster = None
         if meta.poster:
             try:
                 poster = self._seal_poster(meta.poster, clip)
             except (SpoolFull, OSError) as exc:
-                # The clip is committed (maybe uploading already): it must reach the manifest,
-                # or the owner's verify would call it forged. Record it without a poster.
+                # The clip is committed: log it without a poster rather than lose it.
                 log.warning("clip %s: its poster could not be spooled: %s", clip.object_name, exc)
         return SealedClip(meta, clip, poster)
 
@@ -80,7 +81,7 @@ class EncryptedClipSink:
             writer.close()
             # meta names the clip: spool eviction drops a clip and its poster together.
             return entry.commit(
-                self._layout.thumbnail_name(), "thumbnail", {"clip": clip.object_name}
+                self._layout.thumbnail_name(), "thumbnail", {"clip": clip.object_name}, hold=True
             )
         except BaseException:
             entry.abort()

@@ -17,8 +17,11 @@ losing one breaks the owner's hash chain for good. A clip goes with its poster (
 whose meta names it as `clip`), so a poster does not outlive its clip by accident.
 
 An entry committed with `hold=True` is durable but not offered for upload (`ready()`) until
-`unhold(item)`, or dropped with `discard(item)`: the vault uses it to spool a manifest segment
-before it saves the state naming that segment (see vault.py).
+`unhold(item)`, or dropped with `discard(item)`: the vault spools a manifest segment, and a clip
+and its poster, held until the state that logs them is saved (see vault.py). The sidecar records
+the hold, so after a restart the entry is held again (`held()`) until its owner decides; a
+release is not recorded (no extra fsync). Held clips and posters count toward the cap and can be
+evicted like the others (they may never be released); held segments cannot.
 
 All methods block on the disk (fsync): call them from a worker thread (asyncio.to_thread), as the
 recorder's encryption thread and the uploader do. The spool is thread-safe.
@@ -107,6 +110,8 @@ class Spool:
             stem, _, ext = name.partition(".")
             if ext == "json" and _ID.match(stem) and (item := self._load(stem)) is not None:
                 self._items[stem] = item
+                if item.held:  # committed held, maybe released before the restart: its owner
+                    self._held.add(stem)  # decides again (vault.py start-up)
         for name in names:  # everything else: uncommitted data, stale temp files, junk
             stem, _, ext = name.partition(".")
             if stem in self._items and ext in ("json", "data"):
@@ -140,6 +145,7 @@ class Spool:
                 data_path=data,
                 etag=raw.get("etag"),
                 etag_part_size=raw.get("etag_part_size"),
+                held=bool(raw.get("held", False)),
             )
             if data.stat().st_size != item.size:
                 raise ValueError(f"data is {data.stat().st_size} bytes, sidecar says {item.size}")
@@ -219,9 +225,10 @@ class Spool:
             if any(i.id == keep.id for i in group):
                 continue  # the entry just committed (or its clip): it was not in time to upload
             for i in group:
-                if i.id in self._claimed or i.id in self._held:
-                    continue  # being uploaded (or not yet offered): it will arrive
+                if i.id in self._claimed:
+                    continue  # being uploaded: it will arrive
                 del self._items[i.id]
+                self._held.discard(i.id)
                 out.append(i)
                 total -= i.size
         return out, total > self.max_bytes
@@ -257,10 +264,16 @@ class Spool:
         with self._lock:
             return [self._items[k] for k in sorted(self._items) if k not in self._held]
 
-    def unhold(self, item: SpoolItem) -> None:
-        """Offer an entry committed with `hold=True` for upload."""
+    def held(self) -> list[SpoolItem]:
+        """Committed entries held back from upload, oldest first."""
         with self._lock:
-            self._held.discard(item.id)
+            return [self._items[k] for k in sorted(self._items) if k in self._held]
+
+    def unhold(self, *items: SpoolItem) -> None:
+        """Offer entries committed with `hold=True` for upload, all at once: the uploader never
+        sees some of them without the others (an entry gone meanwhile is ignored)."""
+        with self._lock:
+            self._held.difference_update(i.id for i in items)
         self._notify()
 
     def discard(self, item: SpoolItem) -> None:
@@ -281,6 +294,12 @@ class Spool:
     def pending_bytes(self) -> int:
         with self._lock:
             return sum(i.size for i in self._items.values())
+
+    @property
+    def held_count(self) -> int:
+        """Entries among `pending_count` held back (waiting for their manifest entry)."""
+        with self._lock:
+            return len(self._held)
 
     def has_object(self, object_name: str) -> bool:
         with self._lock:
@@ -346,6 +365,7 @@ class Spool:
         with self._lock:
             self._items.pop(item.id, None)
             self._claimed.discard(item.id)
+            self._held.discard(item.id)
         for ext in ("json", "data"):
             name = f"{item.id}.{ext}"
             with contextlib.suppress(FileNotFoundError):

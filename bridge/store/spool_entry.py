@@ -53,6 +53,9 @@ class SpoolItem:
     # etag_part_size (None: one PUT): lets the uploader verify without re-reading the file.
     etag: str | None = None
     etag_part_size: int | None = None
+    # Committed with hold=True: held again after a restart until its owner releases it
+    # (releasing is not written to disk; see spool.py).
+    held: bool = False
 
     def sidecar(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,7 @@ class SpoolItem:
             "meta": self.meta,
             "etag": self.etag,
             "etag_part_size": self.etag_part_size,
+            "held": self.held,
         }
 
 
@@ -133,7 +137,7 @@ class SpoolEntry:
     ) -> SpoolItem:
         """Make the entry durable and ready for upload under `object_name` (fixed from now on:
         every retry, even after a crash, re-uploads the same name). `hold`: not offered for
-        upload until `spool.unhold(item)` (spool.py)."""
+        upload until `spool.unhold(item)`, after a restart too (spool.py)."""
         if self._done or self._fd is None:
             raise ValueError("spool entry already committed or aborted")
         if kind not in KINDS:
@@ -165,6 +169,7 @@ class SpoolEntry:
                 data_path=spool.ready_dir / f"{self.id}.data",
                 etag=digests.etag,
                 etag_part_size=spool.etag_part_size if digests.etag else None,
+                held=hold,
             )
             write_json(sidecar_tmp, item.sidecar())
             spool._hook("before-data-rename")

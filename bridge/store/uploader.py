@@ -51,8 +51,9 @@ class VerifyError(Exception):
 @dataclass(slots=True)
 class UploaderStatus:
     bucket: str
-    pending_count: int
+    pending_count: int  # in the spool, held ones included
     pending_bytes: int
+    held_count: int  # held back: sealed, waiting for the manifest entry that logs them
     uploading: str | None
     uploaded_count: int
     uploaded_bytes: int
@@ -143,6 +144,7 @@ class Uploader:
             bucket=self.bucket.describe(),
             pending_count=self.spool.pending_count,
             pending_bytes=self.spool.pending_bytes,
+            held_count=self.spool.held_count,
             uploading=self._current,
             uploaded_count=self.uploaded_count,
             uploaded_bytes=self.uploaded_bytes,

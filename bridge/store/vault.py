@@ -1,21 +1,23 @@
 """The bridge's clip vault: encrypted clips and their manifest, durable until in the bucket.
 
-Recorder → EncryptedClipSink (age, into the spool) → `on_sealed` → a manifest `clip` entry
-(signed, hash-chained, encrypted: crypto/manifest.py) → spool → Uploader → bucket. The head
-object is uploaded only once the segments it names are in the bucket, so a verifier never sees
-a head that points at nothing. The bridge keeps public keys, its signing key, the manifest
-state and a retention index (object name and the hour it was recorded, rounded up; no camera
-names, subjects or exact times: a disk thief gets no timeline) — no secret that opens a clip.
+Recorder → EncryptedClipSink (age, into the spool, held) → `on_sealed` → a manifest `clip` entry
+(signed, hash-chained, encrypted: crypto/manifest.py) → its segment spooled, the state saved →
+clip, poster and segment released together → Uploader → bucket. Nothing reaches the bucket
+before the entry that logs it is saved, and the head object is uploaded only once the segments
+it names are in the bucket, so a verifier never sees a head that points at nothing. The bridge
+keeps public keys, its signing key, the manifest state and a retention index (object name, kind
+and the hour it was recorded, rounded up; no camera names, subjects or exact times: a disk thief
+gets no timeline) — no secret that opens a clip.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,16 @@ from bridge.store.config import StorageConfig
 from bridge.store.retention import RetentionTask
 from bridge.store.spool import Spool, SpoolItem
 from bridge.store.uploader import Uploader
-from bridge.store.vault_deletions import Deletions, hour_up, write_private
+from bridge.store.vault_deletions import (
+    CLIP,
+    POSTER,
+    Deletions,
+    Live,
+    dump_index,
+    hour_up,
+    write_private,
+)
+from bridge.store.vault_recovery import resolve_held, unsave_state
 from crypto.age_keys import X25519Recipient
 from crypto.manifest import (
     ClipEntry,
@@ -41,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 HEAD = "manifest-head"
+Held = tuple[SpoolItem, Live]  # a held clip or poster, and its retention index entry
 
 
 class ClipVault(Deletions):
@@ -71,13 +83,16 @@ class ClipVault(Deletions):
         self.writer = ManifestWriter(
             self.key, self.recipients, state, period_s=int(storage.heartbeat_seconds)
         )
-        self._drop_unsaved_segments(state)
-        self._index: dict[str, int] = self._load_index()  # object name -> hour recorded
+        self._index = self._load_index()  # object name -> (hour recorded, kind)
+        resolve_held(self.spool, self.layout, state, set(self._index))
         # Deleted in the log but maybe still in the bucket: retention retries them. A name still
         # in the index may have crashed before its deletion was logged: it is not doomed.
         self._doomed_path = state_dir / "owner-deletions.json"
         self._doomed: set[str] = self._load_doomed() - set(self._index)
-        self._lost: set[str] = set()  # evicted before their clip entry was logged
+        self._lost: set[str] = set()  # evicted before their clip entry entered the writer
+        # Held clips and posters whose entries are in the writer (appended, or queued by a
+        # failed append): released once a segment holding those entries is saved.
+        self._unlogged: dict[str, SpoolItem] = {}
         self._lock = asyncio.Lock()
         self._head: bytes | None = None
         self._head_version = 0  # bumped by every commit, after `_head` is set
@@ -116,14 +131,10 @@ class ClipVault(Deletions):
             thumb_sha256=poster.sha256 if poster else None,
             thumb_size=poster.size if poster else None,
         )
-        entries: list[Entry] = [entry]
-        for item in (clip, poster) if poster else (clip,):
-            if item.object_name in self._lost:  # evicted already: logged with its entry
-                self._lost.discard(item.object_name)
-                entries.append(DeleteEntry(self._id(item), "evicted"))
-            else:
-                self._index[item.object_name] = hour_up(meta.start)
-        await self.append(entries, keep=True)  # the objects are spooled: they must be logged
+        hour = hour_up(meta.start)
+        held = [(clip, Live(hour, CLIP)), *([(poster, Live(hour, POSTER))] if poster else [])]
+        # Spooled held: they upload once this entry is saved (or a retry of it, if it fails).
+        await self.append([entry], keep=True, held=held)
         self.clips_sealed += 1
         # No camera or subjects: the log lives on the bridge's disk too.
         log.info("clip %s sealed (%d bytes encrypted)", entry.object, clip.size)
@@ -135,24 +146,35 @@ class ClipVault(Deletions):
 
     # -- manifest ------------------------------------------------------------------------
 
-    async def append(self, entries: list[Entry], *, keep: bool = False) -> None:
+    async def append(
+        self, entries: list[Entry], *, keep: bool = False, held: Sequence[Held] = ()
+    ) -> None:
         """Log `entries` in a new segment, atomically for the chain: if the segment cannot be
         spooled or the state saved (a full disk), the writer goes back to where it was, so no
         later segment chains to the lost one. `keep`: the entries stay queued for the next
-        append (the objects they describe exist anyway); else the caller undoes its side. Runs
-        to the end even if the caller is cancelled."""
-        await asyncio.shield(self._advance(entries, keep))
+        append (the objects they describe exist anyway); else the caller undoes its side.
+        `held`: held spool entries that `entries` log, with their index entries; they are
+        offered for upload once a segment with the entries is saved (needs `keep`). Runs to the
+        end even if the caller is cancelled."""
+        assert keep or not held
+        await asyncio.shield(self._advance(entries, keep, held))
 
     async def heartbeat(self) -> None:
         await asyncio.shield(self._advance(None, True))
 
-    async def _advance(self, entries: list[Entry] | None, keep: bool) -> None:
+    async def _advance(
+        self, entries: list[Entry] | None, keep: bool, held: Sequence[Held] = ()
+    ) -> None:
         async with self._lock:
             before, queued = self.writer.state, self.writer.pending
+            if entries is not None and held:
+                entries = [*entries, *self._admit(held)]
+            # Every append writes all queued entries: it releases every held object they log.
+            releasing = list(self._unlogged.values())
             out = self.writer.heartbeat() if entries is None else self.writer.append(entries)
-            index = json.dumps(self._index, sort_keys=True)  # a snapshot, taken on the loop
+            index = dump_index(self._index)  # a snapshot, taken on the loop
             try:
-                await asyncio.to_thread(self._commit, out, before, index)
+                await asyncio.to_thread(self._commit, out, before, index, releasing)
             except BaseException as exc:
                 kept = [*queued, *(entries if keep and entries else [])]
                 self.writer.restore(before, kept)
@@ -162,17 +184,41 @@ class ClipVault(Deletions):
                                 exc, len(kept), "y" if len(kept) == 1 else "ies")
                     self._retry.set()
                 raise
+            for item in releasing:
+                self._unlogged.pop(item.id, None)
 
-    def _commit(self, out: ManifestOutput, before: ManifestState | None, index: str) -> None:
-        """Spool the segment held back from upload, save the state, then release the segment:
-        the state is durable before the segment can upload (manifest.md §6 rule 1), and a
-        failure before it is saved leaves nothing behind. A crash in between leaves a held
-        segment the state does not name: start-up drops it (`_drop_unsaved_segments`)."""
-        item = self._spool_segment(out) if out.segment is not None else None
+    def _admit(self, held: Sequence[Held]) -> list[Entry]:
+        """Index held objects in the step their entry enters the writer, so a saved index names
+        only logged objects (start-up trusts it: vault_recovery.py); one the spool evicted
+        before that is logged as evicted instead, right after its entry."""
+        deletes: list[Entry] = []
+        for item, live in held:
+            self._unlogged[item.id] = item
+            if item.object_name in self._lost:
+                self._lost.discard(item.object_name)
+                deletes.append(DeleteEntry(self._id(item), "evicted"))
+            else:
+                self._index[item.object_name] = live
+        return deletes
+
+    def _commit(
+        self,
+        out: ManifestOutput,
+        before: ManifestState | None,
+        index: str,
+        release: list[SpoolItem],
+    ) -> None:
+        """Spool the segment held back from upload, save the state, then release the segment
+        with the clips and posters it logs, in one step: the state is durable before anything
+        it logs can upload (manifest.md §6 rule 1), and a failure before it is saved leaves
+        nothing behind. A crash in between leaves held entries the state does not account for:
+        start-up sorts them out (vault_recovery.py). The uploader takes entries oldest first, so
+        the clip and poster go before their segment, and the head waits for the segment."""
+        item = self._spool_segment(out, release) if out.segment is not None else None
         try:
             write_private(self._state_path, out.state.to_json())
         except BaseException:
-            self._unsave_state(out.state, before)
+            unsave_state(self._state_path, out.state, before)
             if item is not None:
                 self.spool.discard(item)
             raise
@@ -180,47 +226,25 @@ class ClipVault(Deletions):
             write_private(self._index_path, index)
         except OSError as exc:  # retention's own bookkeeping: the next append saves it again
             log.warning("cannot save the retention index yet: %s", exc)
-        if item is not None:
-            self.spool.unhold(item)
+        self.spool.unhold(*([item] if item is not None else []), *release)
         self._head = out.head
         self._head_version += 1  # after _head: a reader of this version gets that head or newer
         self._loop.call_soon_threadsafe(self._head_event.set)
         self.uploader.wake()
 
-    def _spool_segment(self, out: ManifestOutput) -> SpoolItem:
+    def _spool_segment(self, out: ManifestOutput, release: list[SpoolItem]) -> SpoolItem:
         assert out.segment is not None and out.segment_id is not None
+        # `objects`: the held objects this segment logs, so start-up can tell them from
+        # objects sealed just before a crash (names only: the metadata stays encrypted).
+        meta = {"seq": out.state.seq, "objects": [i.object_name for i in release]}
         entry = self.spool.create()
         try:
             entry.write(out.segment)
             name = f"{self.layout.root}/{out.segment_id}"
-            return entry.commit(name, "manifest", {"seq": out.state.seq}, hold=True)
+            return entry.commit(name, "manifest", meta, hold=True)
         except BaseException:
             entry.abort()
             raise
-
-    def _unsave_state(self, new: ManifestState, before: ManifestState | None) -> None:
-        """The save failed after the rename (a failed directory fsync): put the old state back,
-        so the file never names a segment that was dropped."""
-        with contextlib.suppress(OSError):
-            if self._state_path.read_text() == new.to_json():
-                if before is None:
-                    self._state_path.unlink()
-                else:
-                    write_private(self._state_path, before.to_json())
-
-    def _drop_unsaved_segments(self, state: ManifestState | None) -> None:
-        """Segments spooled by an append that crashed before saving its state: never upload
-        them (the next append takes their seq; both in the bucket would be a fork)."""
-        for item in self.spool.ready():
-            seq = item.meta.get("seq")
-            if item.kind != "manifest" or not isinstance(seq, int):
-                continue
-            if state is None or seq > state.seq or (
-                seq == state.seq and self._id(item) != state.segment
-            ):
-                log.warning("dropping manifest segment %d from the spool: an append crashed "
-                            "before saving it", seq)
-                self.spool.discard(item)
 
     async def _head_loop(self) -> None:
         """Upload the newest head once every segment before it is in the bucket."""
@@ -286,7 +310,7 @@ class ClipVault(Deletions):
         self._loop.call_soon_threadsafe(self._record_evictions, names)
 
     def _record_evictions(self, names: list[str]) -> None:
-        # Not logged yet (sealed, entry not appended): `_on_sealed` logs it with its entry.
+        # Not indexed yet (sealed, entry not in the writer): `_admit` logs it with its entry.
         self._lost.update(n for n in names if n not in self._index)
         if entries := self._forget(names, "evicted"):
             task = asyncio.ensure_future(self.append(entries, keep=True))
@@ -320,13 +344,15 @@ class ClipVault(Deletions):
             try:
                 await self.heartbeat()
             except Exception as exc:  # in memory only: the owner's verify will show the gap
-                log.error("stopping with %d manifest entr%s never logged (%s): their objects "
-                          "will show as not in the manifest", pending,
+                log.error("stopping with %d manifest entr%s never logged (%s): their clips and "
+                          "posters were never uploaded and the next start drops them; an "
+                          "eviction among them will show as missing", pending,
                           "y" if pending == 1 else "ies", exc)
         if not await self.uploader.wait_idle(timeout=drain_seconds):
             log.warning(
-                "stopping with %d object(s) still in the spool; they upload on the next start",
-                self.spool.pending_count,
+                "stopping with %d object(s) still in the spool (%d held back, never logged); "
+                "the others upload on the next start",
+                self.spool.pending_count, len(self._unlogged),
             )
         elif self._head is not None:
             try:

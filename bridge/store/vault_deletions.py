@@ -3,8 +3,13 @@
 Every deletion follows docs/manifest.md §6 rule 4: append the `delete` entries, publish them
 (segment and head in the bucket), then delete the objects. Names logged as deleted but maybe
 still in the bucket are "doomed" (`state_dir/owner-deletions.json`, names only) and retried by
-retention. The retention index keeps each live object's name and the hour it was recorded
-(rounded up), no exact time, camera or subjects: a disk thief learns no timeline of events.
+retention. The retention index keeps each live object's name, the hour it was recorded
+(rounded up) and its kind (clip, poster, share copy: only a clip can be shared), no exact time,
+camera or subjects: a disk thief learns no timeline of events.
+
+    retention-index.json: {"<bucket name>": [hour, "clip" | "poster" | "copy"], ...}
+
+An index written before kinds were kept has a bare hour per name: those load with kind None.
 """
 
 from __future__ import annotations
@@ -15,13 +20,33 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bridge.store.bucket import Bucket, BucketLayout
 from bridge.store.retention import delete_objects
 from crypto.manifest import DeleteEntry, Entry, ShareEntry
 
 HOUR = 3600
+CLIP, POSTER, COPY = "clip", "poster", "copy"
+_KINDS = (CLIP, POSTER, COPY)
+
+
+class Live(NamedTuple):
+    """A live object in the retention index."""
+
+    hour: int  # when it was recorded, rounded up to the hour
+    kind: str | None  # CLIP, POSTER or COPY; None: indexed by an older version
+
+
+def dump_index(index: dict[str, Live]) -> str:
+    return json.dumps({n: [e.hour, e.kind] for n, e in index.items()}, sort_keys=True)
+
+
+def _live(value: Any) -> Live:
+    if isinstance(value, list):  # [hour, kind]
+        hour, kind = value
+        return Live(hour_up(float(hour)), kind if kind in _KINDS else None)
+    return Live(hour_up(float(value)), None)  # a bare hour (or an exact time, older still)
 
 
 def hour_up(t: float) -> int:
@@ -51,7 +76,7 @@ class Deletions:
     bucket: Bucket
     layout: BucketLayout
     publish_timeout: float
-    _index: dict[str, int]  # live object name -> hour recorded
+    _index: dict[str, Live]  # live object name -> hour recorded, kind
     _index_path: Path
     _doomed: set[str]
     _doomed_path: Path
@@ -60,15 +85,15 @@ class Deletions:
         async def append(self, entries: list[Entry], *, keep: bool = False) -> None: ...
         async def wait_published(self, timeout: float = 30.0) -> bool: ...
 
-    def _load_index(self) -> dict[str, int]:
+    def _load_index(self) -> dict[str, Live]:
         try:
-            raw = json.loads(self._index_path.read_text())
+            text = self._index_path.read_text()
         except FileNotFoundError:
             return {}
-        index = {str(k): hour_up(float(v)) for k, v in raw.items()}
-        if index != raw:  # written before times were coarse: do not keep exact ones a day more
+        index = {str(k): _live(v) for k, v in json.loads(text).items()}
+        if (new := dump_index(index)) != text:  # older format: no exact time kept a day more
             with contextlib.suppress(OSError):
-                write_private(self._index_path, json.dumps(index, sort_keys=True))
+                write_private(self._index_path, new)
         return index
 
     def _load_doomed(self) -> set[str]:
@@ -82,7 +107,10 @@ class Deletions:
 
     def _retention_entries(self) -> list[tuple[str, float]]:
         # Objects deleted in the log but still in the bucket are due at once (time 0).
-        return [*self._index.items(), *((name, 0.0) for name in self._doomed)]
+        return [
+            *((name, float(e.hour)) for name, e in self._index.items()),
+            *((name, 0.0) for name in self._doomed),
+        ]
 
     def _forget(self, names: list[str], reason: str) -> list[Entry]:
         """Drop live objects from the index; the manifest entries that record why."""
@@ -133,11 +161,19 @@ class Deletions:
         """Whether this bridge recorded `name` (clip, poster, share copy) and still holds it."""
         return name in self._index
 
+    def is_clip(self, name: str) -> bool:
+        """Whether `name` is live and a clip (not a poster or a share copy). An object indexed
+        before kinds were kept counts as a clip: the bridge cannot tell, and refusing would stop
+        the owner from sharing any clip recorded before the upgrade."""
+        entry = self._index.get(name)
+        return entry is not None and entry.kind in (CLIP, None)
+
     async def record_share(self, source_name: str, copy_name: str, entry: ShareEntry) -> bool:
         """False if the source stopped being live (deleted meanwhile): nothing recorded."""
         if source_name not in self._index or copy_name in self._index:
             return False
-        self._index[copy_name] = self._index[source_name]  # retention removes it with its source
+        # Retention removes it with its source.
+        self._index[copy_name] = Live(self._index[source_name].hour, COPY)
         try:
             await self.append([entry])
         except BaseException:
