@@ -89,3 +89,23 @@ def test_spool_held_clip_counts_toward_the_cap_and_survives_a_restart(tmp_path: 
     assert [i.object_name for i in again.ready()] == ["c/2"]
     again.unhold(*again.held())
     assert [i.object_name for i in again.ready()] == ["m/0", "c/2"]
+
+
+def test_spool_keeps_order_and_no_times_across_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entry ids are a sequence, not a clock: a clock stepped back cannot reorder uploads, and a
+    thief of the bridge's disk reads no exact times off the spool while the bucket is down."""
+    import time
+
+    spool = Spool(tmp_path, 64 * MiB)
+    spool_kind(spool, 1000, "o/a", "clip")
+    monkeypatch.setattr(time, "time", lambda: 1_000_000_000.0)  # the clock jumps back years
+    monkeypatch.setattr(time, "time_ns", lambda: 1_000_000_000 * 10**9)
+    spool_kind(spool, 1000, "o/b", "clip")
+    again = Spool(tmp_path, 64 * MiB)  # a restart continues the sequence
+    spool_kind(again, 1000, "o/c", "clip")
+    assert [i.object_name for i in again.ready()] == ["o/a", "o/b", "o/c"]
+    for item in again.ready():
+        assert item.committed_at % 3600 == 0  # hours only
+        assert int(item.id.partition("-")[0]) < 10  # a counter, not a timestamp

@@ -9,7 +9,7 @@ The sidecar JSON is the commit marker and is renamed into ready/ last, then read
 a crash at any point leaves either no entry or a complete one. On start-up `incoming/` is emptied
 (partial writes from a crash) and a `.data` without its sidecar (a crash mid-commit) is removed.
 
-Ids start with the creation time in nanoseconds, so sorting by id is oldest first. Eviction (size
+Ids start with a sequence number (no clock), so sorting by id is oldest first. Eviction (size
 cap, checked at each commit) takes the oldest ready entries that the uploader has not claimed, logs
 a loud warning and hands them to `on_evict(items)` (called in the committing thread) so the caller
 can record that those clips are lost. Manifest segments are never evicted: they are small, and
@@ -39,7 +39,6 @@ import os
 import re
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -91,6 +90,7 @@ class Spool:
         self._incoming_bytes = 0
         self._listeners: list[Callable[[], None]] = []
         self._test_hook: Callable[[str], None] | None = None
+        self._next_seq = 0
         self._recover()
 
     # -- start-up ----------------------------------------------------------------------------
@@ -112,6 +112,9 @@ class Spool:
                 self._items[stem] = item
                 if item.held:  # committed held, maybe released before the restart: its owner
                     self._held.add(stem)  # decides again (vault.py start-up)
+        # Ids are a sequence, not a clock: they keep the order of creation (oldest first,
+        # whatever the clock does) and a disk thief learns no times from them.
+        self._next_seq = 1 + max((int(i.partition("-")[0]) for i in self._items), default=-1)
         for name in names:  # everything else: uncommitted data, stale temp files, junk
             stem, _, ext = name.partition(".")
             if stem in self._items and ext in ("json", "data"):
@@ -157,7 +160,9 @@ class Spool:
     # -- writing -----------------------------------------------------------------------------
 
     def create(self) -> SpoolEntry:
-        entry_id = f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+        with self._lock:
+            seq, self._next_seq = self._next_seq, self._next_seq + 1
+        entry_id = f"{seq:020d}-{secrets.token_hex(4)}"
         try:
             return SpoolEntry(self, entry_id)
         except OSError as e:

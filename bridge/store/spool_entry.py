@@ -164,7 +164,8 @@ class SpoolEntry:
                 kind=kind,
                 size=size,
                 sha256=digests.sha256,
-                committed_at=time.time(),
+                # Rounded up to the hour: only an age for status and logs (no timeline on disk).
+                committed_at=float(-(-int(time.time()) // 3600) * 3600),
                 meta=dict(meta or {}),
                 data_path=spool.ready_dir / f"{self.id}.data",
                 etag=digests.etag,
