@@ -80,7 +80,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
     rest = [r for r in current if r != recipient]
     if not rest and not args.force:
         print(
-            "obscura: that is the last recipient; with none the bridge records nothing. "
+            "obscura: that is the last recipient; with none the bridge records nothing, and "
+            "its retention and the upload of clips waiting in its spool pause too. "
             "Add another first, or pass --force.",
             file=sys.stderr,
         )
@@ -94,7 +95,9 @@ def cmd_remove(args: argparse.Namespace) -> int:
     if not rest:
         print(
             "No recipient is left: after the restart the bridge records nothing (cameras keep "
-            "streaming). Add one with `obscura keys add-recipient age1…`."
+            "streaming). Retention pauses too: clips in the bucket stay past retention_days, "
+            "and clips waiting in the spool stay there, until you add one with "
+            "`obscura keys add-recipient age1…`."
         )
     print(RESTART)
     return 0

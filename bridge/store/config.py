@@ -25,8 +25,10 @@ _RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
 #: `obscura keys remove --force` of the last key the bridge must still start (live view, and
 #: `obscura keys add-recipient` to recover), like it does with a broken bucket.
 NO_RECIPIENTS = (
-    "no recipients in [storage]: clips could be encrypted to no one, so none are recorded; "
-    "run `obscura keys generate` and `obscura keys add-recipient age1…`, then restart"
+    "no recipients in [storage]: clips could be encrypted to no one, so none are recorded, and "
+    "retention and the upload of spooled clips are paused (the manifest that records them is "
+    "encrypted to the recipients); run `obscura keys generate` and "
+    "`obscura keys add-recipient age1…`, then restart"
 )
 
 
