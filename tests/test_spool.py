@@ -109,3 +109,20 @@ def test_spool_keeps_order_and_no_times_across_a_restart(
     for item in again.ready():
         assert item.committed_at % 3600 == 0  # hours only
         assert int(item.id.partition("-")[0]) < 10  # a counter, not a timestamp
+
+
+def test_spool_attempt_recorded_after_an_eviction_does_not_bring_it_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the uploader released its claim, then recorded the failed attempt; an
+    eviction in between got its sidecar back (with no data: an error at the next start)."""
+    spool = Spool(tmp_path, MiB)
+    spool_kind(spool, 600_000, "c/1", "clip")
+    (item,) = spool.ready()
+    spool_kind(spool, 600_000, "c/2", "clip")  # over the cap: c/1 is evicted
+    assert [i.object_name for i in spool.ready()] == ["c/2"]
+    assert spool.record_attempt(item, "the bucket is down") == item
+    assert not (tmp_path / "ready" / f"{item.id}.json").exists()
+    with caplog.at_level(logging.ERROR, logger="bridge.store.spool"):
+        again = Spool(tmp_path, MiB)
+    assert [i.object_name for i in again.ready()] == ["c/2"] and "unreadable" not in caplog.text

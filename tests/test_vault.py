@@ -167,6 +167,8 @@ async def test_full_spool_disk_during_append_does_not_break_the_chain(
     try:
         now = time.time()
         await seal(vault, meta("Before", now, 20_000), b"a" * 20_000)
+        # Everything logged so far is uploaded: what the spool offers below is new.
+        assert await vault.uploader.wait_idle(timeout=5)
         seq = vault.writer.state.seq if vault.writer.state else -1
         monkeypatch.setattr(spool_entry, "write_json", full_for_segments)
         with pytest.raises(SpoolFull):

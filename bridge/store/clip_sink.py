@@ -71,6 +71,9 @@ class EncryptedClipSink:
             except (SpoolFull, OSError) as exc:
                 # The clip is committed: log it without a poster rather than lose it.
                 log.warning("clip %s: its poster could not be spooled: %s", clip.object_name, exc)
+            except Exception:  # e.g. a poster that is no JPEG: the clip must still be logged
+                log.exception("clip %s: its poster could not be sealed; logged without it",
+                              clip.object_name)
         return SealedClip(meta, clip, poster)
 
     def _seal_poster(self, jpeg: bytes, clip: SpoolItem) -> SpoolItem:

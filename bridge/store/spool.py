@@ -328,15 +328,17 @@ class Spool:
         tmp = self.ready_dir / f".{item.id}.{secrets.token_hex(4)}.tmp"
         try:
             write_json(tmp, updated.sidecar())
-            os.replace(tmp, self.ready_dir / f"{item.id}.json")
+            with self._lock:  # an entry gone meanwhile (evicted, uploaded) stays gone
+                if item.id not in self._items:
+                    tmp.unlink()
+                    return item
+                os.replace(tmp, self.ready_dir / f"{item.id}.json")
+                self._items[item.id] = updated
         except OSError as e:  # a full disk must not stop uploads: the count is advisory
             with contextlib.suppress(OSError):
                 tmp.unlink()
             log.warning("spool: cannot record upload attempt for %s: %s", item.id, e.strerror)
             return item
-        with self._lock:
-            if item.id in self._items:
-                self._items[item.id] = updated
         return updated
 
     def remove(self, item: SpoolItem) -> None:

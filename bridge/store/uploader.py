@@ -11,7 +11,8 @@ never appears under two names, and a re-PUT is idempotent. An entry leaves the s
 3. its bytes are the committed ones: the ETag was hashed from them as they were written into
    the spool, so a match proves it end to end with no second read. Where there is no such ETag
    the file is re-hashed (SHA-256) while it uploads. A locally corrupted entry is quarantined
-   and its upload deleted,
+   and its upload deleted; a corrupted manifest segment is never dropped (the head would name
+   a missing segment): its upload is deleted and it is retried, with an error once a minute,
 4. `on_uploaded(item)` returned (so a crash before it means the callback runs again after the
    restart: it is at-least-once, keyed by `item.object_name`).
 
@@ -46,6 +47,10 @@ _LOG_EVERY = 60.0  # while failing, log at most once a minute
 
 class VerifyError(Exception):
     """The object in the bucket is not what was sent."""
+
+
+class CorruptSegment(Exception):
+    """A manifest segment's local copy is damaged: kept and retried, never quarantined."""
 
 
 @dataclass(slots=True)
@@ -193,7 +198,7 @@ class Uploader:
         self._current = item.object_name
         try:
             if not item.data_path.exists():
-                await asyncio.to_thread(self.spool.quarantine, item, "its data file is missing")
+                await self._drop_corrupt(item, "its data file is missing", delete=False)
                 return True
             if not await self._put_verified(item):
                 return True  # quarantined
@@ -210,8 +215,10 @@ class Uploader:
             raise
         except Exception as e:
             self._failed(item, e)
-            self.spool.release(item)
-            await asyncio.to_thread(self.spool.record_attempt, item, self.last_error)
+            try:  # while still claimed: an entry evicted meanwhile would get its sidecar back
+                await asyncio.to_thread(self.spool.record_attempt, item, self.last_error)
+            finally:
+                self.spool.release(item)
             return False
         finally:
             self._current = None
@@ -265,9 +272,18 @@ class Uploader:
         await self._drop_corrupt(item, "its bytes no longer match the committed SHA-256")
         return False
 
-    async def _drop_corrupt(self, item: SpoolItem, reason: str) -> None:
-        with contextlib.suppress(Exception):  # best effort: never leave bad bytes behind
-            await self.bucket.delete(item.object_name)
+    async def _drop_corrupt(self, item: SpoolItem, reason: str, delete: bool = True) -> None:
+        if delete:
+            try:  # best effort: never leave bad bytes behind
+                await self.bucket.delete(item.object_name)
+            except Exception as e:
+                log.error("cannot delete the corrupt upload of %s %s (%s): %s", item.kind,
+                          item.object_name, reason, redact(f"{type(e).__name__}: {e}")[:400])
+        if item.kind == "manifest":  # a missing segment would break the owner's chain for good
+            raise CorruptSegment(
+                f"manifest segment {item.object_name} is damaged in the spool ({reason}); kept "
+                f"there, the manifest head cannot be updated until it is repaired"
+            )
         await asyncio.to_thread(self.spool.quarantine, item, reason)
 
     async def _verify(self, item: SpoolItem, expected_etag: str | None) -> bool:
@@ -296,7 +312,8 @@ class Uploader:
         self.last_error_at = now
         if self.failures == 1 or now - self._last_logged >= _LOG_EVERY:
             self._last_logged = now
-            log.warning(
+            log.log(
+                logging.ERROR if isinstance(e, CorruptSegment) else logging.WARNING,
                 "upload of %s %s failed (%d in a row, %d pending): %s",
                 item.kind, item.object_name, self.failures, self.spool.pending_count,
                 self.last_error,

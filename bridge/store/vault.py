@@ -31,9 +31,11 @@ from bridge.store.vault_deletions import (
     CLIP,
     POSTER,
     Deletions,
+    LatestFile,
     Live,
     dump_index,
     hour_up,
+    remove_stale_temps,
     write_private,
 )
 from bridge.store.vault_recovery import resolve_held, unsave_state
@@ -75,6 +77,8 @@ class ClipVault(Deletions):
         self.uploader = Uploader(self.spool, self.bucket)
         self._state_path = state_dir / "manifest-state.json"
         self._index_path = state_dir / "retention-index.json"
+        self._doomed_file = LatestFile(state_dir / "owner-deletions.json")
+        remove_stale_temps(self._state_path, self._index_path, self._doomed_file.path)
         state = (
             ManifestState.from_json(self._state_path.read_text())
             if self._state_path.exists()
@@ -87,7 +91,6 @@ class ClipVault(Deletions):
         resolve_held(self.spool, self.layout, state, set(self._index))
         # Deleted in the log but maybe still in the bucket: retention retries them. A name still
         # in the index may have crashed before its deletion was logged: it is not doomed.
-        self._doomed_path = state_dir / "owner-deletions.json"
         self._doomed: set[str] = self._load_doomed() - set(self._index)
         self._lost: set[str] = set()  # evicted before their clip entry entered the writer
         # Held clips and posters whose entries are in the writer (appended, or queued by a
@@ -101,7 +104,9 @@ class ClipVault(Deletions):
         self._head_event = asyncio.Event()
         self._retry = asyncio.Event()  # a failed append left entries queued: retry soon
         self._tasks: list[asyncio.Task[Any]] = []
-        self._appends: set[asyncio.Task[None]] = set()
+        self._head_task: asyncio.Task[None] | None = None
+        self._head_put: asyncio.Task[Any] | None = None  # the head loop's upload under way
+        self._appends: set[asyncio.Future[None]] = set()
         self.retention = RetentionTask(
             self.bucket, storage.retention_days, self._retention_entries, self._gone,
             record=self._retention_record,
@@ -166,26 +171,41 @@ class ClipVault(Deletions):
         self, entries: list[Entry] | None, keep: bool, held: Sequence[Held] = ()
     ) -> None:
         async with self._lock:
-            before, queued = self.writer.state, self.writer.pending
-            if entries is not None and held:
-                entries = [*entries, *self._admit(held)]
-            # Every append writes all queued entries: it releases every held object they log.
-            releasing = list(self._unlogged.values())
+            await self._append_locked(entries, keep, held)
+
+    async def _append_locked(
+        self, entries: list[Entry] | None, keep: bool, held: Sequence[Held] = ()
+    ) -> None:
+        """`_advance` with `_lock` held: a caller that changes the index for these entries
+        (deletions, shares) does it under the same lock, so the index saved here matches."""
+        before, queued = self.writer.state, self.writer.pending
+        if entries is not None and held:
+            entries = [*entries, *self._admit(held)]
+        # Every append writes all queued entries: it releases every held object they log.
+        releasing = list(self._unlogged.values())
+        try:
             out = self.writer.heartbeat() if entries is None else self.writer.append(entries)
-            index = dump_index(self._index)  # a snapshot, taken on the loop
-            try:
-                await asyncio.to_thread(self._commit, out, before, index, releasing)
-            except BaseException as exc:
-                kept = [*queued, *(entries if keep and entries else [])]
-                self.writer.restore(before, kept)
-                self.last_error = f"manifest append: {exc}"
-                if kept:
-                    log.warning("manifest append failed (%s); %d entr%s queued for the next one",
-                                exc, len(kept), "y" if len(kept) == 1 else "ies")
-                    self._retry.set()
-                raise
-            for item in releasing:
-                self._unlogged.pop(item.id, None)
+        except BaseException as exc:  # entries it cannot encode: never queued, never released
+            self.writer.restore(before, queued)
+            await self._unadmit(held)
+            self.last_error = f"manifest append: {exc}"
+            log.error("cannot log %d manifest entr%s: %s", len(entries or ()),
+                      "y" if len(entries or ()) == 1 else "ies", exc)
+            raise
+        index = dump_index(self._index)  # a snapshot, taken on the loop
+        try:
+            await asyncio.to_thread(self._commit, out, before, index, releasing)
+        except BaseException as exc:
+            kept = [*queued, *(entries if keep and entries else [])]
+            self.writer.restore(before, kept)
+            self.last_error = f"manifest append: {exc}"
+            if kept:
+                log.warning("manifest append failed (%s); %d entr%s queued for the next one",
+                            exc, len(kept), "y" if len(kept) == 1 else "ies")
+                self._retry.set()
+            raise
+        for item in releasing:
+            self._unlogged.pop(item.id, None)
 
     def _admit(self, held: Sequence[Held]) -> list[Entry]:
         """Index held objects in the step their entry enters the writer, so a saved index names
@@ -200,6 +220,16 @@ class ClipVault(Deletions):
             else:
                 self._index[item.object_name] = live
         return deletes
+
+    async def _unadmit(self, held: Sequence[Held]) -> None:
+        """Undo `_admit` for entries the writer refused: never logged, their objects leave the
+        index and the spool (uploaded, verify would call them forged)."""
+        for item, _ in held:
+            self._unlogged.pop(item.id, None)
+            self._index.pop(item.object_name, None)
+        with contextlib.suppress(OSError):  # still held: start-up drops them
+            for item, _ in held:
+                await asyncio.to_thread(self.spool.discard, item)
 
     def _commit(
         self,
@@ -248,18 +278,25 @@ class ClipVault(Deletions):
 
     async def _head_loop(self) -> None:
         """Upload the newest head once every segment before it is in the bucket."""
-        failures = 0
+        failures, logged = 0, 0.0
         while True:
             await self._head_event.wait()
             self._head_event.clear()
-            # Polling the spool: segments leave it as the uploader confirms them.
-            while any(i.kind == "manifest" for i in self.spool.ready()):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+            # Read before looking at the spool: `_commit` releases a segment before it sets the
+            # head naming it, so every segment this head names is ready (or uploaded) by now.
             version, head = self._head_version, self._head
             if head is None:
                 continue
+            # Polling the spool: segments leave it as the uploader confirms them.
+            while any(i.kind == "manifest" for i in self.spool.ready()):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
             try:
-                await self.bucket.put(self.head_name, head)
+                # Shielded: `stop` waits for an upload under way (or it could land after the
+                # final head, an older head overwriting a newer one: manifest.md §6 rule 3).
+                self._head_put = asyncio.ensure_future(self.bucket.put(self.head_name, head))
+                await asyncio.shield(self._head_put)
+                if failures:
+                    log.info("manifest head uploaded again after %d failed attempts", failures)
                 failures = 0
                 async with self._published:
                     self._published_version = max(self._published_version, version)
@@ -267,6 +304,9 @@ class ClipVault(Deletions):
             except Exception as exc:  # bucket down: try again with backoff
                 failures += 1
                 self.last_error = f"head upload: {exc}"
+                if failures == 1 or time.monotonic() - logged >= 60.0:
+                    logged = time.monotonic()
+                    log.warning("manifest head upload failed (%d in a row): %s", failures, exc)
                 await asyncio.sleep(min(60.0, 2**failures) * random.uniform(0.8, 1.2))
                 self._head_event.set()
 
@@ -302,22 +342,6 @@ class ClipVault(Deletions):
                 self.last_error = f"heartbeat: {exc}"
                 log.warning("manifest heartbeat failed: %s", exc)
 
-    # -- eviction ----------------------------------------------------------------------
-
-    def _evicted(self, items: list[SpoolItem]) -> None:
-        """Spool over its cap (called in the committing thread): record what never made it."""
-        names = [i.object_name for i in items if i.kind in ("clip", "thumbnail")]
-        self._loop.call_soon_threadsafe(self._record_evictions, names)
-
-    def _record_evictions(self, names: list[str]) -> None:
-        # Not indexed yet (sealed, entry not in the writer): `_admit` logs it with its entry.
-        self._lost.update(n for n in names if n not in self._index)
-        if entries := self._forget(names, "evicted"):
-            task = asyncio.ensure_future(self.append(entries, keep=True))
-            self._appends.add(task)
-            task.add_done_callback(self._appends.discard)
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged by append
-
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -325,8 +349,9 @@ class ClipVault(Deletions):
         await self.heartbeat()  # records the start (and init/recipients for a new log)
         self.uploader.start()
         self.retention.start()
+        self._head_task = asyncio.create_task(self._head_loop(), name="vault:head")
         self._tasks += [
-            asyncio.create_task(self._head_loop(), name="vault:head"),
+            self._head_task,
             asyncio.create_task(self._heartbeat_loop(), name="vault:heartbeat"),
         ]
         log.info(
@@ -348,7 +373,9 @@ class ClipVault(Deletions):
                           "posters were never uploaded and the next start drops them; an "
                           "eviction among them will show as missing", pending,
                           "y" if pending == 1 else "ies", exc)
-        if not await self.uploader.wait_idle(timeout=drain_seconds):
+        idle = await self.uploader.wait_idle(timeout=drain_seconds)
+        await self._stop_head_loop(drain_seconds)  # no older head may land after the last one
+        if not idle:
             log.warning(
                 "stopping with %d object(s) still in the spool (%d held back, never logged); "
                 "the others upload on the next start",
@@ -365,6 +392,14 @@ class ClipVault(Deletions):
         await self.retention.stop()
         await self.uploader.stop()
         await self.bucket.close()
+
+    async def _stop_head_loop(self, timeout: float) -> None:
+        if self._head_task is not None:
+            self._head_task.cancel()
+            await asyncio.gather(self._head_task, return_exceptions=True)
+        if (put := self._head_put) is not None and not put.done():
+            with contextlib.suppress(Exception):  # it no longer matters: the final head follows
+                await asyncio.wait_for(put, timeout)
 
     def status(self) -> dict[str, Any]:
         state = self.writer.state

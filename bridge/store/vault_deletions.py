@@ -17,14 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import math
 import os
+import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from bridge.store.bucket import Bucket, BucketLayout
 from bridge.store.retention import delete_objects
+from bridge.store.spool import SpoolItem
 from crypto.manifest import DeleteEntry, Entry, ShareEntry
+
+log = logging.getLogger(__name__)
 
 HOUR = 3600
 CLIP, POSTER, COPY = "clip", "poster", "copy"
@@ -55,19 +61,53 @@ def hour_up(t: float) -> int:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Atomic and durable: the manifest state must survive a crash before its segment uploads."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    """Atomic and durable: the manifest state must survive a crash before its segment uploads.
+    A temp file of its own (mode 0600) per call: concurrent writers never share one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temps(*paths: Path) -> None:
+    """At start-up: temp files of `write_private` for `paths` left by a crash mid-save."""
+    for path in paths:
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+class LatestFile:
+    """A file saved from several tasks: the saves are serialised, and an older snapshot never
+    replaces a newer one (a save whose caller was cancelled still finishes in its thread)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._taken = 0  # snapshots taken (on the loop)
+        self._saved = 0  # the newest one on disk
+
+    async def save(self, text: str) -> None:
+        self._taken += 1
+        await asyncio.to_thread(self._write, self._taken, text)
+
+    def _write(self, number: int, text: str) -> None:
+        with self._lock:
+            if number > self._saved:  # else a newer snapshot is on disk already
+                write_private(self.path, text)
+                self._saved = number
 
 
 class Deletions:
@@ -79,10 +119,14 @@ class Deletions:
     _index: dict[str, Live]  # live object name -> hour recorded, kind
     _index_path: Path
     _doomed: set[str]
-    _doomed_path: Path
+    _doomed_file: LatestFile
+    _lost: set[str]
+    _appends: set[asyncio.Future[None]]
+    _lock: asyncio.Lock  # the vault's append lock
+    _loop: asyncio.AbstractEventLoop
 
     if TYPE_CHECKING:
-        async def append(self, entries: list[Entry], *, keep: bool = False) -> None: ...
+        async def _append_locked(self, entries: list[Entry] | None, keep: bool) -> None: ...
         async def wait_published(self, timeout: float = 30.0) -> bool: ...
 
     def _load_index(self) -> dict[str, Live]:
@@ -90,20 +134,42 @@ class Deletions:
             text = self._index_path.read_text()
         except FileNotFoundError:
             return {}
-        index = {str(k): _live(v) for k, v in json.loads(text).items()}
+        try:
+            index = {str(k): _live(v) for k, v in json.loads(text).items()}
+        except (ValueError, TypeError, AttributeError) as exc:  # never stop the recording
+            aside = self._index_path.with_name(self._index_path.name + ".bad")
+            with contextlib.suppress(OSError):
+                os.replace(self._index_path, aside)
+            log.error("%s is unreadable (%s), moved to %s: clips recorded before now will not "
+                      "expire by themselves; `obscura clips delete` removes them",
+                      self._index_path, exc, aside.name)
+            return {}
         if (new := dump_index(index)) != text:  # older format: no exact time kept a day more
             with contextlib.suppress(OSError):
                 write_private(self._index_path, new)
         return index
 
     def _load_doomed(self) -> set[str]:
+        path = self._doomed_file.path
         try:
-            return {str(n) for n in json.loads(self._doomed_path.read_text())}
+            names = json.loads(path.read_text())
+            if not isinstance(names, list):
+                raise ValueError(f"a list of names expected, not {type(names).__name__}")
+            return {str(n) for n in names}
         except FileNotFoundError:
+            return set()
+        except ValueError as exc:  # never stop the bridge from recording
+            aside = path.with_name(path.name + ".bad")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            log.error("%s is unreadable (%s), moved to %s and ignored: objects whose deletion "
+                      "was logged but not yet carried out may stay in the bucket (the owner's "
+                      "verify shows them as deleted but present); delete them by hand",
+                      path, exc, aside.name)
             return set()
 
     async def _save_doomed(self) -> None:
-        await asyncio.to_thread(write_private, self._doomed_path, json.dumps(sorted(self._doomed)))
+        await self._doomed_file.save(json.dumps(sorted(self._doomed)))
 
     def _retention_entries(self) -> list[tuple[str, float]]:
         # Objects deleted in the log but still in the bucket are due at once (time 0).
@@ -113,7 +179,8 @@ class Deletions:
         ]
 
     def _forget(self, names: list[str], reason: str) -> list[Entry]:
-        """Drop live objects from the index; the manifest entries that record why."""
+        """Drop live objects from the index; the manifest entries that record why. Only in the
+        locked append step that logs them, so a saved index always matches the saved state."""
         entries: list[Entry] = []
         for name in names:
             object_id = self.layout.object_id(name)
@@ -127,20 +194,21 @@ class Deletions:
         await asyncio.shield(self._record_deletions_now(names, reason))
 
     async def _record_deletions_now(self, names: list[str], reason: str) -> None:
-        saved = {n: self._index[n] for n in names if n in self._index}
-        if not saved:
-            return
-        entries = self._forget(list(saved), reason)
-        self._doomed.update(saved)
-        try:
-            await self._save_doomed()  # before the log says "deleted"
-            await self.append(entries)
-        except BaseException:
-            self._index.update(saved)
-            self._doomed.difference_update(saved)
-            with contextlib.suppress(OSError):
-                await self._save_doomed()
-            raise
+        async with self._lock:  # no other append saves the index between the two steps
+            saved = {n: self._index[n] for n in names if n in self._index}
+            if not saved:
+                return
+            entries = self._forget(list(saved), reason)
+            self._doomed.update(saved)
+            try:
+                await self._save_doomed()  # before the log says "deleted"
+                await self._append_locked(entries, keep=False)
+            except BaseException:
+                self._index.update(saved)
+                self._doomed.difference_update(saved)
+                with contextlib.suppress(OSError):
+                    await self._save_doomed()
+                raise
 
     async def _retention_record(self, names: list[str]) -> list[str]:
         """Expired (or doomed) `names`: log them as deleted, publish the log, and only then
@@ -154,6 +222,27 @@ class Deletions:
         if done := self._doomed.intersection(names):
             self._doomed -= done
             await self._save_doomed()
+
+    # -- eviction (a full spool) ----------------------------------------------------------
+
+    def _evicted(self, items: list[SpoolItem]) -> None:
+        """Spool over its cap (called in the committing thread): record what never made it."""
+        names = [i.object_name for i in items if i.kind in ("clip", "thumbnail")]
+        self._loop.call_soon_threadsafe(self._record_evictions, names)
+
+    def _record_evictions(self, names: list[str]) -> None:
+        # Not indexed yet (sealed, entry not in the writer): `_admit` logs it with its entry.
+        self._lost.update(n for n in names if n not in self._index)
+        if any(n in self._index for n in names):
+            task = asyncio.ensure_future(asyncio.shield(self._log_evictions(names)))
+            self._appends.add(task)
+            task.add_done_callback(self._appends.discard)
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # logged by append
+
+    async def _log_evictions(self, names: list[str]) -> None:
+        async with self._lock:  # out of the index in the step that logs it
+            if entries := self._forget(names, "evicted"):
+                await self._append_locked(entries, keep=True)
 
     # -- owner requests (bridge/owner/owner_api.py authenticates them) -----------------------
 
@@ -170,15 +259,19 @@ class Deletions:
 
     async def record_share(self, source_name: str, copy_name: str, entry: ShareEntry) -> bool:
         """False if the source stopped being live (deleted meanwhile): nothing recorded."""
-        if source_name not in self._index or copy_name in self._index:
-            return False
-        # Retention removes it with its source.
-        self._index[copy_name] = Live(self._index[source_name].hour, COPY)
-        try:
-            await self.append([entry])
-        except BaseException:
-            self._index.pop(copy_name, None)  # not in the log: not live
-            raise
+        return await asyncio.shield(self._record_share_now(source_name, copy_name, entry))
+
+    async def _record_share_now(self, source_name: str, copy_name: str, entry: ShareEntry) -> bool:
+        async with self._lock:  # indexed in the step that logs it
+            if source_name not in self._index or copy_name in self._index:
+                return False
+            # Retention removes it with its source.
+            self._index[copy_name] = Live(self._index[source_name].hour, COPY)
+            try:
+                await self._append_locked([entry], keep=False)
+            except BaseException:
+                self._index.pop(copy_name, None)  # not in the log: not live
+                raise
         return True
 
     async def delete_for_owner(self, names: list[str], timeout: float | None = None) -> list[str]:

@@ -8,7 +8,6 @@ saves the state, then releases them all. A failure before the state is saved rol
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -23,12 +22,19 @@ log = logging.getLogger(__name__)
 def unsave_state(path: Path, new: ManifestState, before: ManifestState | None) -> None:
     """The save failed after the rename (a failed directory fsync): put the old state back, so
     the file never names a segment that was dropped."""
-    with contextlib.suppress(OSError):
+    try:
         if path.read_text() == new.to_json():
             if before is None:
                 path.unlink()
             else:
                 write_private(path, before.to_json())
+    except FileNotFoundError:  # never saved: nothing to undo
+        pass
+    except OSError as exc:
+        log.error("cannot put the manifest state back after a failed save (%s): %s may name "
+                  "segment %d, which was dropped; the next successful append replaces it, but a "
+                  "restart before that leaves a segment missing from the chain", exc, path,
+                  new.seq)
 
 
 def resolve_held(
