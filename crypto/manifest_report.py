@@ -101,6 +101,9 @@ class ClipInfo:
     thumb_sha256: str | None
     thumb_size: int | None
     deleted: str | None = None  # the delete reason, once deleted
+    #: The poster's delete reason, once deleted: the spool can evict a poster still waiting to
+    #: upload after its clip went up ("evicted"), so the clip stays live without it.
+    thumb_deleted: str | None = None
     shares: list[ShareInfo] = field(default_factory=list)
     #: Who can open it: the recipients in force when it was recorded.
     recipients: tuple[str, ...] = ()

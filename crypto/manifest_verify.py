@@ -302,6 +302,10 @@ class ManifestVerifier:
                         r.notices.append(f"segment {seq}: deletion of {e.object}, not live")
                     if e.object in clips:
                         clips[e.object].deleted = e.reason
+                    elif (clip := clip_of.get(e.object)) is not None and (
+                        clips[clip].thumb == e.object
+                    ):
+                        clips[clip].thumb_deleted = e.reason
                     if e.object in shares:
                         shares[e.object].deleted = e.reason
                 elif isinstance(e, RecipientsEntry):

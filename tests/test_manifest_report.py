@@ -9,6 +9,7 @@ import io
 
 from crypto.age import X25519Identity, share_copy
 from crypto.manifest import (
+    DeleteEntry,
     ManifestState,
     ManifestVerifier,
     ManifestWriter,
@@ -135,3 +136,42 @@ def test_every_share_is_shown_under_its_clip(bridge: Bridge) -> None:
         (of_poster, clip.thumb), (of_copy, of_poster)
     ]
     assert kinds(report) == ["share"] and stray in messages(report)[0]
+
+
+def test_a_poster_evicted_after_its_clip_uploaded_leaves_the_clip_live(bridge: Bridge) -> None:
+    """Regression: a long outage fills the spool after a clip went up but before its poster
+    did; the spool evicts the poster alone (`delete`, reason "evicted"). The verifier marked
+    nothing, so `clips delete` asked the bridge to delete the poster too, and the bridge refused
+    the whole request (404, not a live object): the clip could never be deleted."""
+    from bridge.owner.clips_write import clip_objects
+
+    clip = bridge.verify().clips[1]
+    assert clip.thumb is not None
+    engineer = X25519Identity.generate()
+    copy = io.BytesIO()
+    share_copy([bridge.owner], io.BytesIO(bridge.bucket[clip.id]), copy, [engineer.recipient])
+    cid, data = new_object_id(), copy.getvalue()
+    bridge.bucket[cid] = data
+    bridge.publish(bridge.writer.append([ShareEntry(
+        clip.id, cid, str(engineer.recipient), hashlib.sha256(data).hexdigest(), len(data)
+    )]))
+    del bridge.bucket[clip.thumb]  # never uploaded
+    bridge.publish(bridge.writer.append([DeleteEntry(clip.thumb, "evicted")]))
+
+    report = bridge.verify()
+    assert report.ok, messages(report)  # deleted in the log: not missing
+    [after] = [c for c in report.clips if c.id == clip.id]
+    assert (after.deleted, after.thumb, after.thumb_deleted) == (None, clip.thumb, "evicted")
+    assert all(c.thumb_deleted is None for c in report.clips if c.id != clip.id)
+    # The owner's deletion names only what the bridge still holds.
+    assert clip_objects(after) == [clip.id, cid]
+    others = [c for c in report.clips if c.id != clip.id]
+    assert all(clip_objects(c) == [c.id, c.thumb] for c in others)
+    # A clip deleted whole (retention) is the clip's deletion, not a poster's alone.
+    gone = others[0]
+    assert gone.thumb is not None
+    bridge.publish(bridge.writer.append(
+        [DeleteEntry(gone.id, "retention"), DeleteEntry(gone.thumb, "retention")]
+    ))
+    [gone] = [c for c in bridge.verify().clips if c.id == gone.id]
+    assert gone.deleted == "retention"

@@ -7,14 +7,22 @@ then runs the CLI as a subprocess against a copy of that bucket, untouched or ta
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import stat
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 
+from bridge.store.vault import ClipVault
 from crypto.age import encrypt
 from tests.peers.owner_bucket import (
     Recorded,
@@ -23,6 +31,7 @@ from tests.peers.owner_bucket import (
     obscura,
     tampered,
     verify_fails,
+    wait,
 )
 
 
@@ -175,18 +184,22 @@ def test_forged_clip(recorded: Recorded, tmp_path: Path) -> None:
     verify_fails(recorded, bucket, tmp_path, f"forged object {forged}: not in the manifest")
 
 
-def test_share_is_recorded_by_the_bridge_and_listed(recorded: Recorded, tmp_path: Path) -> None:
-    """The bridge side is the real ClipVault (the recorded bridge's own state) with
-    bridge/owner/owner_api.py mounted on a status app, as the service mounts it; the CLI
-    proves the owner's identity (tests/test_owner_requests.py does this against `obscura run`)."""
-    import asyncio
-    import threading
+@dataclass
+class Served:
+    bucket: Path
+    config: Path  # the owner's, pointing at the bridge's status port
+    vault: ClipVault
 
+
+@contextmanager
+def serving_bridge(recorded: Recorded, tmp_path: Path) -> Iterator[Served]:
+    """The recorded bridge, back up on a copy of its bucket: the real ClipVault (its own state)
+    with bridge/owner/owner_api.py mounted on a status app, as the service mounts it (the CLI
+    proves the owner's identity; tests/test_owner_requests.py does this against `obscura run`)."""
     from aiohttp import web
 
     from bridge.owner.owner_api import add_owner_routes
     from bridge.store.config import StorageConfig
-    from bridge.store.vault import ClipVault
     from tests.peers.rtsp import free_port
 
     bucket = tampered(recorded, tmp_path)
@@ -211,10 +224,11 @@ def test_share_is_recorded_by_the_bridge_and_listed(recorded: Recorded, tmp_path
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
+        box["vault"] = vault
         box["stop"] = stop = asyncio.Event()
         ready.set()
         await stop.wait()
-        for _ in range(100):  # let the share's segment and head reach the bucket
+        for _ in range(100):  # let the last segment and head reach the bucket
             if not vault.spool.ready():
                 break
             await asyncio.sleep(0.1)
@@ -225,38 +239,25 @@ def test_share_is_recorded_by_the_bridge_and_listed(recorded: Recorded, tmp_path
     thread = threading.Thread(target=lambda: loop.run_until_complete(serve()), daemon=True)
     thread.start()
     assert ready.wait(20)
-    engineer = tmp_path / "engineer.key"
-    to = obscura("keys", "generate", "-o", str(engineer)).stdout.split("recipient): ")[1].split()[0]
     config = config_for(bucket, recorded.recipient, tmp_path)
     config.write_text(config.read_text().replace("port = 1\n", f"port = {port}\n"))
     try:
-        out = obscura(
-            "clips",
-            "share",
-            recorded.clip["id"],
-            "--to",
-            to,
-            "--config",
-            str(config),
-            "--identity",
-            str(recorded.key),
-            "--state-dir",
-            str(tmp_path / "s"),
-        )
+        yield Served(bucket, config, box["vault"])  # type: ignore[arg-type]
     finally:
-        loop.call_soon_threadsafe(box["stop"].set)
+        loop.call_soon_threadsafe(box["stop"].set)  # type: ignore[attr-defined]
         thread.join(30)
+
+
+def test_share_is_recorded_by_the_bridge_and_listed(recorded: Recorded, tmp_path: Path) -> None:
+    engineer = tmp_path / "engineer.key"
+    to = obscura("keys", "generate", "-o", str(engineer)).stdout.split("recipient): ")[1].split()[0]
+    state = ("--identity", str(recorded.key), "--state-dir", str(tmp_path / "s"))
+    with serving_bridge(recorded, tmp_path) as bridge:
+        config = ("--config", str(bridge.config))
+        out = obscura("clips", "share", recorded.clip["id"], "--to", to, *config, *state)
+        bucket = bridge.bucket
     copy_id = out.stdout.split("object ")[1].split()[0].rsplit("/", 1)[1]
-    listed = obscura(
-        "clips",
-        "list",
-        "--config",
-        str(config),
-        "--identity",
-        str(recorded.key),
-        "--state-dir",
-        str(tmp_path / "s"),
-    ).stdout
+    listed = obscura("clips", "list", *config, *state).stdout
     assert f"shared with {to} as {copy_id}" in listed
     plain = tmp_path / "shared.mp4"
     subprocess.run(
@@ -264,17 +265,47 @@ def test_share_is_recorded_by_the_bridge_and_listed(recorded: Recorded, tmp_path
         check=True,
     )
     assert plain.read_bytes()[4:8] == b"ftyp"
-    out = obscura(
-        "clips",
-        "verify",
-        "--config",
-        str(config),
-        "--identity",
-        str(recorded.key),
-        "--state-dir",
-        str(tmp_path / "s"),
-    )
+    out = obscura("clips", "verify", *config, *state)
     assert "OK (1 clips" in out.stdout
+
+
+def test_a_clip_whose_poster_was_evicted_is_listed_fetched_and_deleted(
+    recorded: Recorded, tmp_path: Path
+) -> None:
+    """Regression: the clip uploaded, then a long outage filled the spool and it evicted the
+    poster alone (logged: `delete`, reason "evicted"). `clips delete` still named the poster,
+    and the bridge refused the whole request (404, not a live object): the clip could never be
+    deleted. Now the poster shows as never uploaded, and the deletion names the clip alone."""
+    clip_id, poster = recorded.clip["id"], recorded.clip["poster"]
+    state = ("--identity", str(recorded.key), "--state-dir", str(tmp_path / "s"))
+    with serving_bridge(recorded, tmp_path) as bridge:
+        config = ("--config", str(bridge.config))
+        recorded.obj(bridge.bucket, poster).unlink()  # it never reached the bucket
+        # What the spool calls, from its committing thread, when it evicts the poster.
+        bridge.vault._evicted([SimpleNamespace(  # type: ignore[list-item]
+            object_name=f"{bridge.vault.layout.root}/{poster}", kind="thumbnail"
+        )])
+
+        def logged() -> bool:
+            [clip] = json.loads(obscura("clips", "list", "--json", *config, *state).stdout)
+            return bool(clip["poster_deleted"] == "evicted")
+
+        wait(logged, 20, "the poster's eviction in the manifest")
+        listed = obscura("clips", "list", *config, *state).stdout
+        assert clip_id in listed and "poster never uploaded (spool full)" in listed
+        assert obscura("clips", "verify", *config, *state).returncode == 0
+        mp4, jpg = tmp_path / "clip.mp4", tmp_path / "poster.jpg"
+        got = obscura("clips", "get", clip_id, "-o", str(mp4), "--poster", str(jpg),
+                      *config, *state)
+        assert "no poster saved: poster never uploaded (spool full)" in got.stderr
+        assert mp4.stat().st_size > 0 and not jpg.exists()
+
+        out = obscura("clips", "delete", clip_id, "--yes", *config, *state, check=None)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"Deleted clip {clip_id} ('Front porch'): 1 object(s)" in out.stdout
+        assert not recorded.obj(bridge.bucket, clip_id).exists()
+    out = obscura("clips", "verify", *config, *state)
+    assert "OK (0 clips" in out.stdout and "deleted by the owner" in out.stdout
 
 
 def test_share_without_the_bridge_shares_nothing(recorded: Recorded, tmp_path: Path) -> None:

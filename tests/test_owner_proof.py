@@ -63,6 +63,18 @@ def test_a_wrong_guess_spends_the_challenge() -> None:
         assert refusal is not None and refusal.status in (401, 403)
 
 
+def test_a_request_without_a_proof_spends_the_challenge_it_names() -> None:
+    """docs/manifest.md §11: a challenge is spent by the first request that names it."""
+    store = ChallengeStore()
+    cid, nonce = answer(store)
+    for missing in (None, ""):
+        bare = store.redeem(cid, missing, "POST", "/shares", BODY)
+        assert bare is not None and bare.status == 401 and "owner proof required" in bare.message
+    late = store.redeem(cid, proof(nonce, cid, "POST", "/shares", BODY), "POST", "/shares", BODY)
+    assert late is not None and late.status == 401 and "already used" in late.message
+    assert len(store) == 0
+
+
 def test_missing_and_expired_proofs() -> None:
     clock = Clock()
     store = ChallengeStore(ttl=60, clock=clock)

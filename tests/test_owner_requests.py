@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -133,11 +135,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
 
 class RecordingProxy(ThreadingHTTPServer):
     """Between the CLI and the bridge: forwards every request and keeps a copy (an attacker
-    who captured the owner's traffic on loopback)."""
+    who captured the owner's traffic on loopback). `modes` (path -> mode) spoil requests to a
+    path: "bad proof" alters the proof; "lost" drops the request, "no answer" forwards it but
+    drops the bridge's answer (both close the connection unanswered, as a time-out ends);
+    "unpublished" answers as a bridge whose new head did not reach the bucket in time."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, modes: dict[str, str] | None = None) -> None:
         super().__init__(("127.0.0.1", 0), _Forward)
         self.target = target
+        self.modes = modes or {}
         self.seen: list[tuple[str, str, dict[str, str], bytes | None]] = []
 
     @property
@@ -154,7 +160,17 @@ class _Forward(BaseHTTPRequestHandler):
         keep = ("content-type", HEADER_CHALLENGE.lower(), HEADER_PROOF.lower())
         headers = {k: v for k, v in self.headers.items() if k.lower() in keep}
         self.server.seen.append((self.command, self.path, headers, body))
+        mode = self.server.modes.get(self.path)
+        if mode == "bad proof":
+            headers = {k: "5a" * 32 if k.lower() == HEADER_PROOF.lower() else v
+                       for k, v in headers.items()}
+        if mode == "lost":
+            return
         status, data = call(self.server.target, self.path, body, headers, self.command)
+        if mode == "no answer":
+            return
+        if mode == "unpublished" and status < 300:
+            data = {**data, "published": False}
         raw = json.dumps(data).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -166,6 +182,17 @@ class _Forward(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+@contextmanager
+def proxied(live: Live, modes: dict[str, str] | None = None) -> Iterator[RecordingProxy]:
+    proxy = RecordingProxy(live.url, modes)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        yield proxy
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
 
 
 def call(
@@ -183,12 +210,8 @@ JSON = {"Content-Type": "application/json"}
 
 
 def test_share_through_the_running_bridge_and_a_replay_is_refused(live: Live) -> None:
-    proxy = RecordingProxy(live.url)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
+    with proxied(live) as proxy:
         out = live.clips("share", live.clip_id, "--to", live.support, "--url", proxy.url)
-    finally:
-        proxy.shutdown()
     assert out.returncode == 0, out.stdout + out.stderr
     copy_id = out.stdout.split("object ")[1].split()[0].rsplit("/", 1)[1]
     [clip] = live.listing()
@@ -256,6 +279,15 @@ def test_without_the_owner_identity_the_bridge_signs_nothing(live: Live) -> None
     assert status == 403 and "does not match" in answer["error"]
     status, answer = call(live.url, "/shares", body, {**JSON, **signed})
     assert status == 401 and "already used" in answer["error"]  # spent on the mismatch
+    # Naming a challenge without a proof spends it too (docs/manifest.md §11).
+    _, challenge = call(live.url, "/owner/challenge", b"{}", JSON)
+    nonce = open_challenge(load_identities(live.owner_key), challenge["challenge"])
+    status, answer = call(live.url, "/shares", body, {**JSON, HEADER_CHALLENGE: challenge["id"]})
+    assert status == 401 and "owner proof required" in answer["error"]
+    signed = {HEADER_CHALLENGE: challenge["id"],
+              HEADER_PROOF: proof(nonce, challenge["id"], "POST", "/shares", body)}
+    status, answer = call(live.url, "/shares", body, {**JSON, **signed})
+    assert status == 401 and "already used" in answer["error"]
     assert (live.seq(), live.objects()) == (seq, objects)
     assert "refused an owner request POST /shares" in live.bridge.log_text()
 
@@ -280,9 +312,104 @@ def test_only_a_clip_can_be_shared(live: Live) -> None:
     assert (live.seq(), live.objects()) == (seq, objects)
 
 
+def copy_named(text: str) -> str:
+    found = re.search(r"obscura clips delete ([0-9a-f]{32})", text)
+    assert found, text
+    return found.group(1)
+
+
+def test_a_share_the_bridge_refuses_leaves_no_copy(live: Live) -> None:
+    seq, objects = live.seq(), live.objects()
+    with proxied(live, {"/shares": "bad proof"}) as proxy:
+        out = live.clips("share", live.clip_id, "--to", live.support, "--url", proxy.url)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "the share was not recorded, its copy is removed" in out.stderr
+    assert "owner proof does not match" in out.stderr
+    assert (live.seq(), live.objects()) == (seq, objects)
+
+
+def test_a_share_whose_answer_is_lost_keeps_its_copy(live: Live) -> None:
+    """Regression: the client deleted its copy on any error, a time-out included, while the
+    bridge went on to record the share: `clips verify` then reported the copy missing. Now it
+    keeps the copy on anything but a refusal, and says how to tell what happened."""
+    with proxied(live, {"/shares": "no answer"}) as proxy:
+        out = live.clips("share", live.clip_id, "--to", live.support, "--url", proxy.url)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"the bridge at {proxy.url} did not answer /shares" in out.stderr
+    assert "may or may not be recorded" in out.stderr
+    copy_id = copy_named(out.stderr)
+    assert list(live.bucket.rglob(copy_id))
+    # The bridge did record it: listed, and nothing is missing.
+    [clip] = live.listing()
+    assert {"copy": copy_id, "recipient": live.support, "deleted": None,
+            "source": live.clip_id} in clip["shares"]
+    verify = live.clips("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+    # The owner takes that copy back alone: the clip and the other share stay.
+    out = live.clips("delete", copy_id[:10], "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"Deleted share copy {copy_id} (clip {live.clip_id} shared with" in out.stdout
+    assert not list(live.bucket.rglob(copy_id))
+    [clip] = live.listing()
+    assert clip["deleted"] is None and list(live.bucket.rglob(live.clip_id))
+    shares = {s["copy"]: s["deleted"] for s in clip["shares"]}
+    assert shares[copy_id] == "owner" and list(shares.values()).count(None) == 1
+    assert f"as {copy_id} (copy deleted by the owner)" in live.clips("list").stdout
+    assert live.clips("verify").returncode == 0
+    again = live.clips("delete", copy_id, "--yes")
+    assert again.returncode == 1 and f"share copy {copy_id} was deleted (owner)" in again.stderr
+
+
+def test_an_unrecorded_copy_is_reported_and_can_be_removed(live: Live) -> None:
+    with proxied(live, {"/shares": "lost"}) as proxy:
+        out = live.clips("share", live.clip_id, "--to", live.support, "--url", proxy.url)
+    assert out.returncode == 1 and "may or may not be recorded" in out.stderr, out.stderr
+    copy_id = copy_named(out.stderr)
+    seq = live.seq()
+    verify = live.clips("verify")
+    assert verify.returncode == 1
+    assert f"forged object {copy_id}: not in the manifest" in verify.stdout, verify.stdout
+    out = live.clips("delete", copy_id, "--yes")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "the bridge did not record it either" in out.stdout
+    assert not list(live.bucket.rglob(copy_id)) and live.seq() == seq  # nothing to log
+    verify = live.clips("verify")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_owner_is_told_when_the_bridge_could_not_publish(live: Live) -> None:
+    """Both routes also answer when the new head did not reach the bucket in 30 s."""
+    with proxied(live, {"/shares": "unpublished", "/deletions": "unpublished"}) as proxy:
+        out = live.clips("share", live.clip_id, "--to", live.support, "--url", proxy.url)
+        assert out.returncode == 0, out.stdout + out.stderr
+        copy_id = copy_named(out.stdout)
+        assert "could not get its new manifest head into the bucket" in out.stderr
+        assert f"reports {copy_id} as a forged object: do not remove it" in out.stderr
+        out = live.clips("delete", copy_id, "--yes", "--url", proxy.url)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"Deleted share copy {copy_id}" in out.stdout
+    assert "could not get its new manifest head into the bucket" in out.stderr
+    assert "still shows them as live" in out.stderr
+
+
+def test_a_deletion_whose_answer_is_lost_says_how_to_tell(live: Live) -> None:
+    out = live.clips("share", live.clip_id, "--to", live.support)
+    copy_id = copy_named(out.stdout)
+    with proxied(live, {"/deletions": "no answer"}) as proxy:
+        out = live.clips("delete", copy_id, "--yes", "--url", proxy.url)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"the bridge at {proxy.url} did not answer /deletions" in out.stderr
+    assert "may or may not be recorded" in out.stderr and "clips list --all" in out.stderr
+    [clip] = live.listing()  # it was: the bridge acted, its answer was lost
+    assert {s["copy"]: s["deleted"] for s in clip["shares"]}[copy_id] == "owner"
+    again = live.clips("delete", copy_id, "--yes")
+    assert again.returncode == 1 and "was deleted (owner)" in again.stderr
+
+
 def test_the_owner_deletes_a_clip_with_its_poster_and_share_copies(live: Live) -> None:
     [clip] = live.listing()
-    doomed = [clip["id"], clip["poster"], *(s["copy"] for s in clip["shares"])]
+    doomed = [clip["id"], clip["poster"], *(s["copy"] for s in clip["shares"] if not s["deleted"])]
     assert all(list(live.bucket.rglob(o)) for o in doomed) and len(doomed) == 3
     down = live.clips("delete", clip["id"], "--yes", "--url", "http://127.0.0.1:1")
     assert down.returncode == 1 and "not reachable at http://127.0.0.1:1/status" in down.stderr
@@ -300,7 +427,8 @@ def test_the_owner_deletes_a_clip_with_its_poster_and_share_copies(live: Live) -
     assert f"clip {clip['id']} ('Front porch'" in verify.stdout
     assert "deleted by the owner" in verify.stdout
     [after] = live.listing()
-    assert after["deleted"] == "owner" and after["shares"][0]["deleted"] == "owner"
+    assert after["deleted"] == "owner"
+    assert [s["deleted"] for s in after["shares"]] == ["owner"] * len(after["shares"])
     assert "deleted by the owner" in live.clips("list", "--all").stdout
     assert clip["id"] not in live.clips("list").stdout
     again = live.clips("delete", clip["id"], "--yes")

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -21,6 +23,27 @@ def status_url(config: Config) -> str:
     host = "127.0.0.1" if host in ("0.0.0.0", "") else host
     host = "::1" if host == "::" else host
     return f"http://{f'[{host}]' if ':' in host else host}:{config.status.port}"
+
+
+class BridgeError(OwnerError):
+    """A request the bridge did not carry out, or may not have.
+
+    `refused`: the bridge certainly did not act on it: it answered with a 4xx status (its
+    refusals append nothing), or the request never reached it (connection refused, no such
+    host, or the challenge before it failed). Otherwise (a time-out, a dropped connection, a
+    5xx status, an answer that is not JSON) it may have acted, or may still be acting."""
+
+    def __init__(self, message: str, *, refused: bool, status: int | None = None,
+                 detail: str = "") -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.status = status
+        self.detail = detail
+
+
+#: Seconds to wait for an answer. The bridge answers a share once it has re-read the copy and
+#: waited (at most 30 s) for its new manifest head to be in the bucket.
+TIMEOUT = 120.0
 
 
 class BridgeClient:
@@ -43,7 +66,7 @@ class BridgeClient:
             headers={"Content-Type": "application/json", **(headers or {})},
         )
         try:
-            with urllib.request.urlopen(req, timeout=120) as response:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
                 return json.load(response)
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:300]
@@ -51,16 +74,35 @@ class BridgeClient:
                 detail = str(json.loads(detail)["error"])
             except (ValueError, KeyError, TypeError):
                 pass
+            shown = detail
             if e.code in (404, 405) and path != "/status" and "live" not in detail:
-                detail = f"this bridge does not support {path} yet (upgrade it)"
-            raise OwnerError(f"the bridge at {self.base} refused {path}: {detail}") from None
+                shown = f"this bridge does not support {path} yet (upgrade it)"
+            if e.code < 500:
+                raise BridgeError(
+                    f"the bridge at {self.base} refused {path}: {shown}",
+                    refused=True, status=e.code, detail=detail,
+                ) from None
+            raise BridgeError(
+                f"the bridge at {self.base} failed on {path} (HTTP {e.code}: {shown})",
+                refused=False, status=e.code, detail=detail,
+            ) from None
         except ValueError:
-            raise OwnerError(f"{url} did not answer like an Obscura bridge (not JSON)") from None
-        except OSError as e:
+            raise BridgeError(
+                f"{url} did not answer like an Obscura bridge (not JSON)", refused=False
+            ) from None
+        except (OSError, http.client.HTTPException) as e:
             reason = getattr(e, "reason", e)
-            raise OwnerError(
-                f"the bridge is not reachable at {url} ({reason}): is `obscura run` running, "
-                "and is this its configuration? (or pass --url)"
+            if isinstance(reason, ConnectionRefusedError | socket.gaierror):
+                raise BridgeError(
+                    f"the bridge is not reachable at {url} ({reason}): is `obscura run` "
+                    "running, and is this its configuration? (or pass --url)",
+                    refused=True,
+                ) from None
+            if isinstance(reason, TimeoutError):
+                reason = f"no answer within {TIMEOUT:.0f} s"
+            raise BridgeError(
+                f"the bridge at {self.base} did not answer {path} ({reason or type(e).__name__})",
+                refused=False,
             ) from None
 
     def check(self, bridge_id: str) -> None:
@@ -75,17 +117,23 @@ class BridgeClient:
             )
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        """POST `body` to `path` with a fresh owner proof."""
-        challenge = self._call("POST", "/owner/challenge", b"{}")
+        """POST `body` to `path` with a fresh owner proof. BridgeError says whether the bridge
+        may have acted on it; up to the challenge, it did not."""
+        try:
+            challenge = self._call("POST", "/owner/challenge", b"{}")
+        except BridgeError as e:
+            raise BridgeError(str(e), refused=True, status=e.status, detail=e.detail) from None
         try:
             nonce = open_challenge(self.identities, str(challenge["challenge"]))
         except AgeError as e:
-            raise OwnerError(
+            raise BridgeError(
                 f"cannot answer the bridge's owner challenge ({e}): this identity is not one of "
-                "the bridge's [storage] recipients"
+                "the bridge's [storage] recipients", refused=True,
             ) from None
         except (KeyError, TypeError):
-            raise OwnerError(f"the bridge at {self.base} sent no owner challenge") from None
+            raise BridgeError(
+                f"the bridge at {self.base} sent no owner challenge", refused=True
+            ) from None
         data = json.dumps(body).encode()
         cid = str(challenge["id"])
         headers = {HEADER_CHALLENGE: cid, HEADER_PROOF: proof(nonce, cid, "POST", path, data)}

@@ -61,6 +61,7 @@ def _clip_dict(owner: Owner, v: BridgeView, c: ClipInfo) -> dict:
         "subjects": list(c.subjects),
         "size": c.size,
         "poster": c.thumb,
+        "poster_deleted": c.thumb_deleted,
         "deleted": c.deleted,
         "shares": [
             {"copy": s.copy, "recipient": s.recipient, "deleted": s.deleted, "source": s.source}
@@ -106,7 +107,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for v, c in rows:
         seconds = (c.end_ms - c.start_ms) / 1000
         subjects = ",".join(c.subjects) or "-"
-        extra = f"  {_deleted(c.deleted)}" if c.deleted else ""
+        extra = f"  {_deleted(c.deleted)}" if c.deleted else (
+            f"  {_poster_gone(c.thumb_deleted)}" if c.thumb_deleted else ""
+        )
         print(
             f"{c.id}  {_when(c.start_ms)}  {seconds:5.1f}s  {c.camera!r:<20} {subjects:<12} "
             f"{c.size / 1e6:6.2f} MB{extra}" + (f"  bridge {v.bridge_id}" if len(views) > 1 else "")
@@ -124,6 +127,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _deleted(reason: str) -> str:
     return DELETED.get(reason, f"deleted ({reason})")
+
+
+def _poster_gone(reason: str) -> str:
+    """A live clip whose poster alone was deleted: the spool evicted it (an outage long enough
+    to fill it) after the clip had uploaded."""
+    return f"poster {_deleted(reason)}"
 
 
 def _fetch_and_decrypt(owner: Owner, name: str, sha: str, size: int, out: Path, label: str) -> int:
@@ -157,6 +166,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         if args.poster:
             if clip.thumb is None or clip.thumb_sha256 is None or clip.thumb_size is None:
                 print("this clip has no poster", file=sys.stderr)
+            elif clip.thumb_deleted:
+                print(f"no poster saved: {_poster_gone(clip.thumb_deleted)}", file=sys.stderr)
             else:
                 _fetch_and_decrypt(
                     owner,
@@ -256,8 +267,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     sh.add_argument("id", help="clip id (or a unique prefix)")
     sh.add_argument("--to", required=True, metavar="AGE1…")
     sh.set_defaults(func=cmd_share)
-    rm = common(cs.add_parser("delete", help="delete one clip, its poster and its share copies"))
-    rm.add_argument("id", help="clip id (or a unique prefix)")
+    rm = common(cs.add_parser(
+        "delete", help="delete one clip, its poster and its share copies; or one share copy"
+    ))
+    rm.add_argument(
+        "id",
+        help="clip id: the clip, its poster and share copies; a share copy id: that copy only; "
+        "the id of an object the manifest does not record (`clips verify`: forged): that object "
+        "(or a unique prefix of any)",
+    )
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     rm.set_defaults(func=cmd_delete)
     add_play_parser(cs, common)

@@ -8,10 +8,11 @@ import hashlib
 import secrets
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.owner.audit import CHUNK, BridgeView, Owner, OwnerError, report_problems
-from bridge.owner.bridge_client import BridgeClient
+from bridge.owner.bridge_client import BridgeClient, BridgeError
 from crypto.age import AgeError, AgeReader, AgeWriter, encrypted_size
 from crypto.age_keys import X25519Identity, X25519Recipient
 from crypto.manifest_report import ClipInfo
@@ -51,16 +52,49 @@ def cmd_share(args: argparse.Namespace) -> int:
         try:
             # The challenge is asked for only now: re-encrypting and uploading may take longer
             # than it lives.
-            seq = client.post("/shares", body).get("seq")
-        except OwnerError as e:
-            owner.bucket.run(owner.bucket.bucket.delete(name))  # never leave an unrecorded copy
+            answer = client.post("/shares", body)
+        except BridgeError as e:
+            if not e.refused:
+                # It may be recording the share right now (re-reading the copy takes a while):
+                # removing the copy could leave a share in the log whose copy is missing.
+                raise OwnerError(_unsure_share(e, clip, recipient, name, copy_id)) from None
+            try:
+                owner.bucket.run(owner.bucket.bucket.delete(name))  # never an unrecorded copy
+            except Exception as gone:
+                raise OwnerError(
+                    f"the share was not recorded: {e}. Its copy {name} could not be removed "
+                    f"({gone}): `obscura clips delete {copy_id}` removes it"
+                ) from None
             raise OwnerError(f"the share was not recorded, its copy is removed: {e}") from None
     finally:
         owner.close()
+    seq = answer.get("seq")
     print(f"Shared clip {clip.id} with {recipient}: object {name} (manifest seq {seq}).")
     print(f"They run: age -d -i THEIR.key -o clip.mp4 {copy_id}.age   (after fetching {name})")
-    print("A share cannot be revoked once downloaded; it is listed by `obscura clips list`.")
+    print("A share cannot be revoked once downloaded; it is listed by `obscura clips list`, and "
+          f"`obscura clips delete {copy_id}` removes the copy.")
+    if answer.get("published") is False:
+        print(
+            f"warning: the bridge recorded the share (manifest seq {seq}) but could not get its "
+            "new manifest head into the bucket within 30 s. Until it does, `clips list` does "
+            f"not show the share and `clips verify` reports {copy_id} as a forged object: do "
+            "not remove it. The bridge keeps trying; `obscura doctor` on the bridge checks the "
+            "bucket.",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _unsure_share(
+    e: BridgeError, clip: ClipInfo, recipient: str, name: str, copy_id: str
+) -> str:
+    return (
+        f"{e}: the share of clip {clip.id} with {recipient} may or may not be recorded. Its "
+        f"copy stays in the bucket as {name}. In a few minutes, run `obscura clips list`: if it "
+        f"shows the clip shared as {copy_id}, the share is done. If not, and `obscura clips "
+        f"verify` reports `forged object {copy_id}`, the bridge did not record it: run "
+        f"`obscura clips delete {copy_id}` to remove the copy (or share again)"
+    )
 
 
 def _reencrypt(
@@ -105,24 +139,117 @@ def _confirm(question: str) -> bool:
         return False
 
 
+@dataclass
+class Deletion:
+    """What `clips delete ID` removes: a clip with its poster and live share copies, one share
+    copy, or one object the manifest does not record (`unrecorded`: an owner's share copy the
+    bridge never recorded, reported as forged by `clips verify`)."""
+
+    view: BridgeView
+    objects: list[str]
+    what: str
+    unrecorded: bool = False
+
+
+def clip_objects(clip: ClipInfo) -> list[str]:
+    """The objects of `clip` the bridge still holds: the bridge refuses a deletion naming an
+    object it no longer holds (a poster the spool evicted, a share copy deleted before)."""
+    poster = [clip.thumb] if clip.thumb and not clip.thumb_deleted else []
+    return [clip.id, *poster, *(s.copy for s in clip.shares if not s.deleted)]
+
+
+def find_deletion(views: list[BridgeView], wanted: str) -> Deletion:
+    """The clip, share copy or unrecorded object `wanted` (an id or a unique prefix) names."""
+    q = wanted.lower()
+    clip_hits = [(v, c) for v in views for c in v.report.clips if c.id.startswith(q)]
+    copy_hits = [
+        (v, c, s) for v in views for c in v.report.clips for s in c.shares
+        if s.copy.startswith(q)
+    ]
+    forged = [
+        (v, p.object) for v in views for p in v.report.problems
+        if p.kind == "forged" and p.object and p.object.startswith(q)
+    ]
+    if not (clip_hits or copy_hits or forged):
+        raise OwnerError(
+            f"no clip, share copy or unrecorded object {wanted} in the bucket (see `obscura "
+            "clips list`, and `clips verify` for objects the manifest does not record)"
+        )
+    if len(clip_hits) + len(copy_hits) + len(forged) > 1:
+        raise OwnerError(f"id {wanted} is ambiguous: give more digits")
+    if clip_hits:
+        view, clip = clip_hits[0]
+        if clip.deleted:
+            raise OwnerError(f"clip {clip.id} was deleted ({clip.deleted})")
+        copies = sum(1 for s in clip.shares if not s.deleted)
+        what = f"clip {clip.id} ({clip.camera!r})" + (
+            f" and its {copies} share cop{'y' if copies == 1 else 'ies'}" if copies else ""
+        )
+        return Deletion(view, clip_objects(clip), what)
+    if copy_hits:
+        view, clip, share = copy_hits[0]
+        if share.deleted:
+            raise OwnerError(f"share copy {share.copy} was deleted ({share.deleted})")
+        what = f"share copy {share.copy} (clip {clip.id} shared with {share.recipient})"
+        return Deletion(view, [share.copy], what)
+    view, oid = forged[0]
+    return Deletion(view, [oid], f"object {oid}, which the manifest does not record",
+                    unrecorded=True)
+
+
 def cmd_delete(args: argparse.Namespace) -> int:
     owner = Owner(args)
     try:
-        _, clip, client = _target(owner, args)
-        copies = [s.copy for s in clip.shares if not s.deleted]
-        objects = [clip.id, *([clip.thumb] if clip.thumb else []), *copies]
-        what = f"clip {clip.id} ({clip.camera!r})" + (
-            f" and its {len(copies)} share cop{'y' if len(copies) == 1 else 'ies'}"
-            if copies else ""
-        )
-        if not args.yes and not _confirm(f"Delete {what} from the bucket for good?"):
+        views = owner.all(deep=False)
+        report_problems(views, strict=True)
+        target = find_deletion(views, args.id)
+        client = BridgeClient(owner.config, owner.identities, args.url)
+        client.check(target.view.bridge_id)
+        question = f"Delete {target.what} from the bucket for good?"
+        if target.unrecorded:
+            question = (
+                f"{target.what} (`clips verify`: forged), e.g. the copy of a share the bridge "
+                f"did not record. {question}"
+            )
+        if not args.yes and not _confirm(question):
             print("Nothing deleted.")
             return 1
-        answer = client.post("/deletions", {"objects": objects})
+        try:
+            answer = client.post("/deletions", {"objects": target.objects})
+        except BridgeError as e:
+            if not e.refused:
+                raise OwnerError(
+                    f"{e}: the deletion may or may not be recorded. In a minute, `obscura clips "
+                    "list --all` shows what was deleted by the owner; if this was not, run this "
+                    "command again"
+                ) from None
+            # Not the bridge's either (its index is what it records): the owner's own upload.
+            if not (target.unrecorded and e.status == 404 and "not a live object" in e.detail):
+                raise
+            [oid] = target.objects
+            owner.bucket.run(owner.bucket.bucket.delete(f"{target.view.layout.root}/{oid}"))
+            print(f"Deleted {target.what}: the bridge did not record it either, so there is "
+                  "nothing to log; `obscura clips verify` no longer reports it.")
+            return 0
     finally:
         owner.close()
-    print(f"Deleted {what}: {len(objects)} object(s) (manifest seq {answer.get('seq')}).")
-    if pending := answer.get("pending"):
+    seq = answer.get("seq")
+    if target.unrecorded:
+        print(f"The bridge had recorded {target.objects[0]} (its manifest head was not in the "
+              f"bucket yet): deleted, and recorded as deleted by the owner (manifest seq {seq}).")
+    else:
+        print(f"Deleted {target.what}: {len(target.objects)} object(s) (manifest seq {seq}).")
+    pending = answer.get("pending") or []
+    if answer.get("published") is False:
+        print(
+            f"warning: the bridge recorded the deletion (manifest seq {seq}) but could not get "
+            "its new manifest head into the bucket within 30 s, so the objects are still there "
+            "and `clips list` still shows them as live. The bridge keeps trying, and deletes "
+            "them on its first retention pass after that; `obscura doctor` on the bridge checks "
+            "the bucket.",
+            file=sys.stderr,
+        )
+    elif pending:
         print(
             f"warning: {len(pending)} object(s) are recorded as deleted but still in the bucket; "
             "the bridge removes them on its next retention pass",

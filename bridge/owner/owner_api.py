@@ -6,7 +6,11 @@ owner age identity (bridge/owner/proof.py, docs/manifest.md §11):
 
     POST /owner/challenge   -> {"id", "challenge", "expires_in", "bridge_id"}
     POST /shares            (owner proof) record a share            -> share_api.py
-    POST /deletions         (owner proof) delete a clip's objects   -> {"seq", "pending"}
+    POST /deletions         (owner proof) delete objects it recorded
+                            -> {"seq", "pending", "published"}
+
+Both answer once the new manifest head is in the bucket, or when that wait times out:
+`"published": false` (the change is signed and saved; the bridge keeps uploading it).
 
 Every route also refuses what a browser page could send (CSRF): an Origin header, or a body that
 is not JSON. Mount with `add_owner_routes(app, lambda: service.vault)` before the app starts.
@@ -33,6 +37,8 @@ GetVault = Callable[[], "ClipVault | None"]
 OwnerHandler = Callable[["ClipVault", dict[str, Any]], Awaitable[web.Response]]
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 MAX_OBJECTS = 64  # a clip, its poster and its share copies
+#: Seconds a deletion's answer waits to tell whether its head is up (after the 30 s it waited).
+PUBLISHED_CHECK = 0.5
 
 
 def _local_tool(request: web.Request) -> web.Response | None:
@@ -101,8 +107,10 @@ def owner_only(get_vault: GetVault, store: ChallengeStore, handler: OwnerHandler
 
 
 async def delete_objects(vault: ClipVault, body: dict[str, Any]) -> web.Response:
-    """{"objects": [clip, poster, share copies…]}: the owner's client reads them from the
-    verified manifest; the bridge deletes only objects it recorded and still holds."""
+    """{"objects": [clip, poster, share copies…]}, or one share copy: the owner's client reads
+    them from the verified manifest; the bridge deletes only objects it recorded and still
+    holds (an unknown one: 404 "not a live object", which the client takes as "not the
+    bridge's": docs/manifest.md §11)."""
     objects = body.get("objects")
     if (
         not isinstance(objects, list)
@@ -120,9 +128,13 @@ async def delete_objects(vault: ClipVault, body: dict[str, Any]) -> web.Response
     pending = await vault.delete_for_owner(names)
     log.info("owner deletion: %d object(s) recorded as deleted", len(names))
     state = vault.writer.state
+    # delete_for_owner waited for the head already: this only asks whether it got there
+    # (False, too, if a newer head, a heartbeat's, is not up yet: the cautious answer).
+    published = await vault.wait_published(PUBLISHED_CHECK)
     return web.json_response({
         "seq": state.seq if state else None,
         "pending": [vault.layout.object_id(n) for n in pending],
+        "published": published,
     })
 
 

@@ -11,7 +11,7 @@ with a challenge only an owner identity can open:
    `X-Obscura-Challenge: id` and `X-Obscura-Proof: hex(HMAC-SHA256(nonce, M))`,
    `M = "obscura-owner-proof-v1" ‖ 0 ‖ id ‖ 0 ‖ method ‖ 0 ‖ path ‖ 0 ‖ body bytes`.
    The proof covers the exact request, so a captured one authorizes nothing else, and the
-   challenge is spent on first use, right or wrong.
+   challenge is spent by the first request that names it: right, wrong or no proof at all.
 
 This module is the part both sides share; it does no I/O.
 """
@@ -102,14 +102,15 @@ class ChallengeStore:
     def redeem(
         self, cid: str | None, given: str | None, method: str, path: str, body: bytes
     ) -> Refusal | None:
-        """None when `given` proves the request; else why not. The challenge is spent either way."""
+        """None when `given` proves the request; else why not. A challenge the request names is
+        spent either way, even with no proof: its first use is its only one."""
+        entry = self._open.pop(cid, None) if cid else None
         if not cid or not given:
             return Refusal(
                 401,
                 "owner proof required: this request must be made with the owner's identity "
                 "(`obscura clips share|delete --identity …`)",
             )
-        entry = self._open.pop(cid, None)
         if entry is None or entry[1] <= self.clock():
             return Refusal(401, "owner challenge unknown, expired or already used: ask a new one")
         expected = bytes.fromhex(proof(entry[0], cid, method, path, body))

@@ -10,6 +10,10 @@ The bridge checks that the source is a clip it recorded and still holds in its r
 (not a poster or a share copy: the index records each object's kind), and that the copy is in
 the bucket under its prefix with exactly that size and SHA-256, before signing; the copy then
 expires with the source's retention.
+
+Answer: 201 {"seq", "published"}, once the new manifest head is in the bucket or after 30 s
+without it (`published: false`: the share is signed and saved, the head goes up later). A 4xx
+answer appends nothing, so the client may remove its copy then (and only then).
 """
 
 from __future__ import annotations
