@@ -15,7 +15,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -33,7 +32,8 @@ from bridge.owner.audit import OwnerError
 from bridge.owner.bridge_client import BridgeClient
 from bridge.owner.proof import HEADER_CHALLENGE, HEADER_PROOF, open_challenge, proof
 from crypto.age_keys import load_identities
-from tests.peers.bridge_process import ROOT, BridgeProcess, CameraSpec
+from tests.peers.bridge_process import ROOT, BridgeProcess
+from tests.peers.owner_bucket import clips_sealed, recording_bridge, wait
 from tests.peers.rtsp import RtspCamera
 from tests.peers.scenes import write_crossing_clip
 
@@ -84,14 +84,6 @@ class Live:
         return json.loads(out.stdout)
 
 
-def wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     work = tmp_path_factory.mktemp("owner-requests")
@@ -101,22 +93,12 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     write_crossing_clip(scene, kind="person", seconds=14, enter_at=1.0, cross_seconds=4.0)
     bucket = work / "bucket"
     with RtspCamera(file=scene, width=640, height=360, fps=15) as cam:
-        bridge = BridgeProcess(
-            work,
-            [CameraSpec("Front porch", cam.url, {"detect": {"hold_seconds": 1.0}})],
-            detect={"enabled": True, "fps": 5},
-            storage={
-                "bucket": bucket.as_uri(),
-                "recipients": [recipients["owner"]],
-                "pre_roll_seconds": 1.0,
-                "post_roll_seconds": 1.0,
-                "heartbeat_seconds": 60,  # not "frozen" while the tests run
-            },
+        bridge = recording_bridge(  # heartbeat: not "frozen" while the tests run
+            work, cam.url, bucket, [recipients["owner"]], heartbeat_seconds=60
         )
         bridge.start()
         try:
-            wait(lambda: (bridge.status()["storage"] or {}).get("clips_sealed", 0) >= 1, 90,
-                 "a clip")
+            wait(lambda: clips_sealed(bridge) >= 1, 90, "a clip")
         except BaseException:
             bridge.stop()
             raise

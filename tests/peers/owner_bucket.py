@@ -59,6 +59,29 @@ def wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyp
         time.sleep(0.2)
 
 
+def recording_bridge(
+    work: Path, camera_url: str, bucket: Path, recipients: list[str], heartbeat_seconds: float
+) -> BridgeProcess:
+    """`obscura run` with one camera whose person detections record clips into `bucket`
+    (short hold and rolls, so a crossing gives one small clip soon after it ends)."""
+    return BridgeProcess(
+        work,
+        [CameraSpec("Front porch", camera_url, {"detect": {"hold_seconds": 1.0}})],
+        detect={"enabled": True, "fps": 5},
+        storage={
+            "bucket": bucket.as_uri(),
+            "recipients": recipients,
+            "pre_roll_seconds": 1.0,
+            "post_roll_seconds": 1.0,
+            "heartbeat_seconds": heartbeat_seconds,
+        },
+    )
+
+
+def clips_sealed(bridge: BridgeProcess) -> int:
+    return int((bridge.status()["storage"] or {}).get("clips_sealed", 0))
+
+
 def record_bucket(work: Path) -> Recorded:
     """A real bridge records one clip of a person crossing a real RTSP camera into a file://
     bucket under `work`; the tests then work on copies of it (tests/conftest.py: `recorded`)."""
@@ -69,20 +92,9 @@ def record_bucket(work: Path) -> Recorded:
     write_crossing_clip(clip, kind="person", seconds=14, enter_at=1.0, cross_seconds=4.0)
     bucket = work / "bucket"
     with RtspCamera(file=clip, width=640, height=360, fps=15) as cam:
-        bridge = BridgeProcess(
-            work,
-            [CameraSpec("Front porch", cam.url, {"detect": {"hold_seconds": 1.0}})],
-            detect={"enabled": True, "fps": 5},
-            storage={
-                "bucket": bucket.as_uri(),
-                "recipients": [recipient],
-                "pre_roll_seconds": 1.0,
-                "post_roll_seconds": 1.0,
-                # Long enough that the head is not "frozen" while the tests of every module
-                # that shares this recording run after the bridge stopped (2 x period).
-                "heartbeat_seconds": 600,
-            },
-        )
+        # Long enough that the head is not "frozen" while the tests of every module that
+        # shares this recording run after the bridge stopped (2 x period).
+        bridge = recording_bridge(work, cam.url, bucket, [recipient], heartbeat_seconds=600)
         bridge.start()
         old_head: list[bytes] = []
         try:
@@ -92,7 +104,7 @@ def record_bucket(work: Path) -> Recorded:
             def sealed() -> bool:
                 if not old_head and head.exists():
                     old_head.append(head.read_bytes())
-                return (bridge.status()["storage"] or {}).get("clips_sealed", 0) >= 1
+                return clips_sealed(bridge) >= 1
 
             wait(sealed, 90, "a clip")
             wait(lambda: bridge.status()["storage"]["uploads"]["pending_count"] == 0, 30, "uploads")
