@@ -35,10 +35,10 @@ import ifaddr  # zeroconf's own dependency: lists interface addresses without an
 from pyhap.accessory import Accessory, Bridge
 from pyhap.accessory_driver import AccessoryDriver
 from pyhap.const import CATEGORY_BRIDGE, CATEGORY_CAMERA, STANDALONE_AID
-from pyhap.hap_server import HAPServer
 
 from .backend import CameraBackend
 from .camera import CameraAccessory, firmware_revision
+from .hap_connections import ConnectionLimits, GuardedHAPServer
 from .setup_payload import load_setup_id, setup_uri, validate_setup_code
 from .srp import PaddedSrpServer
 
@@ -72,9 +72,9 @@ def interface_addresses() -> list[str]:
     return found
 
 
-class _AnyPortServer(HAPServer):
-    """Binds port 0 (an ephemeral port, for tests) and reports the real port to the state
-    before the driver advertises it."""
+class _AnyPortServer(GuardedHAPServer):
+    """Capped connections (hap_connections.py); binds port 0 (an ephemeral port, for tests)
+    and reports the real port to the state before the driver advertises it."""
 
     async def async_start(self, loop: asyncio.AbstractEventLoop) -> None:
         await super().async_start(loop)
@@ -96,6 +96,7 @@ class ObscuraDriver(AccessoryDriver):
         loop: asyncio.AbstractEventLoop,
         advertise: bool,
         advertised_address: str | list[str] | None = None,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         super().__init__(
             address=address,  # explicit: HAP-python would otherwise probe a public address
@@ -107,8 +108,8 @@ class ObscuraDriver(AccessoryDriver):
             advertised_address=advertised_address,
         )
         self.state.setup_id = load_setup_id(state_stem.with_name(state_stem.name + ".setup-id"))
-        if port == 0:  # State turns 0 into its default port; bind an ephemeral one instead
-            self.http_server = _AnyPortServer((address, 0), self)
+        # Port 0: State turns it into its default port; bind an ephemeral one instead.
+        self.http_server = _AnyPortServer((address, port), self, connection_limits)
         self.cameras: list[CameraAccessory] = []
 
     def setup_srp_verifier(self) -> None:
@@ -179,6 +180,7 @@ def build_driver(
     loop: asyncio.AbstractEventLoop,
     *,
     advertised_address: str | list[str] | None = None,
+    connection_limits: ConnectionLimits | None = None,
 ) -> tuple[ObscuraDriver, Bridge, list[CameraAccessory]]:
     """One HAP server: a bridge named ``name`` with one CameraAccessory per backend."""
     path, advertised = _prepare(state_dir, address, advertise, advertised_address)
@@ -190,6 +192,7 @@ def build_driver(
         loop=loop,
         advertise=advertise,
         advertised_address=advertised,
+        connection_limits=connection_limits,
     )
     bridge = ObscuraBridge(driver, name)
     bridge.set_info_service(
@@ -222,6 +225,7 @@ def build_standalone_drivers(
     loop: asyncio.AbstractEventLoop,
     *,
     advertised_address: str | list[str] | None = None,
+    connection_limits: ConnectionLimits | None = None,
 ) -> list[tuple[ObscuraDriver, CameraAccessory]]:
     """One HAP server per camera, on ``port + i`` (or ephemeral ports when ``port`` is 0)."""
     path, advertised = _prepare(state_dir, address, advertise, advertised_address)
@@ -240,6 +244,7 @@ def build_standalone_drivers(
             loop=loop,
             advertise=advertise,
             advertised_address=advertised,
+            connection_limits=connection_limits,
         )
         camera = CameraAccessory(driver, backend, address=address, aid=STANDALONE_AID)
         _attach(driver, camera, [camera])
@@ -287,20 +292,21 @@ class HomeKitBridge:
         advertised_address: str | list[str] | None = None,
         standalone: bool = False,
         loop: asyncio.AbstractEventLoop | None = None,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         loop = loop or asyncio.get_running_loop()
         self.standalone = standalone
         if standalone:
             pairs = build_standalone_drivers(
                 address, port, setup_code, state_dir, advertise, cameras, loop,
-                advertised_address=advertised_address,
+                advertised_address=advertised_address, connection_limits=connection_limits,
             )  # fmt: skip
             self.drivers = [driver for driver, _ in pairs]
             self.cameras = [camera for _, camera in pairs]
         else:
             driver, _, self.cameras = build_driver(
                 name, address, port, setup_code, state_dir, advertise, cameras, loop,
-                advertised_address=advertised_address,
+                advertised_address=advertised_address, connection_limits=connection_limits,
             )  # fmt: skip
             self.drivers = [driver]
         self._started: list[ObscuraDriver] = []
@@ -317,6 +323,15 @@ class HomeKitBridge:
     @property
     def paired_count(self) -> int:
         return sum(len(driver.state.paired_clients) for driver in self.drivers)
+
+    def connection_stats(self) -> dict[str, int]:
+        """HAP connections over all servers: open, verified, cap, refused/evicted/timed out."""
+        total: dict[str, int] = {}
+        for driver in self.drivers:
+            assert isinstance(driver.http_server, GuardedHAPServer)
+            for key, value in driver.http_server.guard.stats().items():
+                total[key] = total.get(key, 0) + value
+        return total
 
     def setup_uris(self) -> list[tuple[str, str]]:
         return [
