@@ -28,6 +28,9 @@ def _load(args: argparse.Namespace, allow_demo: bool) -> Config:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args, allow_demo=True)
+    from bridge.preflight import check_runnable
+
+    check_runnable(config)  # ConfigError (exit 2) before anything starts
     from bridge.logs import setup_logging
     from bridge.service import run_forever
 

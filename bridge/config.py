@@ -34,11 +34,17 @@ def _detect_default() -> DetectConfig:
 
     return DetectConfig()
 
-DEFAULT_CONFIG_PATHS = (
-    Path(os.environ.get("OBSCURA_CONFIG", "")) if os.environ.get("OBSCURA_CONFIG") else None,
-    Path(platformdirs.user_config_dir("obscura")) / "obscura.toml",
-    Path("/etc/obscura/obscura.toml"),
-)
+
+
+def default_config_paths() -> tuple[Path | None, ...]:
+    """$OBSCURA_CONFIG (None when unset or empty), the user's and the system's file."""
+    env = os.environ.get("OBSCURA_CONFIG")
+    return (
+        Path(env) if env else None,
+        Path(platformdirs.user_config_dir("obscura")) / "obscura.toml",
+        Path("/etc/obscura/obscura.toml"),
+    )
+
 SOURCE_SCHEMES = ("rtsp", "rtsps", "v4l2", "file", "demo")
 
 
@@ -59,7 +65,7 @@ class ConfigNotFound(ConfigError):
         env = os.environ.get("OBSCURA_CONFIG")
         looked = [
             f"$OBSCURA_CONFIG ({env})" if env else "$OBSCURA_CONFIG (not set)",
-            *(str(p) for p in DEFAULT_CONFIG_PATHS[1:] if p is not None),
+            *(str(p) for p in default_config_paths()[1:] if p is not None),
         ]
         super().__init__(looked[-1], "", "no configuration file")
         # Not "FILE: configuration error": there is no one file to blame.
@@ -117,9 +123,19 @@ class Config:
 
 
 def find_config(explicit: str | None) -> Path | None:
+    """The configuration file to load; None only when there is none at all (the demo).
+
+    $OBSCURA_CONFIG naming a missing file is an error, not the demo: a mistyped path must not
+    start a bridge that listens on every interface. A directory at a default path is no file
+    (Docker mounts one in place of a missing obscura.toml): the demo, as deploy/ documents."""
     if explicit:
         return Path(explicit)
-    for candidate in DEFAULT_CONFIG_PATHS:
+    env, *defaults = default_config_paths()
+    if env is not None:
+        if not env.exists():
+            raise ConfigError(env, "", "no such file (named by $OBSCURA_CONFIG)")
+        return env
+    for candidate in defaults:
         if candidate is not None and candidate.is_file():
             return candidate
     return None
@@ -135,16 +151,31 @@ def demo_config() -> Config:
 
 
 def load_config(path: Path) -> Config:
+    """Parse and check `path` without touching anything else: what may differ between hosts
+    (directories, credentials files, addresses) is bridge.preflight's, before `run` starts."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, "", "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(path, "", "is a directory, not a configuration file") from None
     except OSError as exc:
         raise ConfigError(path, "", f"cannot read: {exc.strerror}") from None
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError(
+            path, "", f"not valid UTF-8 at line {line}, column {column} "
+            f"(byte 0x{data[exc.start]:02x}): save the file as UTF-8"
+        ) from None
+    try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except tomllib.TOMLDecodeError as exc:  # its message ends "(at line L, column C)"
         raise ConfigError(path, "", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(path, "", "not valid TOML: arrays or tables nested too deeply") from None
     return parse_config(raw, path)
 
 
@@ -210,6 +241,21 @@ def _kinds(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+def config_path(r: TableReader, name: str) -> Path | None:
+    """A path key: `~` expanded, relative to the configuration file's directory; None when
+    missing or empty."""
+    value = r.get(name, str, None)
+    if not value:
+        return None
+    if "\0" in value:
+        raise r.fail(name, "must not contain a NUL character")
+    try:
+        p = Path(value).expanduser()
+    except RuntimeError:  # ~user of no such user
+        raise r.fail(name, f"cannot expand {value.split('/', 1)[0]!r}: no such user") from None
+    return p if p.is_absolute() else (r.path.parent / p).resolve()
+
+
 def _port(r: TableReader, name: str, default: int) -> int:
     value = r.get(name, int, default)
     if not 0 <= value <= 65535:
@@ -241,14 +287,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     name = bridge.get("name", str, "Obscura").strip()
     if not name or len(name) > 64:
         raise bridge.fail("name", "must be 1 to 64 characters")
-    state_dir_raw = bridge.get("state_dir", str, "")
-    state_dir = (
-        Path(state_dir_raw).expanduser()
-        if state_dir_raw
-        else Path(platformdirs.user_data_dir("obscura"))
-    )
-    if state_dir_raw and not state_dir.is_absolute():
-        state_dir = (path.parent / state_dir).resolve()
+    state_dir = config_path(bridge, "state_dir") or Path(platformdirs.user_data_dir("obscura"))
     log_level = _choice(bridge, "log_level", "info", ("debug", "info", "warning", "error"))
     bridge.check_unknown()
 

@@ -14,6 +14,7 @@ from bridge.camera import BridgeCamera
 from bridge.config import Config
 from bridge.detect.service import DetectionService
 from bridge.pairing import resolve_setup_code
+from bridge.preflight import bind_errors
 from bridge.sources.base import CameraSource
 from bridge.sources.factory import make_source
 from bridge.status import start_status_server
@@ -66,17 +67,19 @@ class BridgeService:
         self.detection.add_sensors()
         for source in self.sources:
             source.start()
-        await self.homekit.start()
+        with bind_errors(config, "hap"):  # taken since the preflight: exit 2, naming the key
+            await self.homekit.start()
         await self.detection.start()
         await self._start_recording()
         if config.status.enabled:
             from bridge.owner.owner_api import add_owner_routes
 
-            self._status_runner = await start_status_server(
-                self.status, config.status.address, config.status.port,
-                # The owner's shares and deletions, each proven with an owner identity.
-                lambda app: add_owner_routes(app, lambda: self.vault),
-            )
+            with bind_errors(config, "status"):
+                self._status_runner = await start_status_server(
+                    self.status, config.status.address, config.status.port,
+                    # The owner's shares and deletions, each proven with an owner identity.
+                    lambda app: add_owner_routes(app, lambda: self.vault),
+                )
         log.info(
             "%s is running: HomeKit on %s:%d, %d camera(s)%s",
             config.name,
@@ -194,7 +197,11 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await service.start()
+    try:
+        await service.start()
+    except BaseException:
+        await service.stop()  # whatever had started (sources, HAP, detection) ends cleanly
+        raise
     try:
         await stop.wait()
         log.info("stopping")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.config import ConfigError, TableReader
+from bridge.config import ConfigError, TableReader, config_path
 
 BUCKET_SCHEMES = ("file", "s3", "gs", "gcs", "az", "azure")
 _RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
@@ -55,7 +55,10 @@ def parse_storage(path: Path, raw: Any) -> StorageConfig | None:
     bucket = r.get("bucket", str, None)
     if not bucket:
         raise r.fail("bucket", "is required: file:///path or s3://bucket/prefix?endpoint=…")
-    scheme = urlsplit(bucket).scheme
+    try:
+        scheme = urlsplit(bucket).scheme
+    except ValueError as exc:  # e.g. an unclosed [IPv6 host
+        raise r.fail("bucket", f"is not a URL: {exc}") from None
     if scheme not in BUCKET_SCHEMES:
         raise r.fail(
             "bucket", f"unsupported bucket {scheme or bucket!r}: use file://, s3://, az:// or gs://"
@@ -70,8 +73,13 @@ def parse_storage(path: Path, raw: Any) -> StorageConfig | None:
     retention = r.get("retention_days", float, 10.0)
     if not 0.01 <= retention <= 3650:
         raise r.fail("retention_days", f"must be between 0.01 and 3650 days, got {retention}")
-    creds = r.get("credentials_file", str, None)
-    spool = r.get("spool_dir", str, None)
+    creds = config_path(r, "credentials_file")
+    if creds is not None and scheme == "file":
+        # Said, not ignored: whoever wrote it expects keys to be used (or checked) somewhere.
+        raise r.fail(
+            "credentials_file", "a file:// bucket takes no credentials: remove this key"
+        )
+    spool = config_path(r, "spool_dir")
     spool_mb = r.get("spool_max_mb", int, 2048)
     if spool_mb < 16:
         raise r.fail("spool_max_mb", f"must be at least 16, got {spool_mb}")
@@ -79,8 +87,8 @@ def parse_storage(path: Path, raw: Any) -> StorageConfig | None:
         bucket=bucket,
         recipients=tuple(dict.fromkeys(x.strip() for x in recipients)),
         retention_days=retention,
-        credentials_file=_path(path, creds),
-        spool_dir=_path(path, spool),
+        credentials_file=creds,
+        spool_dir=spool,
         spool_max_mb=spool_mb,
         pre_roll_seconds=_seconds(r, "pre_roll_seconds", 4.0, 0.0, 30.0),
         post_roll_seconds=_seconds(r, "post_roll_seconds", 5.0, 0.0, 60.0),
@@ -89,13 +97,6 @@ def parse_storage(path: Path, raw: Any) -> StorageConfig | None:
     )
     r.check_unknown()
     return config
-
-
-def _path(config_path: Path, value: str | None) -> Path | None:
-    if not value:
-        return None
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else (config_path.parent / p).resolve()
 
 
 def _seconds(r: TableReader, name: str, default: float, lo: float, hi: float) -> float:

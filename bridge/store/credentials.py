@@ -13,6 +13,7 @@ appear in reprs, logs or error messages.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Mapping
@@ -37,10 +38,15 @@ class S3Credentials:
 def read_private_file(path: Path) -> str:
     """The text of `path`, refusing anything but a regular file only its owner can read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO in its place must not hang the start-up (fstat refuses it below).
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise CredentialsError(f"credentials file {path} does not exist") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW: whoever controls the link controls the keys
+            raise CredentialsError(
+                f"credentials file {path} is a symbolic link: name the file itself"
+            ) from None
         raise CredentialsError(f"credentials file {path}: {e.strerror}") from None
     try:
         st = os.fstat(fd)  # fstat the open file: no window between the check and the read
@@ -52,8 +58,13 @@ def read_private_file(path: Path) -> str:
                 f"credentials file {path} is readable by group or others (mode {mode:04o}); "
                 f"it holds secret keys: run `chmod 600 {path}`"
             )
-        with os.fdopen(os.dup(fd), "r", encoding="utf-8") as f:
-            return f.read()
+        try:
+            with os.fdopen(os.dup(fd), "r", encoding="utf-8") as f:
+                return f.read()
+        except UnicodeDecodeError:
+            raise CredentialsError(f"credentials file {path} is not UTF-8 text") from None
+        except OSError as e:
+            raise CredentialsError(f"credentials file {path}: {e.strerror}") from None
     finally:
         os.close(fd)
 
