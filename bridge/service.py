@@ -119,6 +119,7 @@ class BridgeService:
             pre_roll=storage.pre_roll_seconds,
             post_roll=storage.post_roll_seconds,
             max_length=storage.max_clip_seconds,
+            part_length=storage.part_seconds,
         )
         assert self.detection is not None
         for camera in self.cameras:

@@ -174,6 +174,12 @@ class ClipEntry:
     thumb: str | None = None
     thumb_sha256: str | None = None
     thumb_size: int | None = None
+    # One event is sealed in consecutive parts (docs/clip-format.md §8): the event's id, this
+    # part's number from 0, and whether it is the event's last part. All three or none (entries
+    # written before parts existed have none: each such clip is a whole event).
+    event: str | None = None
+    part: int | None = None
+    final: bool | None = None
 
     def __post_init__(self) -> None:
         _id(self.object, "object")
@@ -188,6 +194,11 @@ class ClipEntry:
             _id(self.thumb, "thumb")
             _sha(self.thumb_sha256, "thumb_sha256")
             _nat(self.thumb_size, "thumb_size")
+        if any(x is not None for x in (self.event, self.part, self.final)):
+            _id(self.event, "event")
+            _nat(self.part, "part")
+            if not isinstance(self.final, bool):
+                raise FormatError("final is not a boolean")
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +238,15 @@ ENTRY_TYPES: dict[str, type[Entry]] = {
 }
 
 
+#: Members an entry may leave out as a group (all absent, or all present).
+OPTIONAL_MEMBERS: dict[str, frozenset[str]] = {"clip": frozenset({"event", "part", "final"})}
+
+
 def entry_to_dict(entry: Entry) -> dict[str, Any]:
     d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(entry).items()}
+    optional = OPTIONAL_MEMBERS.get(entry.type, frozenset())
+    if optional and all(d[k] is None for k in optional):
+        d = {k: v for k, v in d.items() if k not in optional}  # the older form, byte for byte
     return {"type": entry.type, **d}
 
 
@@ -239,7 +257,8 @@ def entry_from_dict(d: Any) -> Entry:
     if cls is None:
         raise FormatError(f"unknown entry type {d['type']!r}")
     names = {f.name for f in fields(cls)}
-    if set(d) != names | {"type"}:
+    optional = OPTIONAL_MEMBERS.get(d["type"], frozenset())
+    if set(d) != names | {"type"} and set(d) != (names - optional) | {"type"}:
         raise FormatError(f"{d['type']} entry has members {sorted(set(d) - {'type'})}")
     args: dict[str, Any] = {
         k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k != "type"

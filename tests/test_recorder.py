@@ -291,7 +291,7 @@ async def test_clip_has_pre_roll_event_post_roll_and_metadata(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     feed = Feed(stream)
     made, factory = sinks()
-    settings = RecordSettings(pre_roll=2.0, post_roll=1.5, max_length=60.0)
+    settings = RecordSettings(pre_roll=2.0, post_roll=1.5, max_length=60.0, part_length=60.0)
     recorder = Recorder(feed.source, factory, settings, clock=feed.clock)
     best = render(0, 1280, 720)
 
@@ -345,7 +345,8 @@ async def test_new_start_during_post_roll_extends_the_clip(stream: Stream) -> No
     feed = Feed(stream)
     made, factory = sinks()
     recorder = Recorder(
-        feed.source, factory, RecordSettings(pre_roll=1.0, post_roll=2.0), clock=feed.clock
+        feed.source, factory, RecordSettings(pre_roll=1.0, post_roll=2.0, part_length=60.0),
+        clock=feed.clock,
     )
     cat = render(3, 640, 480)
     await feed.until(5.0)
@@ -373,10 +374,10 @@ async def test_new_start_during_post_roll_extends_the_clip(stream: Stream) -> No
     assert decode(made[0].data).frames == meta.frames
 
 
-async def test_max_length_splits_into_consecutive_clips(stream: Stream) -> None:
+async def test_max_length_splits_into_consecutive_events(stream: Stream) -> None:
     feed = Feed(stream)
     made, factory = sinks()
-    settings = RecordSettings(pre_roll=1.0, post_roll=1.0, max_length=3.0)
+    settings = RecordSettings(pre_roll=1.0, post_roll=1.0, max_length=3.0, part_length=60.0)
     recorder = Recorder(feed.source, factory, settings, clock=feed.clock)
     await feed.until(5.0)
     recorder.on_event(event("start", 1, at=5.0, started=4.5))
@@ -385,10 +386,12 @@ async def test_max_length_splits_into_consecutive_clips(stream: Stream) -> None:
     await feed.until(18.0)
     await recorder.wait_idle()
 
-    metas = sorted((s.meta for s in made if s.meta), key=lambda m: m.part)
+    metas = sorted((s.meta for s in made if s.meta), key=lambda m: m.start)
     assert len(metas) == len(made) >= 4
-    assert [m.part for m in metas] == list(range(len(metas)))
-    assert len({m.event_id for m in metas}) == 1
+    # Each stretch of max_length is an event of its own (one part each).
+    assert [m.part for m in metas] == [0] * len(metas)
+    assert len({m.event_id for m in metas}) == len(metas)
+    assert all(m.final for m in metas)
     assert [m.reason for m in metas] == ["max_length"] * (len(metas) - 1) + ["post_roll"]
     for a, b in itertools.pairwise(metas):
         assert b.start == pytest.approx(a.end, abs=1e-3)  # back to back: no gap, no overlap
@@ -410,7 +413,9 @@ async def test_max_length_splits_into_consecutive_clips(stream: Stream) -> None:
 async def test_camera_lost_finishes_the_clip_with_what_it_has(stream: Stream) -> None:
     feed = Feed(stream)
     made, factory = sinks()
-    recorder = Recorder(feed.source, factory, RecordSettings(pre_roll=1.0), clock=feed.clock)
+    recorder = Recorder(
+        feed.source, factory, RecordSettings(pre_roll=1.0, part_length=60.0), clock=feed.clock
+    )
     await feed.until(5.0)
     recorder.on_event(event("start", 1, at=5.0, started=4.5))
     await feed.until(7.45)
@@ -438,7 +443,8 @@ async def test_padding_stop_and_a_failing_sink(stream: Stream) -> None:
         return free_box(-n % 4096 + 4096)  # a stand-in for Padmé: whole 4 KiB blocks
 
     recorder = Recorder(
-        feed.source, factory, RecordSettings(pre_roll=1.0), pad=pad, clock=feed.clock
+        feed.source, factory, RecordSettings(pre_roll=1.0, part_length=60.0), pad=pad,
+        clock=feed.clock,
     )
     await feed.until(5.0)
     recorder.on_event(event("start", 1, at=5.0, started=5.0))
@@ -480,7 +486,9 @@ def _fields(e: TrackEvent) -> dict[str, object]:
 async def test_demo_camera_records_in_real_time() -> None:
     source = CameraSource("porch", lambda: DemoInput(320, 240, 15.0), display_url="demo:")
     made, factory = sinks()
-    recorder = Recorder(source, factory, RecordSettings(pre_roll=1.0, post_roll=1.0))
+    recorder = Recorder(
+        source, factory, RecordSettings(pre_roll=1.0, post_roll=1.0, part_length=60.0)
+    )
     source.start()
     try:
         deadline = time.monotonic() + 10

@@ -19,7 +19,7 @@ import av.video.frame
 
 from bridge.media.packet import StreamInfo, VideoPacket
 from bridge.media.snapshot import frame_to_jpeg
-from bridge.record.fmp4 import Fmp4Writer
+from bridge.record.fmp4 import TIMESCALE, Fmp4Writer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class ClipSink(Protocol):
 @dataclass(frozen=True, slots=True)
 class ClipMeta:
     camera: str
-    event_id: str  # shared by the consecutive clips of one long event
+    event_id: str  # shared by the consecutive parts of one event (32 hex)
     part: int  # 0, 1, … within that event
     start: float  # wall clock (Unix seconds) of the first frame
     end: float  # start + duration
@@ -57,7 +57,10 @@ class ClipMeta:
     frames: int
     media_bytes: int  # the fMP4 alone
     size: int  # plaintext bytes given to the sink, padding included
-    reason: str  # why it ended: "post_roll" | "max_length" | "source_ended" | "stopped"
+    # why it ended: "part" (the event goes on in the next part), "post_roll", "max_length",
+    # "source_ended" or "stopped"
+    reason: str
+    final: bool = True  # the last part of its event (False: "part", more follow)
 
 
 @dataclass(slots=True)
@@ -87,7 +90,12 @@ class ClipWorker:
         sink_factory: Callable[[], ClipSink],
         pad: Callable[[int], bytes] | None,
         loop: asyncio.AbstractEventLoop,
+        *,
+        timeline: tuple[float | None, int] = (None, 0),
     ) -> None:
+        """`timeline`: (source pts of the event's first frame, or None for its first part;
+        this part's number), so that the parts of an event share one timeline."""
+        self._timeline = timeline
         self._info = info
         self._sink_factory = sink_factory
         self._pad = pad
@@ -116,7 +124,12 @@ class ClipWorker:
                             continue
                         sink = self._sink_factory()
                         info = self._info
-                        muxer = Fmp4Writer(sink, info.width, info.height, fps=info.fps or None)
+                        origin, part = self._timeline
+                        ticks = 0 if origin is None else round((item.pts - origin) * TIMESCALE)
+                        muxer = Fmp4Writer(
+                            sink, info.width, info.height, fps=info.fps or None,
+                            timeline=(max(0, ticks), part),
+                        )
                     muxer.write(item)
                     continue
                 if muxer is None or sink is None or muxer.first_pts is None:

@@ -22,6 +22,7 @@ from typing import Protocol
 import av
 import av.container
 
+from bridge.media.mp4boxes import FragmentRebaser
 from bridge.media.packet import VideoPacket
 
 TIMESCALE = 90000
@@ -76,7 +77,13 @@ class Fmp4Writer:
         *,
         fps: float | None = None,
         buffer_size: int = 64 * 1024,
+        timeline: tuple[int, int] = (0, 0),
     ) -> None:
+        """`timeline`: (ticks, part) when this clip is part `part` of an event and starts
+        `ticks` after the event's first frame (bridge.media.mp4boxes)."""
+        offset, part = timeline
+        if offset or part:
+            sink = FragmentRebaser(sink, offset, part)
         self._out = _CountingOutput(sink)
         self._container: av.container.OutputContainer = av.open(
             self._out,

@@ -3,6 +3,13 @@
 The event loop only decides what goes into which clip; each clip's bytes are produced by its
 own worker thread (bridge.record.clip) and handed to its sink as they are made.
 
+An event is recorded in consecutive *parts* of about `part_length` seconds, each cut at a
+keyframe and sealed (a complete age file holding a complete fragmented MP4) as soon as it ends.
+A clip becomes durable only when sealed, so a crash, a power cut or a SIGKILL loses at most the
+part being written: ~`part_length` s of the event, not all of it (docs/clip-format.md §8). Parts
+share the event's id and timeline, and the owner's tools show them as one event. An event longer
+than `max_length` goes on as a new event.
+
 Timing is measured on the camera's packet clock (exact), while events carry wall-clock times:
 the two are tied together by `offset = wall - pts`, estimated as the smallest arrival delay
 seen (packets arrive late, never early).
@@ -46,14 +53,30 @@ class RecordingSource(Protocol):
 class RecordSettings:
     pre_roll: float = 4.0
     post_roll: float = 5.0
-    max_length: float = 60.0  # longer events go on in consecutive clips
+    max_length: float = 60.0  # longer events go on as a new event
+    part_length: float = 4.0  # seal the event in parts this long (at keyframes): a crash loses
+    # at most about this much
     poster_width: int = 640
+
+
+@dataclass(slots=True)
+class _Event:
+    """What the parts of one event share."""
+
+    id: str
+    origin: float | None = None  # source pts of the event's first keyframe: its timeline's 0
+    posted_score: float | None = None  # score of the detection whose poster was sealed
+    best: TrackEvent | None = None  # the event's best detection so far
+
+    def note(self, event: TrackEvent) -> None:
+        if self.best is None or event.best_score > self.best.best_score:
+            self.best = event
 
 
 @dataclass(slots=True)
 class _Clip:
     worker: ClipWorker
-    event_id: str
+    event: _Event
     part: int
     info: StreamInfo
     subjects: set[str] = field(default_factory=set)
@@ -64,6 +87,7 @@ class _Clip:
 
     def note(self, event: TrackEvent) -> None:
         self.subjects.add(event.subject)
+        self.event.note(event)
         if self.best is None or event.best_score > self.best.best_score:
             self.best = event
 
@@ -176,12 +200,12 @@ class Recorder:
         self._offset = None
         if buffered:
             self._offset = self.clock() - buffered[-1].pts
-        clip = self._open_clip(info, uuid.uuid4().hex, 0)
+        clip = self._open_clip(info, _Event(uuid.uuid4().hex), 0)
         reason = "stopped"
         try:
             for packet in self._pre_roll(buffered, first):
-                self._add(clip, packet)
-            reason = await self._follow(subscription, clip)
+                clip = self._add(clip, packet)
+            reason = await self._follow(subscription)
         finally:  # also when cancelled (stop): the clip keeps what it has
             subscription.close()
             self._close_clip(self._clip or clip, reason)
@@ -199,7 +223,7 @@ class Recorder:
                 chosen = i
         return buffered[chosen : keys[-1]]
 
-    async def _follow(self, subscription: PacketSubscription, clip: _Clip) -> str:
+    async def _follow(self, subscription: PacketSubscription) -> str:
         """Live packets into the clip (and its successors) until the post-roll is over."""
         while True:
             try:
@@ -216,40 +240,53 @@ class Recorder:
             self._offset = arrival if self._offset is None else min(self._offset, arrival)
             if self._offset is not None and self._post_roll_over(packet.pts + self._offset):
                 return "post_roll"
-            if packet.keyframe and self._too_long(clip, packet.pts):
-                self._close_clip(clip, "max_length")
-                clip = self._open_clip(clip.info, clip.event_id, clip.part + 1)
-            self._add(clip, packet)
+            assert self._clip is not None
+            self._add(self._clip, packet)
 
     def _post_roll_over(self, wall: float) -> bool:
         if self._tracks or self._last_seen is None:
             return False
         return wall >= self._last_seen + self.settings.post_roll
 
-    def _too_long(self, clip: _Clip, pts: float) -> bool:
-        """At a keyframe: would the GOP it starts take the clip past max_length?"""
-        if clip.first_pts is None:
+    def _too_long(self, since: float | None, gop: float, pts: float, limit: float) -> bool:
+        """At a keyframe: would the GOP it starts take what began at `since` past `limit`?"""
+        if since is None:
             return False
-        return pts - clip.first_pts + clip.gop > self.settings.max_length + 1e-3
+        return pts - since + gop > limit + 1e-3
 
-    def _add(self, clip: _Clip, packet: VideoPacket) -> None:
+    def _add(self, clip: _Clip, packet: VideoPacket) -> _Clip:
+        """Put `packet` in `clip`, or first end the clip at this keyframe and put it in the next
+        part (or, past max_length, in a new event). Returns the clip it went into."""
+        if packet.keyframe and clip.first_pts is not None:
+            event, gop = clip.event, clip.gop
+            if self._too_long(event.origin, gop, packet.pts, self.settings.max_length):
+                self._close_clip(clip, "max_length")
+                clip = self._open_clip(clip.info, _Event(uuid.uuid4().hex), 0)
+            elif self._too_long(clip.first_pts, gop, packet.pts, self.settings.part_length):
+                self._close_clip(clip, "part")
+                clip = self._open_clip(clip.info, event, clip.part + 1)
+            clip.gop = gop
         if clip.first_pts is None:
             if not packet.keyframe:
-                return
+                return clip
             clip.first_pts = packet.pts
+            if clip.event.origin is None:
+                clip.event.origin = packet.pts
         if packet.keyframe:
             if clip.last_key_pts is not None:
                 clip.gop = packet.pts - clip.last_key_pts
             clip.last_key_pts = packet.pts
         clip.worker.put(packet)
+        return clip
 
     # -- clips -------------------------------------------------------------------------------
 
-    def _open_clip(self, info: StreamInfo, event_id: str, part: int) -> _Clip:
+    def _open_clip(self, info: StreamInfo, event: _Event, part: int) -> _Clip:
         worker = ClipWorker(
-            self.source.name, info, self.sink_factory, self.pad, asyncio.get_running_loop()
+            self.source.name, info, self.sink_factory, self.pad, asyncio.get_running_loop(),
+            timeline=(event.origin, part),
         )
-        clip = _Clip(worker, event_id, part, info)
+        clip = _Clip(worker, event, part, info)
         for event in self._tracks.values():  # what is still in view belongs to this clip too
             clip.note(event)
         self._clip = clip
@@ -258,11 +295,27 @@ class Recorder:
     def _close_clip(self, clip: _Clip, reason: str) -> None:
         if self._clip is clip:
             self._clip = None
-        best = clip.best
-        clip.worker.close(best.best_frame if best else None, self.settings.poster_width)
+        clip.worker.close(self._poster_frame(clip, reason), self.settings.poster_width)
         task = asyncio.get_running_loop().create_task(self._finish(clip, reason, self._offset))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
+
+    @staticmethod
+    def _poster_frame(clip: _Clip, reason: str) -> object:
+        """The frame for this part's poster, or None. An event's first sealed part gets the
+        best detection so far (a crash later still leaves the event a poster); its last part
+        gets the event's best if it is better than that one; parts in between get none (one
+        poster object per few seconds would only cost uploads and storage)."""
+        event = clip.event
+        best = event.best if reason != "part" else (clip.best or event.best)
+        if best is None:
+            return None
+        if event.posted_score is not None and (
+            reason == "part" or best.best_score <= event.posted_score
+        ):
+            return None
+        event.posted_score = best.best_score
+        return best.best_frame
 
     async def _finish(self, clip: _Clip, reason: str, offset: float | None) -> None:
         name = self.source.name
@@ -280,7 +333,7 @@ class Recorder:
         best = clip.best
         meta = ClipMeta(
             camera=name,
-            event_id=clip.event_id,
+            event_id=clip.event.id,
             part=clip.part,
             start=start,
             end=start + written.duration,
@@ -294,6 +347,7 @@ class Recorder:
             media_bytes=written.media_bytes,
             size=written.size,
             reason=reason,
+            final=reason != "part",
         )
         try:
             await written.sink.finish(meta)
@@ -308,7 +362,10 @@ class Recorder:
         self.last_clip_end = meta.end
         # What a clip shows (subjects) stays in the encrypted manifest; the log, which a thief
         # of the bridge could read, says only that one was stored (see the threat model).
-        log.info("camera %r: clip stored (%.0f s, %s)", name, meta.duration, reason)
+        log.log(
+            logging.DEBUG if reason == "part" else logging.INFO,
+            "camera %r: clip stored (part %d, %.0f s, %s)", name, meta.part, meta.duration, reason,
+        )
 
     def _failed(self, message: str) -> None:
         self.clips_failed += 1

@@ -44,6 +44,8 @@ class StorageConfig:
     pre_roll_seconds: float = 4.0
     post_roll_seconds: float = 5.0
     max_clip_seconds: float = 60.0
+    #: An event is sealed in parts this long: what a crash can lose (docs/clip-format.md §8).
+    part_seconds: float = 4.0
     heartbeat_seconds: float = 300.0
 
 
@@ -93,6 +95,7 @@ def parse_storage(path: Path, raw: Any) -> StorageConfig | None:
         pre_roll_seconds=_seconds(r, "pre_roll_seconds", 4.0, 0.0, 30.0),
         post_roll_seconds=_seconds(r, "post_roll_seconds", 5.0, 0.0, 60.0),
         max_clip_seconds=_seconds(r, "max_clip_seconds", 60.0, 5.0, 600.0),
+        part_seconds=_seconds(r, "part_seconds", 4.0, 1.0, 60.0),
         heartbeat_seconds=_seconds(r, "heartbeat_seconds", 300.0, 5.0, 86400.0),
     )
     r.check_unknown()

@@ -135,6 +135,9 @@ class ClipVault(Deletions):
             thumb=self._id(poster) if poster else None,
             thumb_sha256=poster.sha256 if poster else None,
             thumb_size=poster.size if poster else None,
+            event=meta.event_id,
+            part=meta.part,
+            final=meta.final,
         )
         hour = hour_up(meta.start)
         held = [(clip, Live(hour, CLIP)), *([(poster, Live(hour, POSTER))] if poster else [])]
@@ -142,7 +145,10 @@ class ClipVault(Deletions):
         await self.append([entry], keep=True, held=held)
         self.clips_sealed += 1
         # No camera or subjects: the log lives on the bridge's disk too.
-        log.info("clip %s sealed (%d bytes encrypted)", entry.object, clip.size)
+        log.log(
+            logging.INFO if meta.final else logging.DEBUG,  # a part every few seconds
+            "clip %s sealed (%d bytes encrypted)", entry.object, clip.size,
+        )
 
     def _id(self, item: SpoolItem) -> str:
         object_id = self.layout.object_id(item.object_name)
