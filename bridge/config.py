@@ -99,6 +99,8 @@ class HapConfig:
     advertise: bool = True
     advertised_address: str | None = None
     standalone: bool = False  # one HAP server per camera instead of one bridge
+    max_connections: int = 64  # accessories/hap_connections.py says why
+    max_connections_per_address: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +283,17 @@ def _choice(r: TableReader, name: str, default: str, choices: tuple[str, ...]) -
     return value
 
 
+def _hap_connection_caps(r: TableReader) -> dict[str, int]:
+    total = r.get("max_connections", int, 64)
+    if not 8 <= total <= 1024:  # HAP asks for at least 8; more would eat the descriptors
+        raise r.fail("max_connections", f"must be between 8 and 1024, got {total}")
+    per_address = r.get("max_connections_per_address", int, 16)
+    if not 1 <= per_address <= total:
+        problem = f"must be between 1 and max_connections ({total}), got {per_address}"
+        raise r.fail("max_connections_per_address", problem)
+    return {"max_connections": total, "max_connections_per_address": per_address}
+
+
 def parse_config(raw: dict[str, Any], path: Path) -> Config:
     top = TableReader(path, "", raw)
     bridge = TableReader(path, "bridge", top.get("bridge", dict, {}))
@@ -310,6 +323,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         advertise=hap_r.get("advertise", bool, True),
         advertised_address=advertised,
         standalone=hap_r.get("standalone", bool, False),
+        **_hap_connection_caps(hap_r),
     )
     hap_r.check_unknown()
 

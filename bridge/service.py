@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from accessories.bridge import HomeKitBridge
+from accessories.hap_connections import ConnectionLimits
 from bridge.camera import BridgeCamera
 from bridge.config import Config
 from bridge.detect.service import DetectionService
@@ -59,6 +60,10 @@ class BridgeService:
             advertised_address=config.hap.advertised_address,
             cameras=self.cameras,
             standalone=config.hap.standalone,
+            connection_limits=ConnectionLimits(
+                max_connections=config.hap.max_connections,
+                max_per_address=config.hap.max_connections_per_address,
+            ),
         )
         for camera, accessory in zip(self.cameras, self.homekit.cameras, strict=True):
             camera.source.on_availability(_availability_handler(camera, accessory))
@@ -164,6 +169,7 @@ class BridgeService:
                 "port": homekit.port if homekit else self.config.hap.port,
                 "paired_controllers": homekit.paired_count if homekit else 0,
                 "advertise": self.config.hap.advertise,
+                "connections": homekit.connection_stats() if homekit else None,
             },
             "cameras": [self._camera_status(c) for c in self.cameras],
             "detection": self.detection.summary() if self.detection else None,
@@ -196,6 +202,9 @@ async def serve(config: Config) -> None:
     service = BridgeService(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    from bridge.logs import loop_exception_handler
+
+    loop.set_exception_handler(loop_exception_handler)  # EMFILE on accept: one line, no traceback
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -210,7 +219,25 @@ async def serve(config: Config) -> None:
         await service.stop()
 
 
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit (systemd and most shells start at 1,024): the
+    HAP port is capped (hap_connections.py), but cameras, clips and uploads need descriptors too."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Enough, whatever the hard limit: some tools still walk every possible descriptor.
+    target = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("open files limit stays at %d: %s", soft, exc)
+            return
+        log.debug("open files limit raised from %d to %d", soft, target)
+
+
 def run_forever(config: Config) -> int:
+    raise_open_files_limit()
     if config.demo:
         log.info("no configuration file found: running the demo camera (see `obscura init`)")
     asyncio.run(serve(config))
