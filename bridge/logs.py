@@ -47,6 +47,26 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class PeerErrorFilter(logging.Filter):
+    """aiohttp logs a malformed request (a peer's doing, not a bug of ours) at ERROR with a
+    traceback: one WARNING line instead, naming the peer and what was wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aiohttp.server" and record.exc_info:
+            from aiohttp.http_exceptions import HttpProcessingError
+
+            exc = record.exc_info[1]
+            if isinstance(exc, HttpProcessingError):
+                remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+                reason = " ".join(str(exc.message).split()) or f"status {exc.code}"
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
+                record.msg = "refused a malformed HTTP request from %s: %s"
+                record.args = (remote, reason)
+                record.exc_info = None
+                record.exc_text = None
+        return True
+
+
 @dataclass(slots=True)
 class _Window:
     start: float
@@ -191,6 +211,7 @@ def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(RedactingFilter())
+    handler.addFilter(PeerErrorFilter())
     limiter = RateLimitFilter().attach(handler)  # after redaction: compares scrubbed messages
     atexit.register(limiter.flush)  # runs before logging's own shutdown (atexit is LIFO)
     root = logging.getLogger()

@@ -1,20 +1,89 @@
 """Local status API (aiohttp): JSON health of each camera and live session, Prometheus /metrics.
 
 Bound to loopback by default: it shows camera states and stream counters, never credentials.
+
+DNS rebinding: a web page the owner opens can point its own host name at 127.0.0.1 and then
+read this API as "same origin". The browser still sends the page's name in ``Host``, so every
+request (the owner routes that share the app included) must name this server: a loopback name
+(localhost, 127.0.0.1, [::1]) or the configured address, with the port it listens on; when the
+configured address is a wildcard (0.0.0.0, ::), any address of this host's interfaces. Anything
+else gets 421 Misdirected Request and nothing more. Connections are capped (MAX_CONNECTIONS, the
+newcomer closed at once) and an idle one is closed after KEEPALIVE_TIMEOUT (aiohttp counts from
+the connection's start, so one that never sends a request goes too).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import ifaddr
 from aiohttp import web
 
 StatusProvider = Callable[[], dict[str, Any]]
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+MAX_CONNECTIONS = 32  # the CLI, `obscura doctor`, a Prometheus scraper: a handful at most
+KEEPALIVE_TIMEOUT = 15.0  # seconds; aiohttp's default keeps an idle connection for an hour
 
 
-def build_app(provider: StatusProvider) -> web.Application:
+def _host_literal(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def interface_hosts() -> set[str]:
+    """This host's addresses as they appear in a Host header (IPv6 in brackets, no zone)."""
+    hosts = set()
+    for adapter in ifaddr.get_adapters():
+        for ip in adapter.ips:
+            address = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
+            hosts.add(_host_literal(str(ipaddress.ip_address(address.split("%", 1)[0]))))
+    return hosts
+
+
+def _is_ip_literal(name: str) -> bool:
+    bracketed = name.startswith("[") and name.endswith("]")
+    try:
+        ip = ipaddress.ip_address(name[1:-1] if bracketed else name)
+    except ValueError:
+        return False
+    return bracketed == (ip.version == 6)
+
+
+class HostCheck:
+    """Which Host headers name this server; ``port`` is set once the server listens."""
+
+    def __init__(self, address: str, port: int = 0) -> None:
+        self.address = address
+        self.port = port
+        self.wildcard = ipaddress.ip_address(address).is_unspecified
+        self._interfaces: set[str] = set()
+
+    def allows(self, host: str | None) -> bool:
+        if not host:
+            return False
+        name, sep, port = host.lower().rpartition(":")
+        if not sep or not port.isdigit() or int(port) != self.port:
+            return False
+        if name in LOOPBACK_NAMES or name == _host_literal(self.address).lower():
+            return True
+        if self.wildcard and _is_ip_literal(name):
+            if name not in self._interfaces:
+                self._interfaces = interface_hosts()  # an address may have been added since
+            return name in self._interfaces
+        return False
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not self.allows(request.headers.get("Host")):
+            return web.Response(status=421, text="misdirected request\n")
+        return await handler(request)
+
+
+def build_app(provider: StatusProvider, host_check: HostCheck | None = None) -> web.Application:
     async def health(_: web.Request) -> web.Response:
         status = provider()
         ok = all(c["state"] == "streaming" for c in status["cameras"])
@@ -26,7 +95,7 @@ def build_app(provider: StatusProvider) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(text=prometheus_text(provider()), content_type="text/plain")
 
-    app = web.Application()
+    app = web.Application(middlewares=[host_check.middleware] if host_check else [])
     app.router.add_get("/", status_)
     app.router.add_get("/status", status_)
     app.router.add_get("/health", health)
@@ -109,11 +178,29 @@ async def start_status_server(
     port: int,
     extend: Callable[[web.Application], None] | None = None,
 ) -> web.AppRunner:
-    app = build_app(provider)
+    host_check = HostCheck(address, port)
+    app = build_app(provider, host_check)
     if extend is not None:
         extend(app)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
     await runner.setup()
+    assert runner.server is not None
+    _cap_connections(runner.server, MAX_CONNECTIONS)
     site = web.TCPSite(runner, address, port)
     await site.start()
+    host_check.port = runner.addresses[0][1]  # the real one when port is 0
     return runner
+
+
+def _cap_connections(server: web.Server, limit: int) -> None:
+    """Over ``limit`` open connections, a new one is aborted as it arrives (aiohttp has no cap
+    of its own; its Server is told of each connection before any byte is read)."""
+    admit = server.connection_made
+
+    def connection_made(handler: Any, transport: Any) -> None:
+        if len(server.connections) >= limit:
+            transport.abort()
+            return
+        admit(handler, transport)
+
+    server.connection_made = connection_made  # type: ignore[method-assign]
