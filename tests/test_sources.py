@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +13,7 @@ from accessories.backend import CameraUnavailable
 from bridge.config import CameraConfig
 from bridge.media.fanout import SourceEnded
 from bridge.media.snapshot import snapshot_jpeg
+from bridge.sources.av_input import FAST_PROBE, AVInput, AVInputOptions
 from bridge.sources.base import CameraSource, RetryPolicy
 from bridge.sources.factory import make_source
 from tests.peers.rtsp import RtspCamera
@@ -93,25 +94,65 @@ async def test_rtsp_source_reconnects_while_other_cameras_keep_working(
         await asyncio.gather(rtsp.stop(), demo.stop())
 
 
-async def test_unreachable_camera_is_retried_with_backoff(
+async def test_unreachable_camera_is_probed_not_reopened(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # A closed port on loopback: connection refused at once, so only the backoff paces retries.
-    caplog.set_level("WARNING", logger="bridge.sources.base")
+    # A closed port on loopback: the cheap probe is refused every 0.5 s; the full (PyAV) open
+    # is never tried, and the outage is logged once.
+    caplog.set_level("INFO", logger="bridge.sources.base")
     source: CameraSource = make_source(
         CameraConfig(name="Gone", source="rtsp://user:topsecret@127.0.0.1:9/stream"),
-        RetryPolicy(initial=0.1, cap=0.8, jitter=0.0),
+        RetryPolicy(probe_interval=0.2),
     )
     source.start()
     try:
-        await wait_for(lambda: caplog.text.count("retrying in") >= 6, 20, "six retries")
-        assert source.state in ("retrying", "connecting")
+        await wait_for(lambda: source.probes >= 8, 20, "eight probes")
+        assert source.state == "retrying"
         status = source.status()
-        assert status["last_error"] and "refused" in status["last_error"]
+        assert status["last_error"] == "127.0.0.1:9 not answering (connection refused)"
+        assert status["opens"] == 0 and status["down_since"] is not None
+        assert status["next_retry_at"] is not None  # `obscura doctor` shows the next try
     finally:
         await source.stop()
     assert source.state == "stopped"
-    delays = [float(m) for m in re.findall(r"retrying in ([0-9.]+) s", caplog.text)]
-    assert delays[:5] == [0.1, 0.2, 0.4, 0.8, 0.8]  # doubling, capped
+    lines = [r.getMessage() for r in caplog.records if "Gone" in r.getMessage()]
+    assert lines == [
+        "camera 'Gone' down: 127.0.0.1:9 not answering (connection refused) "
+        "(probing every 0.2 s, reconnecting when it answers)"
+    ]
     assert "topsecret" not in caplog.text and "topsecret" not in str(status)
-    assert "rtsp://***@127.0.0.1:9/stream" in caplog.text
+
+
+async def test_fast_open_describes_the_stream_like_a_full_probe(
+    rtsp_camera: RtspCamera,
+) -> None:
+    base = {"rtsp_transport": "tcp", "allowed_media_types": "video"}
+    fast = AVInput(AVInputOptions(rtsp_camera.url, options=base, fast_options=FAST_PROBE))
+    full = AVInput(AVInputOptions(rtsp_camera.url, options=base))
+    try:
+        fast_info = await asyncio.to_thread(fast.open)
+        full_info = await asyncio.to_thread(full.open)
+        assert fast.fast_opened and not full.fast_opened
+        assert fast_info == full_info
+        assert (fast_info.width, fast_info.height, fast_info.fps) == (640, 360, 15.0)
+        assert b"\x00\x00\x00\x01\x67" in fast_info.parameter_sets  # SPS from the SDP
+        packets = fast.packets()
+        first = await asyncio.to_thread(next, packets)
+        assert first[0].startswith(b"\x00\x00\x00\x01")
+    finally:
+        fast.close()
+        full.close()
+
+
+async def test_fast_open_falls_back_when_the_stream_is_not_described(tmp_path: Path) -> None:
+    from tests.test_media import write_mjpeg_clip
+
+    clip = tmp_path / "clip.avi"
+    write_mjpeg_clip(clip)  # MJPEG: its size is known only after a full probe
+    source_input = AVInput(AVInputOptions(str(clip), fast_options=FAST_PROBE))
+    try:
+        info = await asyncio.to_thread(source_input.open)
+        assert not source_input.fast_opened
+        assert (info.width, info.height, info.fps) == (320, 240, 10.0)
+    finally:
+        source_input.close()

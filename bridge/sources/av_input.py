@@ -2,6 +2,16 @@
 
 H.264 inputs are copied packet by packet (no decode); anything else (MJPEG or YUYV webcams, a
 file in another codec) is decoded and re-encoded to H.264 once, here, for every consumer.
+
+Opening an RTSP camera quickly (`fast_options`): with FFmpeg's default probing, av.open() of an
+H.264 camera took ~1.9 s on loopback (1280x720@15, GOP 15), most of it
+avformat_find_stream_info() decoding ~7 frames from a keyframe on to guess the decoder's
+reordering delay, which we never use (packets are copied; decoders here are our own). What we do
+use is in the SDP and the SPS: size, SPS/PPS (sprop-parameter-sets) and the frame rate (the
+SPS's VUI timing). With `probesize=32` FFmpeg stops after the first packet and the open takes
+0.06-0.25 s, with the same size, SPS/PPS, profile and fps (measured at 5, 10, 15, 25 and 30 fps).
+A camera whose SDP/SPS lack any of these is opened again with the default probing, so a fast open
+never costs correctness, only one more connection for such cameras.
 """
 
 from __future__ import annotations
@@ -15,8 +25,17 @@ import av.container
 import av.video.stream
 
 from bridge.media.encoder import H264Encoder
-from bridge.media.h264 import AccessUnitNormalizer
+from bridge.media.h264 import (
+    NAL_PPS,
+    NAL_SPS,
+    AccessUnitNormalizer,
+    nal_type,
+    parameter_sets_from_extradata,
+)
 from bridge.media.packet import StreamInfo
+
+# Demuxer options for a fast open: stop probing after the first packet (see the docstring).
+FAST_PROBE = {"probesize": "32"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +43,8 @@ class AVInputOptions:
     url: str  # what av.open gets: rtsp://…, /dev/video0, /path/file.mp4
     format: str | None = None  # "v4l2" for USB cameras
     options: dict[str, str] = field(default_factory=dict)  # demuxer options
+    # Tried first, on top of `options`; kept only when the stream is fully described with them.
+    fast_options: dict[str, str] = field(default_factory=dict)
     open_timeout: float = 10.0
     read_timeout: float = 5.0  # a camera silent this long is dead
     loop: bool = False  # files: start again at the end
@@ -39,14 +60,26 @@ class AVInput:
         self._normalizer: AccessUnitNormalizer | None = None
         self._encoder: H264Encoder | None = None
         self._fps = 15.0
+        self.fast_opened = False  # the stream was described without FFmpeg's analysis
 
     def open(self) -> StreamInfo:
-        container = av.open(
+        if self.opts.fast_options:
+            container = self._open_container({**self.opts.options, **self.opts.fast_options})
+            if fully_described(container):
+                self.fast_opened = True
+                return self._start(container)
+            container.close()
+        return self._start(self._open_container(self.opts.options))
+
+    def _open_container(self, options: dict[str, str]) -> av.container.InputContainer:
+        return av.open(
             self.opts.url,
             format=self.opts.format,
-            options=self.opts.options,
+            options=options,
             timeout=(self.opts.open_timeout, self.opts.read_timeout),
         )
+
+    def _start(self, container: av.container.InputContainer) -> StreamInfo:
         self._container = container
         if not container.streams.video:
             raise RuntimeError("no video stream")
@@ -162,6 +195,21 @@ class AVInput:
         if self._container is not None:
             self._container.close()
             self._container = None
+
+
+def fully_described(container: av.container.InputContainer) -> bool:
+    """An H.264 video stream whose size, SPS/PPS and frame rate are known without analysis."""
+    if not container.streams.video:
+        return False
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    if ctx.name != "h264" or not ctx.width or not ctx.height:
+        return False
+    params, _ = parameter_sets_from_extradata(ctx.extradata)
+    if not {NAL_SPS, NAL_PPS} <= {nal_type(nal) for nal in params}:
+        return False
+    rate = stream.average_rate
+    return rate is not None and 1.0 <= float(rate) <= 120.0
 
 
 def _chain(first: list[av.Packet], rest: Iterator[av.Packet]) -> Iterator[av.Packet]:

@@ -1,13 +1,20 @@
 """One camera connection: the blocking input runs in its own thread, the rest on the loop.
 
 A CameraSource owns exactly one connection and one demux per camera, shared by every consumer
-(prebuffer, live view, snapshots, later detection and recording). When the input dies it is
-retried with capped exponential backoff and jitter while the rest of the bridge keeps working.
+(prebuffer, live view, snapshots, later detection and recording). When the input dies, the rest
+of the bridge keeps working and the camera is asked a cheap liveness probe every
+`probe_interval` (liveness.py: a TCP connect for RTSP, a stat() for a device or file); the full,
+expensive open runs only once the probe answers, so a camera is streaming again well within 2 s
+of its return without a dead camera being hammered meanwhile. Opens that fail while the probe
+answers (a server that is up but whose stream does not open) wait a capped exponential backoff
+with jitter, so a half-dead camera is not hammered either. An outage is logged once and the
+recovery once; what happens in between only every few minutes (and always in /status).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -21,6 +28,7 @@ from bridge.media.fanout import PacketFanout, PacketSubscription
 from bridge.media.frames import FrameTap
 from bridge.media.packet import StreamInfo, VideoPacket
 from bridge.media.prebuffer import Prebuffer
+from bridge.sources.liveness import Probe
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,12 @@ class RetryPolicy:
     cap: float = 30.0
     jitter: float = 0.2  # ± fraction, so many cameras of one dead NVR don't retry in lockstep
     healthy_after: float = 10.0  # a connection that lasted this long resets the backoff
+    probe_interval: float = 0.5  # while a camera is down: one cheap liveness probe this often
+    probe_timeout: float = 1.0  # a probe not answered within this is a camera that is not there
+    # While a camera stays down: the same reason is logged again this often, a new one at most
+    # this often (the outage and the recovery are always logged, once each).
+    repeat_log_every: float = 600.0
+    new_reason_log_gap: float = 60.0
 
     def delay(self, attempt: int) -> float:
         base = min(self.cap, self.initial * (2**attempt))
@@ -84,10 +98,12 @@ class CameraSource:
         display_url: str,
         prebuffer_seconds: float = 4.0,
         retry: RetryPolicy | None = None,
+        probe: Probe | None = None,
     ) -> None:
         self.name = name
         self.display_url = display_url  # credentials already redacted
         self._make_input = make_input
+        self._probe = probe  # None: nothing cheap to ask (demo:), every retry is a full open
         self.retry = retry or RetryPolicy()
         self.prebuffer = Prebuffer(prebuffer_seconds)
         self.fanout = PacketFanout()
@@ -98,6 +114,15 @@ class CameraSource:
         self.connected_since: float | None = None
         self.next_retry_at: float | None = None
         self.reconnects = 0
+        self.down_since: float | None = None  # wall clock; None while streaming (or never up)
+        self.probes = 0  # liveness probes sent
+        self.opens = 0  # full opens tried
+        self._failures = 0  # opens in a row that did not lead to a healthy stream
+        self._down_at = 0.0  # monotonic twin of down_since
+        self._logged_reason: str | None = None
+        self._logged_at = 0.0
+        self._opens_at_down = 0  # self.opens when the outage began (0: since start)
+        self._probes_at_down = 0
         self.packets_received = 0
         self.bytes_received = 0
         self.epoch = 0
@@ -136,37 +161,101 @@ class CameraSource:
         self.frames.close()
 
     async def _run(self) -> None:
-        attempt = 0
+        not_before = 0.0  # monotonic time before which no full open is tried (backoff)
         while not self._stopping:
+            if not await self._wait_for_camera(not_before):
+                break
             self.state = "connecting"
+            self.next_retry_at = None
+            self.opens += 1
             started = time.monotonic()
+            epoch = self.epoch
             try:
                 await self._connect_and_pump()
-                self.last_error = "stream ended"
+                error = "stream ended"
             except Exception as exc:
-                self.last_error = describe_error(exc, self.display_url)
+                error = describe_error(exc, self.display_url)
+            streamed = self.epoch != epoch
             self._went_down()
             if self._stopping:
                 break
-            if time.monotonic() - started >= self.retry.healthy_after:
-                attempt = 0
-            delay = self.retry.delay(attempt)
-            attempt += 1
+            self.last_error = error
+            if streamed and time.monotonic() - started >= self.retry.healthy_after:
+                self._failures = 0
+            else:
+                self._failures += 1
+            # After a healthy stream: again as soon as the camera answers. Opens that fail (or
+            # streams that die young) while it answers wait a capped backoff.
+            delay = self.retry.delay(self._failures - 1) if self._failures else 0.0
+            not_before = time.monotonic() + delay
             self.state = "retrying"
-            self.next_retry_at = time.time() + delay
-            log.warning(
-                "camera %r: %s; retrying in %.1f s (attempt %d)",
-                self.name,
-                self.last_error,
-                delay,
-                attempt,
-            )
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), delay)
-            except TimeoutError:
-                pass
+            self._note_down(error, lost=streamed)
         self.state = "stopped"
+
+    async def _wait_for_camera(self, not_before: float) -> bool:
+        """Wait out the backoff, then probe until the camera answers; False when stopping."""
+        delay = not_before - time.monotonic()
+        if delay > 0:
+            self.next_retry_at = time.time() + delay
+            if await self._sleep(delay):
+                return False
+        if self._probe is None:
+            return not self._stopping
+        while not self._stopping:
+            started = time.monotonic()
+            self.probes += 1
+            problem = await self._probe()
+            if problem is None:
+                return not self._stopping
+            # Gone rather than half-working: open at once when it answers again.
+            self._failures = 0
+            self.last_error = problem
+            self.state = "retrying"
+            self._note_down(problem, lost=False)
+            wait = max(0.0, started + self.retry.probe_interval - time.monotonic())
+            self.next_retry_at = time.time() + wait
+            if await self._sleep(wait):
+                return False
+        return False
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep `seconds` unless stopped first; True when stopping."""
+        self._wake.clear()
+        if not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+        return self._stopping
+
+    def _note_down(self, reason: str, *, lost: bool) -> None:
+        """Log the start of an outage once; while it lasts, only now and then."""
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = time.time()
+            self._down_at = now
+            if lost:
+                self._opens_at_down, self._probes_at_down = self.opens, self.probes
+            how = (
+                f"probing every {self.retry.probe_interval:g} s, reconnecting when it answers"
+                if self._probe is not None
+                else "retrying with backoff"
+            )
+            log.warning("camera %r %s: %s (%s)", self.name, "lost" if lost else "down", reason, how)
+        else:
+            since_log = now - self._logged_at
+            if since_log < self.retry.new_reason_log_gap or (
+                reason == self._logged_reason and since_log < self.retry.repeat_log_every
+            ):
+                return
+            log.warning(
+                "camera %r still down after %.0f s: %s (%d probes, %d opens so far)",
+                self.name,
+                now - self._down_at,
+                reason,
+                self.probes - self._probes_at_down,
+                self.opens - self._opens_at_down,
+            )
+        self._logged_reason = reason
+        self._logged_at = now
 
     async def _connect_and_pump(self) -> None:
         source_input = self._make_input()
@@ -180,11 +269,18 @@ class CameraSource:
             self.connected_since = time.time()
             self.next_retry_at = None
             self.last_error = None
-            if self.reconnects or self.epoch > 1:
-                log.info("camera %r reconnected", self.name)
+            back = ""
+            if self.down_since is not None:
+                back = (
+                    f" back after {time.monotonic() - self._down_at:.1f} s "
+                    f"({self.opens - self._opens_at_down} open(s)):"
+                )
+                self.down_since = None
+                self._logged_reason = None
             log.info(
-                "camera %r streaming %dx%d@%.3g fps (%s) from %s",
+                "camera %r%s streaming %dx%d@%.3g fps (%s) from %s",
                 self.name,
+                back,
                 info.width,
                 info.height,
                 info.fps,
@@ -237,7 +333,10 @@ class CameraSource:
             "last_error": self.last_error,
             "connected_since": self.connected_since,
             "next_retry_at": self.next_retry_at,
+            "down_since": self.down_since,
             "reconnects": self.reconnects,
+            "probes": self.probes,
+            "opens": self.opens,
             "packets": self.packets_received,
             "bytes": self.bytes_received,
             "prebuffer_seconds": round(self.prebuffer.duration, 2),

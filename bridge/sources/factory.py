@@ -8,9 +8,10 @@ from urllib.parse import unquote, urlsplit
 
 from bridge.config import CameraConfig
 from bridge.redact import redact_url
-from bridge.sources.av_input import AVInput, AVInputOptions
+from bridge.sources.av_input import FAST_PROBE, AVInput, AVInputOptions
 from bridge.sources.base import CameraSource, Input, RetryPolicy
 from bridge.sources.demo import DemoInput
+from bridge.sources.liveness import probe_for
 
 
 def input_factory(cam: CameraConfig) -> Callable[[], Input]:
@@ -29,6 +30,9 @@ def input_factory(cam: CameraConfig) -> Callable[[], Input]:
                 "max_delay": "500000",
                 "allowed_media_types": "video",
             },
+            # Size, SPS/PPS and fps from the SDP and SPS: no seconds of stream analysis (see
+            # av_input.py); cameras that do not describe themselves get the full probe.
+            fast_options=FAST_PROBE,
         )
         return lambda: AVInput(opts)
     if scheme == "v4l2":
@@ -50,10 +54,12 @@ def input_factory(cam: CameraConfig) -> Callable[[], Input]:
 
 
 def make_source(cam: CameraConfig, retry: RetryPolicy | None = None) -> CameraSource:
+    retry = retry or RetryPolicy()
     return CameraSource(
         cam.name,
         input_factory(cam),
         display_url=redact_url(cam.source),
         prebuffer_seconds=cam.prebuffer_seconds,
         retry=retry,
+        probe=probe_for(cam.source, retry.probe_timeout),
     )
