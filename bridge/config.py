@@ -255,7 +255,8 @@ def config_path(r: TableReader, name: str) -> Path | None:
         p = Path(value).expanduser()
     except RuntimeError:  # ~user of no such user
         raise r.fail(name, f"cannot expand {value.split('/', 1)[0]!r}: no such user") from None
-    return p if p.is_absolute() else (r.path.parent / p).resolve()
+    # abspath, not resolve(): a symbolic link stays one (credentials files refuse them)
+    return p if p.is_absolute() else Path(os.path.abspath(r.path.parent / p))
 
 
 def _port(r: TableReader, name: str, default: int) -> int:
