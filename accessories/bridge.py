@@ -33,12 +33,13 @@ from typing import Any
 
 import ifaddr  # zeroconf's own dependency: lists interface addresses without any traffic
 from pyhap.accessory import Accessory, Bridge
-from pyhap.accessory_driver import AccessoryDriver
 from pyhap.const import CATEGORY_BRIDGE, CATEGORY_CAMERA, STANDALONE_AID
 
 from .backend import CameraBackend
 from .camera import CameraAccessory, firmware_revision
-from .hap_connections import ConnectionLimits, GuardedHAPServer
+from .hap_access import CheckedAccessDriver
+from .hap_connections import ConnectionLimits, GuardedHAPServer, GuardedProtocol
+from .hap_http import CheckedProtocol
 from .setup_payload import load_setup_id, setup_uri, validate_setup_code
 from .srp import PaddedSrpServer
 
@@ -72,19 +73,31 @@ def interface_addresses() -> list[str]:
     return found
 
 
+class _ObscuraProtocol(CheckedProtocol, GuardedProtocol):
+    """A capped connection (hap_connections.py) whose requests are checked (hap_http.py)."""
+
+
 class _AnyPortServer(GuardedHAPServer):
-    """Capped connections (hap_connections.py); binds port 0 (an ephemeral port, for tests)
-    and reports the real port to the state before the driver advertises it."""
+    """Capped connections (hap_connections.py) with checked requests (hap_http.py); binds
+    port 0 (an ephemeral port, for tests) and reports the real port to the state before the
+    driver advertises it."""
 
     async def async_start(self, loop: asyncio.AbstractEventLoop) -> None:
-        await super().async_start(loop)
-        assert self.server is not None
+        # GuardedHAPServer.async_start with _ObscuraProtocol instead of GuardedProtocol.
+        self.loop = loop
+        self.server = await loop.create_server(
+            lambda: _ObscuraProtocol(loop, self.connections, self.accessory_handler, self.guard),
+            self._addr_port[0],
+            self._addr_port[1],
+        )
+        self.async_cleanup_connections()
         self.accessory_handler.state.port = self.server.sockets[0].getsockname()[1]
 
 
-class ObscuraDriver(AccessoryDriver):
+class ObscuraDriver(CheckedAccessDriver):
     """AccessoryDriver with a private state file (0600), a setup id kept across restarts,
-    port 0 support, and HAP connection-loss notifications for the cameras."""
+    port 0 support, HAP connection-loss notifications for the cameras, and HAP's rules for
+    requests (permissions, a status per id, 4xx for malformed requests: hap_access.py)."""
 
     def __init__(
         self,
