@@ -3,7 +3,9 @@
 Builders for what we advertise and answer, parsers for what a controller writes. Parsers are
 strict about what the bridge uses (session id, address, ports, video SRTP, video parameters)
 and tolerant about what it ignores (audio parameters): malformed input raises TLVError
-(a ValueError) with a message naming the field.
+(a ValueError) with a message naming the field. The controller address in SetupEndpoints must
+be one host's unicast address (not broadcast, multicast, unspecified or link-local): the
+bridge sends SRTP there.
 """
 
 from __future__ import annotations
@@ -181,6 +183,30 @@ def _port(record: TLV, tag: int, name: str) -> int:
     return port
 
 
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # "this host on this network": a source only
+
+
+def _check_unicast(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, what: str) -> None:
+    """The controller address receives our SRTP: it must name one host we may send to.
+
+    A paired controller could otherwise point a camera's stream at a broadcast or multicast
+    group (every host on the LAN receives it), at 0.0.0.0 / :: (the bridge itself, on some
+    systems) or at a link-local address. Loopback stays allowed (a controller on this host)."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_unspecified or ip in _THIS_NETWORK:
+        kind = "unspecified"
+    elif ip.is_multicast:
+        kind = "multicast"
+    elif isinstance(ip, ipaddress.IPv4Address) and ip.is_reserved:  # 240/4, 255.255.255.255
+        kind = "broadcast or reserved"
+    elif ip.is_link_local:
+        kind = "link-local"
+    else:
+        return
+    raise TLVError(f"{what}: {ip} is not one host's unicast address ({kind})")
+
+
 def parse_setup_endpoints(data: bytes) -> SetupEndpointsRequest:
     """A controller's SetupEndpoints write (raw TLV bytes, not base64)."""
     root = TLV.parse(data, "SetupEndpoints")
@@ -198,6 +224,7 @@ def parse_setup_endpoints(data: bytes) -> SetupEndpointsRequest:
         raise TLVError(f"{addr.what}: not an IP address: {raw_ip[:64]!r}") from None
     if ip.version != (6 if version else 4):
         raise TLVError(f"{addr.what}: {ip} does not match ip version {version}")
+    _check_unicast(ip, addr.what)
     video_port = _port(addr, 3, "video port")
     audio_port = addr.optional_uint(4, "audio port", 2) or video_port
     video_srtp = _parse_srtp(root.nested(4, "video srtp"))

@@ -188,6 +188,48 @@ def test_parse_setup_endpoints_errors(raw: bytes, message: str) -> None:
         parse_setup_endpoints(raw)
 
 
+@pytest.mark.parametrize(
+    ("ip", "version", "kind"),
+    [
+        ("255.255.255.255", 0, "broadcast"),
+        ("224.0.0.251", 0, "multicast"),
+        ("239.255.255.250", 0, "multicast"),
+        ("0.0.0.0", 0, "unspecified"),
+        ("0.1.2.3", 0, "unspecified"),
+        ("169.254.1.1", 0, "link-local"),
+        ("240.0.0.1", 0, "reserved"),
+        ("::", 1, "unspecified"),
+        ("ff02::fb", 1, "multicast"),
+        ("ff05::1:3", 1, "multicast"),
+        ("fe80::1", 1, "link-local"),
+        ("fe80::1%eth0", 1, "link-local"),
+        ("::ffff:224.0.0.251", 1, "multicast"),
+        ("::ffff:255.255.255.255", 1, "broadcast"),
+    ],
+)
+def test_setup_endpoints_refuses_addresses_that_are_not_one_host(
+    ip: str, version: int, kind: str
+) -> None:
+    with pytest.raises(TLVError, match=f"not one host's unicast address .*{kind}"):
+        parse_setup_endpoints(setup_request(address(ip, version=version)))
+
+
+@pytest.mark.parametrize(
+    ("ip", "version"),
+    [
+        ("127.0.0.1", 0),  # a controller on this host (the tests)
+        ("10.0.0.255", 0),  # may be a host in a /16: subnet broadcasts are not knowable here
+        ("192.168.1.50", 0),
+        ("::1", 1),
+        ("fd00::12", 1),
+        ("2001:db8::7", 1),
+        ("::ffff:192.168.1.50", 1),
+    ],
+)
+def test_setup_endpoints_accepts_unicast_addresses(ip: str, version: int) -> None:
+    assert parse_setup_endpoints(setup_request(address(ip, version=version))).controller_address
+
+
 def test_setup_endpoints_response_bytes() -> None:
     req = parse_setup_endpoints(setup_request())
     raw = setup_endpoints_response(
