@@ -359,7 +359,8 @@ def video_request(
     """Turn selected parameters into a VideoRequest.
 
     For a start (``base`` None) size, fps and bitrate are required and the codec must be H.264
-    in non-interleaved mode; a reconfigure (``base`` given) changes only what it carries.
+    in non-interleaved mode; a reconfigure (``base`` given) changes only what it carries. No
+    size beyond the largest we advertise; frame rates above ours are capped to it.
     """
     if video is None:
         raise TLVError("SelectedRTPStreamConfiguration: missing video parameters")
@@ -375,13 +376,20 @@ def video_request(
     if base is None and any(not getattr(video, name) for name in required):
         missing = [name for name in required if not getattr(video, name)]
         raise TLVError(f"SelectedRTPStreamConfiguration: missing or zero video {missing}")
+    # Sizes come from what we advertise (never above _MAX_NATIVE); a larger one would have the
+    # transcoder allocate frames of up to 65535x65535. A higher frame rate is served at ours.
+    if (video.width or 0) > _MAX_NATIVE[0] or (video.height or 0) > _MAX_NATIVE[1]:
+        raise TLVError(
+            f"SelectedRTPStreamConfiguration: {video.width}x{video.height} is larger than "
+            f"any size offered ({_MAX_NATIVE[0]}x{_MAX_NATIVE[1]} at most)"
+        )
     interval = video.rtcp_interval
     if interval is not None and not 0 < interval < 3600:  # reconfigures often send 0
         interval = None
     changes = {
         "width": video.width,
         "height": video.height,
-        "fps": video.fps,
+        "fps": min(video.fps, _MAX_FPS) if video.fps else None,
         "max_bitrate_kbps": video.max_bitrate_kbps,
         "payload_type": video.payload_type,
         "max_mtu": video.max_mtu,

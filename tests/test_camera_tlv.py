@@ -362,12 +362,26 @@ def test_parse_selected_errors(raw: bytes, message: str) -> None:
         (video_params(level=3), "unknown H.264 level 3"),
         (video_params(width=0), "missing or zero video"),
         (video_params(full=False, bitrate=0), "missing or zero video"),
+        (video_params(width=65535, height=65535), "larger than any size offered"),
+        (video_params(width=1921, height=1080), "larger than any size offered"),
+        (video_params(width=1280, height=1201), "larger than any size offered"),
     ],
 )
 def test_start_request_errors(video: bytes, message: str) -> None:
     cfg = parse_selected_stream_config(control(1) + video)
     with pytest.raises(TLVError, match=message):
         video_request(cfg.video, ipv6=False)
+
+
+def test_sizes_and_frame_rates_stay_within_what_we_offer() -> None:
+    cfg = parse_selected_stream_config(control(1) + video_params(width=1920, height=1200, fps=30))
+    assert (video_request(cfg.video, ipv6=False).width, cfg.video and cfg.video.fps) == (1920, 30)
+    fast = parse_selected_stream_config(control(1) + video_params(width=640, height=360, fps=255))
+    assert video_request(fast.video, ipv6=False).fps == 30  # capped, not refused
+    base = VideoRequest(width=640, height=360, fps=15, max_bitrate_kbps=300)
+    huge = parse_selected_stream_config(control(4) + video_params(width=4096, height=2160))
+    with pytest.raises(TLVError, match="larger than any size offered"):
+        video_request(huge.video, ipv6=False, base=base)
 
 
 def test_start_without_video_is_an_error() -> None:
