@@ -443,3 +443,14 @@ def test_obscura_config_naming_no_file_is_an_error_not_the_demo(tmp_path: Path) 
     assert out.returncode == 2, out.stdout + out.stderr
     assert str(missing) in out.stderr and "$OBSCURA_CONFIG" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write any directory")
+def test_a_state_dir_this_user_cannot_write(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    path = tmp_path / "obscura.toml"
+    for state_dir, problem in ((locked, "is not writable"), (locked / "s", "cannot create")):
+        path.write_text(conf(bridge=f'[bridge]\nstate_dir = "{state_dir}"\n'))
+        with pytest.raises(ConfigError, match=r"'bridge\.state_dir'.*" + problem):
+            check_runnable(load_config(path))
