@@ -189,7 +189,7 @@ class CameraSource:
             delay = self.retry.delay(self._failures - 1) if self._failures else 0.0
             not_before = time.monotonic() + delay
             self.state = "retrying"
-            self._note_down(error, lost=streamed)
+            self._note_down(error, lost=streamed, backoff=delay)
         self.state = "stopped"
 
     async def _wait_for_camera(self, not_before: float) -> bool:
@@ -211,7 +211,7 @@ class CameraSource:
             self._failures = 0
             self.last_error = problem
             self.state = "retrying"
-            self._note_down(problem, lost=False)
+            self._note_down(problem, lost=False, backoff=0.0)
             wait = max(0.0, started + self.retry.probe_interval - time.monotonic())
             self.next_retry_at = time.time() + wait
             if await self._sleep(wait):
@@ -226,7 +226,7 @@ class CameraSource:
                 await asyncio.wait_for(self._wake.wait(), seconds)
         return self._stopping
 
-    def _note_down(self, reason: str, *, lost: bool) -> None:
+    def _note_down(self, reason: str, *, lost: bool, backoff: float) -> None:
         """Log the start of an outage once; while it lasts, only now and then."""
         now = time.monotonic()
         if self.down_since is None:
@@ -234,11 +234,12 @@ class CameraSource:
             self._down_at = now
             if lost:
                 self._opens_at_down, self._probes_at_down = self.opens, self.probes
-            how = (
-                f"probing every {self.retry.probe_interval:g} s, reconnecting when it answers"
-                if self._probe is not None
-                else "retrying with backoff"
-            )
+            if backoff > 0:
+                how = f"next try in {backoff:.1f} s, backing off"
+            elif self._probe is not None:
+                how = f"probing every {self.retry.probe_interval:g} s, reconnecting when it answers"
+            else:
+                how = "retrying"
             log.warning("camera %r %s: %s (%s)", self.name, "lost" if lost else "down", reason, how)
         else:
             since_log = now - self._logged_at
