@@ -55,6 +55,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# listen() backlog, and how many connections asyncio accepts per loop turn. A refused or evicted
+# connection's descriptor is released two or three loop turns after its accept, so a connection
+# storm holds up to ~3 x backlog descriptors beyond the cap for a moment (HAP-python's 100 made
+# that 300: EMFILE under a 256 limit). 32 pending connections is still more than a home sends at
+# once, e.g. every controller reconnecting after a restart.
+ACCEPT_BACKLOG = 32
 REPORT_INTERVAL = 60.0  # seconds between two summaries of refused/evicted/timed-out connections
 # TCP keepalive on every HAP connection: a controller that left without a FIN is found within
 # KEEPIDLE + KEEPINTVL * KEEPCNT = 10 minutes; a quiet one answers the probes and stays.
@@ -286,6 +292,7 @@ class GuardedHAPServer(HAPServer):
             lambda: GuardedProtocol(loop, self.connections, self.accessory_handler, self.guard),
             self._addr_port[0],
             self._addr_port[1],
+            backlog=ACCEPT_BACKLOG,
         )
         self.async_cleanup_connections()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -89,8 +90,13 @@ class BridgeProcess:
         cameras: list[CameraSpec],
         detect: dict[str, Any] | None = None,
         storage: dict[str, Any] | None = None,
+        *,
+        nofile: int | None = None,
     ) -> None:
+        """``nofile``: soft and hard RLIMIT_NOFILE of the child (a lowered limit for flood tests;
+        the bridge raises its soft limit only up to the hard one)."""
         self.workdir = workdir
+        self.nofile = nofile
         self.cameras = cameras
         self.hap_port = free_port()
         self.status_port = free_port()
@@ -110,6 +116,7 @@ class BridgeProcess:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                preexec_fn=self._limits if self.nofile else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -121,6 +128,9 @@ class BridgeProcess:
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"bridge did not come up:\n{self.log_text()}")
+
+    def _limits(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def status(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.status_port}/status"
