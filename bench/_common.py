@@ -62,6 +62,18 @@ def percentile(values: Sequence[float], q: float) -> float:
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
+def linear_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of ys over xs; nan with fewer than two distinct xs."""
+    n = len(xs)
+    if n < 2:
+        return math.nan
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return math.nan
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+
+
 @dataclass(frozen=True)
 class Summary:
     n: int
@@ -122,6 +134,11 @@ def proc_status(pid: int) -> dict[str, int]:
             if key in ("VmRSS", "VmHWM", "VmSize", "Threads", "RssAnon", "RssFile"):
                 out[key] = int(value.split()[0])
     return out
+
+
+def open_fds(pid: int) -> int:
+    """Open file descriptors of `pid` (entries of /proc/PID/fd)."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 @dataclass(frozen=True)
@@ -388,10 +405,12 @@ async def running_bridge(
     keep: bool = False,
     camera_timeout: float = 60.0,
     detect: dict[str, Any] | None = None,
+    storage: dict[str, Any] | None = None,
 ) -> AsyncIterator[Env]:
     """Start `cameras` (RTSP servers), then the bridge with `specs`, wait until every camera
     streams, pair. Everything is torn down on exit; Tracebacks in the bridge log are reported.
-    `detect`: the bridge's [detect] table (None: detection off, as BridgeProcess writes it)."""
+    `detect`: the bridge's [detect] table (None: detection off, as BridgeProcess writes it);
+    `storage`: its [storage] table (None: no recording)."""
     tmp = tempfile.mkdtemp(prefix="obscura-bench-")
     workdir = Path(tmp)
     started: list[RtspCamera] = []
@@ -402,7 +421,7 @@ async def running_bridge(
             await cam.astart()
             started.append(cam)
         specs = [_resolve(spec, started) for spec in specs]
-        bridge = BridgeProcess(workdir, list(specs), detect=detect)
+        bridge = BridgeProcess(workdir, list(specs), detect=detect, storage=storage)
         await asyncio.to_thread(bridge.start)
         for spec in specs:
             await asyncio.to_thread(bridge.wait_camera, spec.name, "streaming", camera_timeout)
