@@ -35,7 +35,6 @@ def _detect_default() -> DetectConfig:
     return DetectConfig()
 
 
-
 def default_config_paths() -> tuple[Path | None, ...]:
     """$OBSCURA_CONFIG (None when unset or empty), the user's and the system's file."""
     env = os.environ.get("OBSCURA_CONFIG")
@@ -44,6 +43,7 @@ def default_config_paths() -> tuple[Path | None, ...]:
         Path(platformdirs.user_config_dir("obscura")) / "obscura.toml",
         Path("/etc/obscura/obscura.toml"),
     )
+
 
 SOURCE_SCHEMES = ("rtsp", "rtsps", "v4l2", "file", "demo")
 
@@ -125,11 +125,9 @@ class Config:
 
 
 def find_config(explicit: str | None) -> Path | None:
-    """The configuration file to load; None only when there is none at all (the demo).
-
-    $OBSCURA_CONFIG naming a missing file is an error, not the demo: a mistyped path must not
-    start a bridge that listens on every interface. A directory at a default path is no file
-    (Docker mounts one in place of a missing obscura.toml): the demo, as deploy/ documents."""
+    """The file to load; None (the demo) only when there is none. $OBSCURA_CONFIG naming no
+    file is an error: a typo must not start a demo listening on every interface. A directory at
+    a default path is no file (Docker mounts one for a missing obscura.toml; deploy/ says so)."""
     if explicit:
         return Path(explicit)
     env, *defaults = default_config_paths()

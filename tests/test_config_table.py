@@ -202,6 +202,10 @@ CASES = [
     Case("advertised-address", conf(hap=HAP + 'advertised_address = "lan"\n'),
          "hap.advertised_address", "IP address"),
     Case("hap-unknown-key", conf(hap=HAP + "advertize = true\n"), "hap.advertize", "unknown key"),
+    Case("hap-max-connections", conf(hap=HAP + "max_connections = 4\n"), "hap.max_connections",
+         "between 8 and 1024"),
+    Case("hap-max-per-address", conf(hap=HAP + "max_connections_per_address = 0\n"),
+         "hap.max_connections_per_address", "between 1 and max_connections"),
     Case("standalone-type", conf(hap=HAP + "standalone = 1\n"), "hap.standalone",
          "true or false"),
     Case("standalone-ports", conf(hap=HAP.replace("port = 0", "port = 65535") + "standalone = "
