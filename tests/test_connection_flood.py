@@ -29,6 +29,7 @@ import pytest
 
 from accessories.bridge import HomeKitBridge
 from accessories.hap_connections import ConnectionGuard, ConnectionLimits
+from bridge.config import ConfigError, parse_config
 from bridge.logs import RateLimitFilter, RedactingFilter, loop_exception_handler
 from tests.peers.bridge_process import BridgeProcess, CameraSpec
 from tests.peers.camera_tlv import VideoSelection
@@ -225,6 +226,30 @@ def test_ipv4_mapped_addresses_count_as_ipv4() -> None:
     first = admit(guard, "10.0.0.5")
     admit(guard, "::ffff:10.0.0.5")
     assert first.evicted
+
+
+@pytest.mark.parametrize(
+    ("hap", "key"),
+    [
+        ({"max_connections": 4}, "hap.max_connections"),
+        ({"max_connections": 5000}, "hap.max_connections"),
+        (
+            {"max_connections": 8, "max_connections_per_address": 9},
+            "hap.max_connections_per_address",
+        ),
+        ({"max_connections_per_address": 0}, "hap.max_connections_per_address"),
+        ({"max_connections": "64"}, "hap.max_connections"),
+    ],
+)
+def test_connection_caps_in_the_configuration(hap: dict[str, object], key: str) -> None:
+    path = Path("obscura.toml")
+    cameras = [{"name": "A", "source": "demo:"}]
+    with pytest.raises(ConfigError) as err:
+        parse_config({"hap": hap, "cameras": cameras}, path)
+    assert err.value.key == key
+    caps = {"max_connections": 8, "max_connections_per_address": 8}
+    ok = parse_config({"hap": caps, "cameras": cameras}, path)
+    assert (ok.hap.max_connections, ok.hap.max_connections_per_address) == (8, 8)
 
 
 # --------------------------------------------------------------------------------------------
