@@ -105,6 +105,13 @@ class Bucket(abc.ABC):
     async def delete(self, name: str) -> None:
         """Remove `name`; deleting a missing object is not an error."""
 
+    async def probe(self, name: str) -> None:
+        """Return if the bucket answers now, else raise (BucketError, OSError, …): one cheap
+        request, such as a HEAD of `name` (one of ours, which may not exist). The uploader
+        calls it every ~2 s while uploads fail, to notice the bucket's return; callers bound
+        it with a timeout."""
+        await self.head(name)
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections (optional)."""
 

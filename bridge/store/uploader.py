@@ -18,6 +18,15 @@ never appears under two names, and a re-PUT is idempotent. An entry leaves the s
 
 The loop never blocks: hashing, sidecar updates and deletions run in threads; the bucket client is
 async. While the bucket is down the spool simply grows (up to its cap).
+
+Noticing the bucket's return: the uploads' own backoff grows to minutes (a PUT of megabytes at
+every try would hammer a sick server), so after a failure the bucket is also *probed* with one
+cheap request (`Bucket.probe`, a HEAD) every `probe_interval` (2 s). A probe that fails marks an
+outage (logged once); the first probe that then succeeds ends it (logged once), resets the
+backoff and retries at once: uploads resume within ~2 s of the bucket's return, however long the
+outage. A probe that succeeds while uploads fail (a quota, a corrupt local segment) changes
+nothing: the backoff stands. Others that talk to the bucket (the vault's head upload) can share
+this: `suspect(name)` after a failure, then `pause(delay)`, which ends early when it is back.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ log = logging.getLogger(__name__)
 OnUploaded = Callable[[SpoolItem], Awaitable[None] | None]
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 _LOG_EVERY = 60.0  # while failing, log at most once a minute
+PROBE_INTERVAL = 2.0  # seconds between probes while the bucket fails
+PROBE_TIMEOUT = 5.0  # a probe that takes longer counts as failed
 
 
 class VerifyError(Exception):
@@ -67,6 +78,7 @@ class UploaderStatus:
     last_error_at: float | None
     consecutive_failures: int
     next_retry_at: float | None
+    unreachable_since: float | None  # a probe found the bucket down (None: up, or not known)
     evicted_count: int
     evicted_bytes: int
     quarantined: int
@@ -85,12 +97,18 @@ class Uploader:
         min_backoff: float = 1.0,
         max_backoff: float = 300.0,
         rng: random.Random | None = None,
+        probe_interval: float = PROBE_INTERVAL,
     ) -> None:
         self.spool = spool
         self.bucket = bucket
         self.on_uploaded = on_uploaded
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
+        self.probe_interval = probe_interval
+        self.probe_timeout = PROBE_TIMEOUT
+        self.unreachable_since: float | None = None  # wall clock
+        self._probe_task: asyncio.Task[None] | None = None
+        self._back = asyncio.Event()  # set (and replaced) when the bucket is found back
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -115,11 +133,12 @@ class Uploader:
         return self._task
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._task, self._probe_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._probe_task = None
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
 
@@ -158,6 +177,7 @@ class Uploader:
             last_error_at=self.last_error_at,
             consecutive_failures=self.failures,
             next_retry_at=self.next_retry_at,
+            unreachable_since=self.unreachable_since,
             evicted_count=stats.evicted_count,
             evicted_bytes=stats.evicted_bytes,
             quarantined=stats.quarantined,
@@ -179,13 +199,65 @@ class Uploader:
                 self._idle.clear()
                 if await self.upload(items[0]):
                     continue
+                self.suspect(items[0].object_name)
                 delay = self._backoff()
                 self.next_retry_at = time.time() + delay
-                await asyncio.sleep(delay)  # new commits do not shorten an outage's backoff
+                await self.pause(delay)  # new commits do not shorten it; the bucket's return does
                 self.next_retry_at = None
         finally:
             self.spool.remove_listener(self.wake)
             self._loop = None
+
+    # -- the bucket's return -----------------------------------------------------------------
+
+    def suspect(self, name: str) -> None:
+        """A request to the bucket failed: probe it (`name`: one of our objects, which may not
+        exist) until it answers. Call on the loop; one prober at a time."""
+        if self._probe_task is None or self._probe_task.done():
+            self._probe_task = asyncio.get_running_loop().create_task(
+                self._probe_until_answered(name), name="uploader:probe"
+            )
+
+    async def pause(self, delay: float) -> bool:
+        """Sleep `delay` s, or less when a probe finds the bucket back (True)."""
+        back = self._back
+        try:
+            async with asyncio.timeout(delay):
+                await back.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _probe_until_answered(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at = max(next_at + self.probe_interval, loop.time())  # a steady pace
+            await asyncio.sleep(next_at - loop.time())
+            try:
+                async with asyncio.timeout(self.probe_timeout):
+                    await self.bucket.probe(name)
+            except Exception as e:
+                if self.unreachable_since is None:
+                    self.unreachable_since = time.time()
+                    log.warning(
+                        "bucket %s does not answer (%s): uploads wait, probing it every %g s",
+                        self.bucket.describe(), _short(e), self.probe_interval,
+                    )
+                continue
+            if self.unreachable_since is not None:
+                self._came_back()
+            return  # it answers (back, or the failures were of another kind)
+
+    def _came_back(self) -> None:
+        assert self.unreachable_since is not None
+        log.info("bucket %s answers again after %.0f s: uploads resume (%d pending)",
+                 self.bucket.describe(), time.time() - self.unreachable_since,
+                 self.spool.pending_count)
+        self.unreachable_since = None
+        self.failures = 0  # the backoff starts over
+        back, self._back = self._back, asyncio.Event()
+        back.set()
 
     def _backoff(self) -> float:
         base = min(self.max_backoff, self.min_backoff * 2 ** min(self.failures - 1, 30))
@@ -320,7 +392,9 @@ class Uploader:
             )
 
     def _succeeded(self, item: SpoolItem) -> None:
-        if self.failures:
+        if self.unreachable_since is not None:  # before a probe noticed
+            self._came_back()
+        elif self.failures:
             log.info("bucket %s reachable again after %d failed attempts",
                      self.bucket.describe(), self.failures)
         self.failures = 0
@@ -328,3 +402,9 @@ class Uploader:
         self.uploaded_bytes += item.size
         self.last_success_at = time.time()
         log.debug("uploaded %s %s (%d bytes)", item.kind, item.object_name, item.size)
+
+
+def _short(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "no answer in time"
+    return redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300]

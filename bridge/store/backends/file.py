@@ -149,6 +149,21 @@ class FileBucket(Bucket):
             raise BucketError(f"{self.describe()}: cannot delete {name}: {e.strerror}") from e
         fsync_dir(path.parent)
 
+    def _probe(self) -> None:
+        """The root itself (a HEAD of a missing name says nothing about it): a directory we may
+        write to, or not there yet (the first put creates it). A dead NAS mount fails or hangs
+        here (the caller's timeout)."""
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise BucketError(f"{self.describe()}: {e.strerror}") from e
+        if not stat.S_ISDIR(st.st_mode):
+            raise BucketError(f"{self.describe()}: not a directory")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise BucketError(f"{self.describe()}: not writable")
+
     def _walk(self, prefix: str) -> Iterator[tuple[str, int]]:
         top = self.root / prefix if prefix else self.root
         for dirpath, dirnames, filenames in os.walk(top):
@@ -184,6 +199,9 @@ class FileBucket(Bucket):
 
     async def delete(self, name: str) -> None:
         await asyncio.to_thread(self._delete, name)
+
+    async def probe(self, name: str) -> None:
+        await asyncio.to_thread(self._probe)
 
     async def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
         walker = self._walk(check_prefix(prefix))

@@ -200,6 +200,17 @@ class ObstoreBucket(Bucket):
         etag = meta.get("e_tag")
         return ObjectInfo(size=int(meta["size"]), etag=etag.strip('"') if etag else None)
 
+    async def probe(self, name: str) -> None:
+        """A HEAD of `name`: "not found" is an answer (the server is up and takes our keys),
+        while a refused connection, a timeout, a 5xx or a 403 is not."""
+        check_name(name)
+        try:
+            await obstore.head_async(self._store, name)
+        except (NotFoundError, FileNotFoundError):
+            return
+        except Exception as e:
+            raise self._fail("HEAD (probe)", name, e) from e
+
     async def list(self, prefix: str = "") -> AsyncIterator[tuple[str, int]]:
         prefix = check_prefix(prefix)
         try:
