@@ -23,6 +23,14 @@ the hold, so after a restart the entry is held again (`held()`) until its owner 
 release is not recorded (no extra fsync). Held clips and posters count toward the cap and can be
 evicted like the others (they may never be released); held segments cannot.
 
+A full disk (spool_entry.py, DiskSpace): an entry that finds no room is dropped with its partial
+file and SpoolFull is raised at once; entries already spooled are never touched for it (only the
+cap above evicts). Free space is asked of the filesystem at every create and write, so the first
+entry after space comes back is recorded. Clips and posters leave a small reserve free, which
+manifest segments may use (`create(use_reserve=True)`): the entries of clips already sealed can
+still be logged when clips have filled the disk. The disk being full is logged once per episode
+(and in `status()`), not once per refused entry.
+
 All methods block on the disk (fsync): call them from a worker thread (asyncio.to_thread), as the
 recorder's encryption thread and the uploader do. The spool is thread-safe.
 
@@ -42,9 +50,17 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from bridge.store.backends.file import fsync_dir
-from bridge.store.spool_entry import SpoolEntry, SpoolFull, SpoolItem, is_full, write_json
+from bridge.store.spool_entry import (
+    DiskSpace,
+    SpoolEntry,
+    SpoolFull,
+    SpoolItem,
+    is_full,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +86,12 @@ class Spool:
         on_evict: Callable[[list[SpoolItem]], None] | None = None,
         etag_md5: bool = False,
         etag_part_size: int | None = None,
+        reserve_bytes: int | None = None,
     ) -> None:
         """etag_md5 / etag_part_size: hash each entry's S3 ETag as it is written (the bucket's
-        `md5_etags` and `part_size`), so uploads are verified without a second read."""
+        `md5_etags` and `part_size`), so uploads are verified without a second read.
+        reserve_bytes: disk space clips and posters leave for manifest segments (default 4 MiB,
+        or 1/64 of a smaller filesystem)."""
         self.dir = directory
         self.etag_md5 = etag_md5
         self.etag_part_size = etag_part_size
@@ -92,6 +111,7 @@ class Spool:
         self._test_hook: Callable[[str], None] | None = None
         self._next_seq = 0
         self._recover()
+        self.space = DiskSpace(self.dir, reserve_bytes)
 
     # -- start-up ----------------------------------------------------------------------------
 
@@ -159,23 +179,36 @@ class Spool:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def create(self) -> SpoolEntry:
+    def create(self, *, use_reserve: bool = False) -> SpoolEntry:
+        """A new entry; SpoolFull at once if the disk has no room for it. `use_reserve`: for
+        small entries that must get through a full disk (manifest segments)."""
+        keep = 0 if use_reserve else self.space.reserve
+        free = self.space.free()
+        if free <= keep:
+            raise self.full_error("no room for a new entry", free)
         with self._lock:
             seq, self._next_seq = self._next_seq, self._next_seq + 1
         entry_id = f"{seq:020d}-{secrets.token_hex(4)}"
         try:
-            return SpoolEntry(self, entry_id)
+            return SpoolEntry(self, entry_id, keep)
         except OSError as e:
             if is_full(e):
                 raise self.full_error("when creating an entry") from e
             raise
 
-    def full_error(self, when: str) -> SpoolFull:
-        return SpoolFull(
-            f"spool disk full at {self.dir} ({when}): this entry was dropped, entries already "
-            f"spooled are intact; free space on that disk or lower storage.spool_max_mb "
-            f"(now {self.max_bytes // (1 << 20)} MiB) below the free space"
-        )
+    def full_error(self, when: str, free: int | None = None) -> SpoolFull:
+        """SpoolFull for an entry just dropped (counted, and logged once per episode)."""
+        if free is None:
+            try:
+                free = self.space.free()
+            except OSError:
+                free = 0
+        kept = (self.pending_count, self.pending_bytes)
+        return SpoolFull(self.space.refused(when, free, kept, self.max_bytes >> 20))
+
+    def status(self) -> dict[str, Any]:
+        """The spool's disk for /status (asks the filesystem now: a statvfs)."""
+        return {"dir": str(self.dir), "max_bytes": self.max_bytes, **self.space.status()}
 
     def _incoming_grew(self, n: int) -> None:
         with self._lock:
@@ -337,7 +370,9 @@ class Spool:
         except OSError as e:  # a full disk must not stop uploads: the count is advisory
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            log.warning("spool: cannot record upload attempt for %s: %s", item.id, e.strerror)
+            # A full disk is said by DiskSpace, once: not here at every attempt.
+            log.log(logging.DEBUG if is_full(e) else logging.WARNING,
+                    "spool: cannot record upload attempt for %s: %s", item.id, e.strerror)
             return item
         return updated
 

@@ -273,7 +273,7 @@ class ClipVault(Deletions):
         # `objects`: the held objects this segment logs, so start-up can tell them from
         # objects sealed just before a crash (names only: the metadata stays encrypted).
         meta = {"seq": out.state.seq, "objects": [i.object_name for i in release]}
-        entry = self.spool.create()
+        entry = self.spool.create(use_reserve=True)  # small: gets through a full disk
         try:
             entry.write(out.segment)
             name = f"{self.layout.root}/{out.segment_id}"
@@ -313,7 +313,9 @@ class ClipVault(Deletions):
                 if failures == 1 or time.monotonic() - logged >= 60.0:
                     logged = time.monotonic()
                     log.warning("manifest head upload failed (%d in a row): %s", failures, exc)
-                await asyncio.sleep(min(60.0, 2**failures) * random.uniform(0.8, 1.2))
+                # The uploader probes the bucket meanwhile: its return ends the wait early.
+                self.uploader.suspect(self.head_name)
+                await self.uploader.pause(min(60.0, 2**failures) * random.uniform(0.8, 1.2))
                 self._head_event.set()
 
     async def wait_published(self, timeout: float = 30.0) -> bool:
@@ -417,6 +419,7 @@ class ClipVault(Deletions):
             "clips_sealed": self.clips_sealed,
             "manifest_seq": state.seq if state else None,
             "uploads": self.uploader.status().as_dict(),
+            "spool": self.spool.status(),  # its disk: free space, a full disk and its drops
             "last_error": self.last_error,
             "checked_at": time.time(),
         }
