@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from bridge.config import CameraConfig
+from bridge.sources.av_input import AVInput, AVInputOptions
 from bridge.sources.base import CameraSource, RetryPolicy
 from bridge.sources.factory import make_source
+from bridge.sources.liveness import tcp_probe
 from tests.peers.bridge_process import BridgeProcess, CameraSpec
 from tests.peers.rtsp import RtspCamera
 
@@ -198,3 +201,26 @@ async def test_a_long_outage_is_logged_now_and_then(caplog: pytest.LogCaptureFix
     assert lines[0].startswith("camera 'Off' down: 127.0.0.1:9 not answering"), lines
     assert 1 <= len(lines[1:]) <= 2 and source.probes >= 15, (lines, source.probes)
     assert all(line.startswith("camera 'Off' still down after ") for line in lines[1:]), lines
+
+
+async def test_probes_that_time_out_let_a_full_open_through_now_and_then() -> None:
+    # A listener whose accept queue is full drops every SYN: the probe times out, which proves
+    # little (a slow link looks the same), so a full open still runs once per backoff cap.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):  # fills the queue
+            probe = tcp_probe("127.0.0.1", port, 0.2)
+            answer = await probe()
+            assert answer is not None and not answer.definite, answer
+            url = f"rtsp://127.0.0.1:{port}/cam"
+            source = CameraSource(
+                "Slow",
+                lambda: AVInput(AVInputOptions(url, {"rtsp_transport": "tcp"}, open_timeout=0.3)),
+                display_url=url,
+                retry=RetryPolicy(cap=1.5, probe_interval=0.2, jitter=0.0),
+                probe=probe,
+            )
+            await watch(source, 4.0)
+    assert 2 <= source.opens <= 4 and source.probes >= 2 * source.opens, source.status()

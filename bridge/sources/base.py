@@ -3,12 +3,14 @@
 A CameraSource owns exactly one connection and one demux per camera, shared by every consumer
 (prebuffer, live view, snapshots, later detection and recording). When the input dies, the rest
 of the bridge keeps working and the camera is asked a cheap liveness probe every
-`probe_interval` (liveness.py: a TCP connect for RTSP, a stat() for a device or file); the full,
-expensive open runs only once the probe answers, so a camera is streaming again well within 2 s
-of its return without a dead camera being hammered meanwhile. Opens that fail while the probe
+`probe_interval` (liveness.py: a TCP connect for RTSP, a stat() for a device or file). The
+full, expensive open runs only once the probe answers, so a camera streams again well within
+2 s of its return and a dead one is not hammered meanwhile. Opens that fail while the probe
 answers (a server that is up but whose stream does not open) wait a capped exponential backoff
-with jitter, so a half-dead camera is not hammered either. An outage is logged once and the
-recovery once; what happens in between only every few minutes (and always in /status).
+with jitter, so a half-dead camera is not hammered either; probes that only time out (a camera
+that is off, or a slow link?) let a full open through once per backoff `cap`. An outage is
+logged once and the recovery once; what happens in between only every few minutes (and always
+in /status).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import threading
 import time
@@ -118,6 +121,7 @@ class CameraSource:
         self.probes = 0  # liveness probes sent
         self.opens = 0  # full opens tried
         self._failures = 0  # opens in a row that did not lead to a healthy stream
+        self._last_open_at = -math.inf  # monotonic
         self._down_at = 0.0  # monotonic twin of down_since
         self._logged_reason: str | None = None
         self._logged_at = 0.0
@@ -168,7 +172,7 @@ class CameraSource:
             self.state = "connecting"
             self.next_retry_at = None
             self.opens += 1
-            started = time.monotonic()
+            started = self._last_open_at = time.monotonic()
             epoch = self.epoch
             try:
                 await self._connect_and_pump()
@@ -207,11 +211,13 @@ class CameraSource:
             problem = await self._probe()
             if problem is None:
                 return not self._stopping
+            if not problem.definite and started - self._last_open_at >= self.retry.cap:
+                return not self._stopping  # timeouts prove little: a full open now and then
             # Gone rather than half-working: open at once when it answers again.
             self._failures = 0
-            self.last_error = problem
+            self.last_error = problem.reason
             self.state = "retrying"
-            self._note_down(problem, lost=False, backoff=0.0)
+            self._note_down(problem.reason, lost=False, backoff=0.0)
             wait = max(0.0, started + self.retry.probe_interval - time.monotonic())
             self.next_retry_at = time.time() + wait
             if await self._sleep(wait):

@@ -7,44 +7,91 @@ hostile run saw 7.6-8.3 s after a 10 s outage). A probe that costs one TCP hands
 stat() of a device node) can run every half second for as long as a camera is down, and the full
 open runs only once the probe answers.
 
-A probe returns None when the camera answers, otherwise a one-line reason (for /status). It
-never raises and never blocks the loop.
+A probe returns None when the camera answers, otherwise a NoAnswer with a one-line reason (for
+/status). It never raises and never blocks the loop. A refusal or a missing device is a definite
+no. A probe that merely timed out is not: a slow link (or a slow name lookup) could make a live
+camera miss a short timeout forever, so CameraSource still tries a full open now and then.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import ipaddress
 import os
 import socket
 from collections.abc import Awaitable, Callable
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
-Probe = Callable[[], Awaitable[str | None]]
-
 DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322}
+LOOKUP_TIMEOUT = 5.0  # a name lookup (a camera by host name) may take longer than a connect
+LOOKUP_CACHE = 30.0  # seconds a looked-up address is probed before it is looked up again
+AddrInfo = tuple[int, int, int, Any]  # family, type, proto, sockaddr
+
+
+@dataclass(frozen=True, slots=True)
+class NoAnswer:
+    reason: str
+    definite: bool = True  # False: timed out, which proves little
+
+
+Probe = Callable[[], Awaitable[NoAnswer | None]]
 
 
 def tcp_probe(host: str, port: int, timeout: float) -> Probe:
     """Answers when a TCP connection to host:port is accepted within `timeout` seconds."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    numeric = _numeric(host, port)
+    cached: tuple[float, AddrInfo] | None = None  # (monotonic expiry, lookup result)
 
-    async def probe() -> str | None:
+    async def lookup() -> AddrInfo | NoAnswer:
+        # Without a thread for an address (the default executor may be busy exactly when this
+        # should answer), and a host name at most once per LOOKUP_CACHE seconds.
+        nonlocal cached
+        if numeric is not None:
+            return numeric
+        loop = asyncio.get_running_loop()
+        if cached is not None and cached[0] > loop.time():
+            return cached[1]
         try:
-            async with asyncio.timeout(timeout):
-                _, writer = await asyncio.open_connection(host, port)
+            async with asyncio.timeout(LOOKUP_TIMEOUT):
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except TimeoutError:
-            return f"{where} not answering (no reply within {timeout:g} s)"
+            return NoAnswer(f"{where}: no name lookup within {LOOKUP_TIMEOUT:g} s", False)
         except OSError as exc:
-            return f"{where} not answering ({_reason(exc)})"
-        writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(timeout):
-                await writer.wait_closed()
+            return NoAnswer(f"{where}: name lookup failed ({_reason(exc)})")
+        family, kind, proto, _, sockaddr = infos[0]
+        cached = (loop.time() + LOOKUP_CACHE, (family, kind, proto, sockaddr))
+        return cached[1]
+
+    async def probe() -> NoAnswer | None:
+        target = await lookup()
+        if isinstance(target, NoAnswer):
+            return target
+        family, kind, proto, sockaddr = target
+        with socket.socket(family, kind, proto) as sock:
+            sock.setblocking(False)
+            try:
+                async with asyncio.timeout(timeout):
+                    await asyncio.get_running_loop().sock_connect(sock, sockaddr)
+            except TimeoutError:
+                return NoAnswer(f"{where} not answering (no reply within {timeout:g} s)", False)
+            except OSError as exc:
+                return NoAnswer(f"{where} not answering ({_reason(exc)})")
         return None
 
     return probe
+
+
+def _numeric(host: str, port: int) -> AddrInfo | None:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return socket.AF_INET, socket.SOCK_STREAM, 0, (str(ip), port)
+    return socket.AF_INET6, socket.SOCK_STREAM, 0, (str(ip), port, 0, 0)
 
 
 def _reason(exc: OSError) -> str:
@@ -58,15 +105,14 @@ def _reason(exc: OSError) -> str:
 
 def path_probe(path: str | os.PathLike[str]) -> Probe:
     """Answers when `path` exists (a V4L2 device node that comes back when re-plugged, a file)."""
-    target = Path(path)
 
-    async def probe() -> str | None:
+    async def probe() -> NoAnswer | None:
         # One stat() of a local path (a /dev node, a local file): cheaper than a hop to a
         # thread, whose pool may be busy with media work exactly when this should answer.
         try:
-            os.stat(target)
+            os.stat(path)
         except OSError as exc:
-            return f"{target}: {exc.strerror or type(exc).__name__}"
+            return NoAnswer(f"{os.fspath(path)}: {exc.strerror or type(exc).__name__}")
         return None
 
     return probe
