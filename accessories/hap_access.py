@@ -340,6 +340,8 @@ class CheckedAccessDriver(AccessoryDriver):
         self, chars_query: dict[str, Any], client_addr: tuple[str, int]
     ) -> dict[str, Any] | None:
         items, pid = parse_write_request(chars_query)
+        if not items:
+            return None  # nothing to do, nothing to refuse
         rows = [{"aid": item.aid, "iid": item.iid, "status": 0} for item in items]
         timed = pid is not None
         if timed and not self._take_prepared(client_addr, pid):
