@@ -14,7 +14,8 @@ from accessories.backend import (
 )
 from bridge.config import CameraConfig
 from bridge.live.session import H264LiveSession
-from bridge.media.snapshot import snapshot_jpeg
+from bridge.media.executor import MediaExecutor
+from bridge.media.snapshot import Snapshots
 from bridge.sources.base import CameraSource
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,13 @@ log = logging.getLogger(__name__)
 class BridgeCamera:
     """Implements accessories.backend.CameraBackend on top of a CameraSource."""
 
-    def __init__(self, config: CameraConfig, source: CameraSource, bind_address: str) -> None:
+    def __init__(
+        self,
+        config: CameraConfig,
+        source: CameraSource,
+        bind_address: str,
+        media: MediaExecutor | None = None,
+    ) -> None:
         self.name = config.name
         self.config = config
         self.source = source
@@ -31,6 +38,7 @@ class BridgeCamera:
         self.sessions: list[H264LiveSession] = []
         self.snapshots_served = 0
         self.snapshot_errors = 0
+        self._snapshots = Snapshots(source.frames, media)  # renders on the bridge's media pool
         # Advertised before the camera first connects; refined once its stream is known.
         self._caps = VideoCapabilities(native_width=1920, native_height=1080, native_fps=30)
 
@@ -46,7 +54,7 @@ class BridgeCamera:
 
     async def snapshot(self, width: int, height: int) -> bytes:
         try:
-            jpeg = await snapshot_jpeg(self.source.frames, self.source.available, width, height)
+            jpeg = await self._snapshots.jpeg(self.source.available, width, height)
         except CameraUnavailable:
             self.snapshot_errors += 1
             raise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from typing import Any
 
@@ -14,8 +13,10 @@ from accessories.hap_connections import ConnectionLimits
 from bridge.camera import BridgeCamera
 from bridge.config import Config
 from bridge.detect.service import DetectionService
+from bridge.media.executor import MediaExecutor
 from bridge.pairing import resolve_setup_code
 from bridge.preflight import bind_errors
+from bridge.shutdown import ShutdownWatchdog, StopSignals, finish, run
 from bridge.sources.base import CameraSource
 from bridge.sources.factory import make_source
 from bridge.status import start_status_server
@@ -40,16 +41,21 @@ class BridgeService:
         self.storage_error: str | None = None
         self.recorders: list[Any] = []
         self._status_runner: Any = None
+        self.media: MediaExecutor | None = None
 
     async def start(self) -> None:
         config = self.config
         ensure_private_dir(config.state_dir)
+        # Snapshots (and later other media work) run here, never on the default executor.
+        self.media = MediaExecutor()
         for cam in config.cameras:
             if not cam.enabled:
                 continue
             source = make_source(cam)
             self.sources.append(source)
-            self.cameras.append(BridgeCamera(cam, source, bind_address=config.hap.address))
+            self.cameras.append(
+                BridgeCamera(cam, source, bind_address=config.hap.address, media=self.media)
+            )
         self.homekit = HomeKitBridge(
             name=config.name,
             address=config.hap.address,
@@ -157,6 +163,8 @@ class BridgeService:
         if self.homekit is not None:
             await self.homekit.stop()
         await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
+        if self.media is not None:
+            await self.media.aclose()  # ≤ 2 s, then names the workers still busy
 
     def status(self) -> dict[str, Any]:
         homekit = self.homekit
@@ -173,6 +181,7 @@ class BridgeService:
             },
             "cameras": [self._camera_status(c) for c in self.cameras],
             "detection": self.detection.summary() if self.detection else None,
+            "media": self.media.status() if self.media else None,
             "storage": self.vault.status()
             if self.vault
             else ({"error": self.storage_error} if self.storage_error else None),
@@ -198,15 +207,15 @@ def _availability_handler(camera: BridgeCamera, accessory: Any) -> Any:
     return changed
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, watchdog: ShutdownWatchdog | None = None) -> None:
     service = BridgeService(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     from bridge.logs import loop_exception_handler
 
     loop.set_exception_handler(loop_exception_handler)  # EMFILE on accept: one line, no traceback
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    # The first SIGTERM/SIGINT stops (and arms the watchdog), a second one exits at once.
+    StopSignals(loop, stop, watchdog or ShutdownWatchdog()).install()
     try:
         await service.start()
     except BaseException:
@@ -240,5 +249,6 @@ def run_forever(config: Config) -> int:
     raise_open_files_limit()
     if config.demo:
         log.info("no configuration file found: running the demo camera (see `obscura init`)")
-    asyncio.run(serve(config))
-    return 0
+    watchdog = ShutdownWatchdog()
+    run(serve(config, watchdog), watchdog)  # asyncio.run, but a stuck thread cannot hold it
+    return finish(0)

@@ -103,6 +103,21 @@ class FrameTap:
                     return None if frame is None else (frame, self._latest_pts)
                 self._lock.wait(remaining)
 
+    def peek(
+        self, fresh_within: float = 1.0
+    ) -> tuple[av.video.frame.VideoFrame, float, bool] | None:
+        """Non-blocking (for the loop): the newest frame, its pts and whether it is fresh, i.e.
+        no older than `fresh_within` s behind the newest packet fed to the decoder.
+
+        The frame is shared with the decoder's other readers: treat it as read-only (never call
+        its `reformat`, `to_image` or `to_ndarray(**kwargs)`: they use and change state kept in
+        the frame object; see bridge/media/snapshot.py)."""
+        with self._lock:
+            frame = self._latest
+            if frame is None:
+                return None
+            return frame, self._latest_pts, self._latest_pts >= self._newest_fed_pts - fresh_within
+
     def _decode_loop(self) -> None:
         codec = av.CodecContext.create("h264", "r")
         codec.thread_type = "SLICE"  # frame threading adds a frame of latency per thread
