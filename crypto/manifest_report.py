@@ -107,6 +107,10 @@ class ClipInfo:
     shares: list[ShareInfo] = field(default_factory=list)
     #: Who can open it: the recipients in force when it was recorded.
     recipients: tuple[str, ...] = ()
+    #: The event it is a part of (docs/clip-format.md §8); None: a whole event on its own.
+    event: str | None = None
+    part: int = 0
+    final: bool = True  # the event's last part
 
 
 @dataclass(slots=True)

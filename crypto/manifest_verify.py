@@ -282,7 +282,8 @@ class ManifestVerifier:
                     clips[e.object] = ClipInfo(
                         e.object, seq, e.camera, e.start_ms, e.end_ms, e.subjects, e.size,
                         e.sha256, e.thumb, e.thumb_sha256, e.thumb_size,
-                        recipients=r.recipients,
+                        recipients=r.recipients, event=e.event, part=e.part or 0,
+                        final=e.final is not False,
                     )
                 elif isinstance(e, ShareEntry):
                     add(e.copy, e.sha256, e.size, seq)

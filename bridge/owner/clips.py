@@ -15,8 +15,9 @@ from pathlib import Path
 from bridge.owner.audit import GONE, BridgeView, Owner, OwnerError, report_problems
 from bridge.owner.clips_play import add_play_parser
 from bridge.owner.clips_write import cmd_delete, cmd_share
+from bridge.owner.events import Event, decrypt_event, events, find_event
 from crypto.age import AgeError, decrypt_file
-from crypto.manifest_report import ClipInfo, local_time
+from crypto.manifest_report import local_time
 
 #: How `clips list` and `clips verify` name a deletion's reason (docs/manifest.md §4).
 DELETED = {
@@ -49,7 +50,8 @@ def _recipients(owner: Owner, recipients: tuple[str, ...]) -> list[dict]:
     return [{"recipient": r, "yours": r in owner.mine} for r in recipients]
 
 
-def _clip_dict(owner: Owner, v: BridgeView, c: ClipInfo) -> dict:
+def _clip_dict(owner: Owner, v: BridgeView, c: Event) -> dict:
+    poster = c.poster
     return {
         "bridge": v.bridge_id,
         "id": c.id,
@@ -58,11 +60,20 @@ def _clip_dict(owner: Owner, v: BridgeView, c: ClipInfo) -> dict:
         "end": _when(c.end_ms),
         "start_ms": c.start_ms,
         "end_ms": c.end_ms,
+        "duration_s": c.duration_s,
         "subjects": list(c.subjects),
         "size": c.size,
-        "poster": c.thumb,
-        "poster_deleted": c.thumb_deleted,
+        "poster": poster.thumb if poster else None,
+        "poster_deleted": None if poster or not c.parts[0].thumb else c.parts[0].thumb_deleted,
         "deleted": c.deleted,
+        # The parts it was sealed in (docs/clip-format.md §8) and whether its last one is there.
+        "parts": [
+            {"id": p.id, "part": p.part, "final": p.final, "deleted": p.deleted,
+             "start_ms": p.start_ms, "end_ms": p.end_ms, "size": p.size}
+            for p in c.parts
+        ],
+        "state": c.state(),
+        "missing_parts": c.missing,
         "shares": [
             {"copy": s.copy, "recipient": s.recipient, "deleted": s.deleted, "source": s.source}
             for s in c.shares
@@ -84,7 +95,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [
         (v, c)
         for v in views
-        for c in v.report.clips
+        for c in events(v)
         if (args.all or not c.deleted)
         and (args.camera is None or c.camera == args.camera)
         and (args.subject is None or args.subject in c.subjects)
@@ -101,15 +112,18 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"{prefix}clips are encrypted to: {owner.describe(v.report.recipients)}")
     if not rows:
         print("no clips" + (" match" if args.camera or args.subject or args.since else ""))
-    hidden = sum(1 for v in views for c in v.report.clips if c.deleted and not args.all)
+    hidden = sum(1 for v in views for c in events(v) if c.deleted and not args.all)
     if hidden:
         print(f"({hidden} deleted clip(s) not shown: --all lists them)", file=sys.stderr)
     for v, c in rows:
-        seconds = (c.end_ms - c.start_ms) / 1000
+        seconds = c.duration_s
         subjects = ",".join(c.subjects) or "-"
+        first = c.parts[0]
         extra = f"  {_deleted(c.deleted)}" if c.deleted else (
-            f"  {_poster_gone(c.thumb_deleted)}" if c.thumb_deleted else ""
+            f"  {_poster_gone(first.thumb_deleted)}" if first.thumb_deleted and not c.poster
+            else ""
         )
+        extra += _parts_note(c)
         print(
             f"{c.id}  {_when(c.start_ms)}  {seconds:5.1f}s  {c.camera!r:<20} {subjects:<12} "
             f"{c.size / 1e6:6.2f} MB{extra}" + (f"  bridge {v.bridge_id}" if len(views) > 1 else "")
@@ -118,11 +132,28 @@ def cmd_list(args: argparse.Namespace) -> int:
             print(f"    encrypted to: {owner.describe(c.recipients)}")
         for s in c.shares:
             gone = f" (copy {_deleted(s.deleted)})" if s.deleted else ""
-            what = "" if s.source == c.id else (
-                " (its poster)" if s.source == c.thumb else f" (re-shared copy {s.source})"
+            # A share of an event is one copy of all its parts joined, recorded against a part.
+            part = next((p for p in c.parts if s.source in (p.id, p.thumb)), None)
+            what = "" if part is not None and s.source == part.id else (
+                " (its poster)" if part is not None else f" (re-shared copy {s.source})"
             )
             print(f"    shared with {s.recipient} as {s.copy}{what}{gone}")
     return status
+
+
+def _parts_note(c: Event) -> str:
+    """How the event's parts stand, when that is worth a word."""
+    notes = []
+    state = c.state()
+    if state != "complete":
+        notes.append("still recording" if state == "recording" else
+                     "cut short (the bridge stopped while recording it)")
+    if c.missing:
+        notes.append(f"{len(c.missing)} part(s) lost")
+    gone = [p for p in c.parts if p.deleted] if not c.deleted else []
+    if gone:
+        notes.append(f"{len(gone)} part(s) {_deleted(gone[0].deleted or '')}")
+    return "".join(f"  [{n}]" for n in notes)
 
 
 def _deleted(reason: str) -> str:
@@ -147,22 +178,36 @@ def _fetch_and_decrypt(owner: Owner, name: str, sha: str, size: int, out: Path, 
             raise OwnerError(f"{label}: cannot decrypt ({e})") from None
 
 
+def _save_event(owner: Owner, event: Event, out: Path) -> int:
+    """The event's parts, joined, into `out` (a temp file beside it, renamed once complete)."""
+    out = out.resolve()
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".obscura-") as tmp:
+        plain = Path(tmp) / "clip.mp4"
+        with plain.open("wb") as f:
+            decrypt_event(owner, event, Path(tmp), f.write, f"clip {event.id[:8]}")
+        n = plain.stat().st_size
+        plain.replace(out)
+    return n
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     owner = Owner(args)
     try:
         views = owner.all(deep=False)
         report_problems(views, strict=True)
-        view, clip = owner.find_clip(views, args.id)
-        root = view.layout.root
-        n = _fetch_and_decrypt(
-            owner,
-            f"{root}/{clip.id}",
-            clip.sha256,
-            clip.size,
-            Path(args.output),
-            f"clip {clip.id[:8]}",
-        )
-        print(f"{args.output}: {n} bytes, {clip.camera!r} {_when(clip.start_ms)}")
+        event = find_event(views, args.id)
+        root = event.view.layout.root
+        if len(event.live) == 1:  # exactly the stored plaintext
+            only = event.live[0]
+            n = _fetch_and_decrypt(
+                owner, f"{root}/{only.id}", only.sha256, only.size, Path(args.output),
+                f"clip {only.id[:8]}",
+            )
+        else:
+            n = _save_event(owner, event, Path(args.output))
+        parts = f", {len(event.live)} parts joined" if len(event.live) > 1 else ""
+        print(f"{args.output}: {n} bytes, {event.camera!r} {_when(event.start_ms)}{parts}")
+        clip = event.poster or event.parts[0]
         if args.poster:
             if clip.thumb is None or clip.thumb_sha256 is None or clip.thumb_size is None:
                 print("this clip has no poster", file=sys.stderr)
@@ -204,7 +249,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"bridge {bid}: {p.message}")
             bad += len(r.problems)
             if not r.problems:
-                live = sum(1 for c in r.clips if not c.deleted)
+                live = sum(1 for c in events(view) if not c.deleted)
                 seq = r.head.seq if r.head else "?"
                 print(f"bridge {bid}: OK ({live} clips, manifest seq {seq})")
             if r.recipients:
@@ -214,7 +259,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 print(f"bridge {bid}: WARNING: {w}")
             bad += len(view.warnings)
             # Listed, not a problem: the signed log says the owner asked for these.
-            for c in r.clips:
+            for c in events(view):
                 if c.deleted == "owner":
                     print(f"bridge {bid}: clip {c.id} ({c.camera!r}, {_when(c.start_ms)}) "
                           "deleted by the owner")

@@ -1,8 +1,9 @@
 """`obscura clips play ID`: watch a clip without its plaintext ever touching the disk.
 
 The ciphertext is downloaded (checked against the signed manifest's SHA-256 and size, as
-`clips get` does) into a private temporary directory; then it is decrypted chunk by chunk,
-each chunk authenticated, straight into a video player's standard input. Clips are fragmented
+`clips get` does) into a private temporary directory, one part of the event at a time; then it
+is decrypted chunk by chunk, each chunk authenticated, straight into a video player's standard
+input (an event's parts joined on the way: bridge/owner/events.py). Clips are fragmented
 MP4 with the `moov` box first, so players can play them from a pipe.
 """
 
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bridge.owner.audit import Owner, OwnerError, report_problems
-from crypto.age import AgeError, AgeReader
+from bridge.owner.events import Event, decrypt_event, find_event
 
 #: Tried in order when neither --player nor $OBSCURA_PLAYER is given: each reads stdin.
 PLAYERS = (
@@ -47,19 +48,18 @@ def player_command(choice: str | None) -> list[str]:
     )
 
 
-def pipe_decrypted(owner: Owner, encrypted: Path, argv: list[str], label: str) -> int:
-    """Decrypt `encrypted` into `argv`'s stdin; the player's exit status (0 if it quit early)."""
+def pipe_decrypted(owner: Owner, event: Event, tmp: Path, argv: list[str], label: str) -> int:
+    """Download and decrypt the event's parts into `argv`'s stdin (the ciphertext of one part
+    at a time in `tmp`); the player's exit status (0 if it quit early)."""
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE)
     assert proc.stdin is not None
     failed: str | None = None
     try:
-        with encrypted.open("rb") as src:
-            for chunk in AgeReader(owner.identities, src).chunks():
-                proc.stdin.write(chunk)
+        decrypt_event(owner, event, tmp, proc.stdin.write, label)
     except BrokenPipeError:
         pass  # the viewer closed the player before the end
-    except AgeError as e:
-        failed = f"{label}: cannot decrypt ({e}); playback stopped"
+    except OwnerError as e:
+        failed = f"{e}; playback stopped"
     finally:
         try:
             proc.stdin.close()
@@ -77,14 +77,11 @@ def cmd_play(args: argparse.Namespace) -> int:
     try:
         views = owner.all(deep=False)
         report_problems(views, strict=True)
-        view, clip = owner.find_clip(views, args.id)
-        label = f"clip {clip.id[:8]}"
+        event = find_event(views, args.id)
+        label = f"clip {event.id[:8]}"
         with tempfile.TemporaryDirectory(prefix="obscura-play-") as tmp:  # 0700, ciphertext only
-            encrypted = Path(tmp) / "clip.age"
-            owner.download(f"{view.layout.root}/{clip.id}", clip.sha256, clip.size, encrypted,
-                           label)
             print(f"playing {label} with {argv[0]}", file=sys.stderr)
-            status = pipe_decrypted(owner, encrypted, argv, label)
+            status = pipe_decrypted(owner, event, Path(tmp), argv, label)
     finally:
         owner.close()
     if status != 0:

@@ -13,19 +13,20 @@ from pathlib import Path
 
 from bridge.owner.audit import CHUNK, BridgeView, Owner, OwnerError, report_problems
 from bridge.owner.bridge_client import BridgeClient, BridgeError
-from crypto.age import AgeError, AgeReader, AgeWriter, encrypted_size
-from crypto.age_keys import X25519Identity, X25519Recipient
+from bridge.owner.events import Event, decrypt_event, events, find_event
+from crypto.age import AgeError, AgeWriter, encrypted_size
+from crypto.age_keys import X25519Recipient
 from crypto.manifest_report import ClipInfo
 
 
-def _target(owner: Owner, args: argparse.Namespace) -> tuple[BridgeView, ClipInfo, BridgeClient]:
-    """The clip, from the verified manifest, and the bridge that must record the change."""
+def _target(owner: Owner, args: argparse.Namespace) -> tuple[BridgeView, Event, BridgeClient]:
+    """The event, from the verified manifest, and the bridge that must record the change."""
     views = owner.all(deep=False)
     report_problems(views, strict=True)
-    view, clip = owner.find_clip(views, args.id)
+    event = find_event(views, args.id)
     client = BridgeClient(owner.config, owner.identities, args.url)
-    client.check(view.bridge_id)
-    return view, clip, client
+    client.check(event.view.bridge_id)
+    return event.view, event, client
 
 
 def cmd_share(args: argparse.Namespace) -> int:
@@ -35,15 +36,15 @@ def cmd_share(args: argparse.Namespace) -> int:
         raise OwnerError(f"--to {args.to!r} is not an age recipient: {e}") from None
     owner = Owner(args)
     try:
-        view, clip, client = _target(owner, args)
+        view, event, client = _target(owner, args)
+        clip = event.live[0]  # the share's source in the manifest; the copy holds the event
         root = view.layout.root
         with tempfile.TemporaryDirectory(prefix="obscura-share-") as tmp:
-            enc, copy = Path(tmp) / "clip.age", Path(tmp) / "copy.age"
-            owner.download(f"{root}/{clip.id}", clip.sha256, clip.size, enc, f"clip {clip.id[:8]}")
+            copy = Path(tmp) / "copy.age"
             try:
-                size, sha = _reencrypt(owner.identities, enc, copy, recipient)
-            except AgeError as e:
-                raise OwnerError(f"clip {clip.id}: cannot decrypt ({e}); nothing shared") from None
+                size, sha = _reencrypt(owner, event, Path(tmp), copy, recipient)
+            except OwnerError as e:
+                raise OwnerError(f"{e}; nothing shared") from None
             copy_id = secrets.token_hex(16)
             name = f"{root}/{copy_id}"
             owner.bucket.run(owner.bucket.bucket.put(name, copy))
@@ -98,15 +99,16 @@ def _unsure_share(
 
 
 def _reencrypt(
-    identities: list[X25519Identity], src: Path, dst: Path, recipient: str
+    owner: Owner, event: Event, tmp: Path, dst: Path, recipient: str
 ) -> tuple[int, str]:
-    """Re-encrypt `src` for `recipient` into `dst` as a stream; (size, SHA-256) of the copy,
-    checked as clip-format.md §7 step 3 says.
+    """Re-encrypt the event (its parts joined into one MP4, bridge/owner/events.py) for
+    `recipient` into `dst` as a stream; (size, SHA-256) of the copy, checked as clip-format.md
+    §7 step 3 says.
 
     A fresh file key, not share_copy's re-wrap: the copy is unlinkable to its source (the
     operator cannot see *that* a clip was shared) and age's "one file key per file" holds."""
     written = hashlib.sha256()
-    with open(src, "rb") as inp, open(dst, "wb") as out:
+    with open(dst, "wb") as out:
 
         class Tee:
             def write(self, data: bytes | bytearray | memoryview) -> int:
@@ -115,8 +117,7 @@ def _reencrypt(
                 return len(memoryview(data))
 
         with AgeWriter([recipient], Tee()) as writer:
-            for chunk in AgeReader(identities, inp).chunks():
-                writer.write(chunk)
+            decrypt_event(owner, event, tmp, writer.write, f"clip {event.id[:8]}")
     reread, n = hashlib.sha256(), 0
     with open(dst, "rb") as f:  # what is uploaded must be what was written
         while data := f.read(CHUNK):
@@ -179,13 +180,17 @@ def find_deletion(views: list[BridgeView], wanted: str) -> Deletion:
         raise OwnerError(f"id {wanted} is ambiguous: give more digits")
     if clip_hits:
         view, clip = clip_hits[0]
-        if clip.deleted:
-            raise OwnerError(f"clip {clip.id} was deleted ({clip.deleted})")
-        copies = sum(1 for s in clip.shares if not s.deleted)
-        what = f"clip {clip.id} ({clip.camera!r})" + (
+        event = next(e for e in events(view) if clip in e.parts)
+        if event.deleted:
+            raise OwnerError(f"clip {event.id} was deleted ({event.deleted})")
+        copies = sum(1 for s in event.shares if not s.deleted)
+        parts = len(event.live)
+        what = f"clip {event.id} ({event.camera!r})" + (
+            f" in {parts} parts" if parts > 1 else ""
+        ) + (
             f" and its {copies} share cop{'y' if copies == 1 else 'ies'}" if copies else ""
         )
-        return Deletion(view, clip_objects(clip), what)
+        return Deletion(view, [o for p in event.live for o in clip_objects(p)], what)
     if copy_hits:
         view, clip, share = copy_hits[0]
         if share.deleted:

@@ -22,6 +22,7 @@ from typing import Protocol
 import av
 import av.container
 
+from bridge.media.h264 import NAL_PPS, NAL_SPS, join_annexb, nal_type, split_annexb
 from bridge.media.mp4boxes import FragmentRebaser
 from bridge.media.packet import VideoPacket
 
@@ -136,6 +137,7 @@ class Fmp4Writer:
                 self.skipped += 1
                 return
             self._origin = packet.pts
+            packet = _one_of_each_parameter_set(packet)
         ticks = round((packet.pts - self._origin) * TIMESCALE)
         sample = _Sample(packet.data, ticks, packet.keyframe)
         if packet.keyframe and self._gop:
@@ -215,3 +217,22 @@ class Fmp4Writer:
         self._container.mux(packet)
         self.frames += 1
         self._end_ticks = max(self._end_ticks, dts + duration)
+
+
+def _one_of_each_parameter_set(packet: VideoPacket) -> VideoPacket:
+    """The first keyframe with one SPS and one PPS, in a canonical Annex B form.
+
+    FFmpeg builds the `avcC` of the `moov` from the first packet's parameter sets, every copy
+    included; our keyframes carry the source's own copies plus the ones the bridge puts in front.
+    With exactly one of each, every part of an event gets the same `moov`, which joining parts
+    into one MP4 requires (bridge.media.mp4boxes.EventJoiner)."""
+    kept: list[bytes] = []
+    seen: set[int] = set()
+    for nal in split_annexb(packet.data):
+        kind = nal_type(nal)
+        if kind in (NAL_SPS, NAL_PPS):
+            if kind in seen:
+                continue
+            seen.add(kind)
+        kept.append(nal)
+    return VideoPacket(join_annexb(kept), packet.pts, packet.keyframe, packet.epoch)
