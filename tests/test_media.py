@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,12 +12,14 @@ import av
 import numpy as np
 import pytest
 
+from accessories.backend import CameraUnavailable
 from bridge.config import CameraConfig
+from bridge.media.executor import MediaBusy, MediaExecutor
 from bridge.media.fanout import PacketFanout
 from bridge.media.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_type, split_annexb
 from bridge.media.packet import VideoPacket
 from bridge.media.prebuffer import Prebuffer
-from bridge.media.snapshot import snapshot_jpeg
+from bridge.media.snapshot import COALESCE_SECONDS, Snapshots, snapshot_jpeg
 from bridge.sources.base import RetryPolicy
 from bridge.sources.factory import make_source
 from tests.test_sources import jpeg_size, wait_for
@@ -138,7 +142,9 @@ def test_split_keyframes_are_joined() -> None:
     gop = [(b"\x00\x00\x00\x01\x65A", 0.0, True), (b"\x00\x00\x00\x01\x65B", 0.0, True)]
     out = _merge([*gop, (b"P", 0.1, False), *[(d, t + 1, k) for d, t, k in gop]])
     assert [o[0] for o in out] == [
-        (gop[0][0] + gop[1][0], 0.0, True), (b"P", 0.1, False), (gop[0][0] + gop[1][0], 1.0, True)
+        (gop[0][0] + gop[1][0], 0.0, True),
+        (b"P", 0.1, False),
+        (gop[0][0] + gop[1][0], 1.0, True),
     ]
 
 
@@ -150,3 +156,89 @@ def test_whole_keyframes_stop_being_held_back() -> None:
     key_inputs = [i + 1 for i, p in enumerate(packets) if p[2]]
     assert key_reads[:3] == [n + 1 for n in key_inputs[:3]]  # first ones: held one packet
     assert key_reads[4:] == key_inputs[4:]  # then passed on as soon as read (no frame of delay)
+
+
+# ---- the media pool and snapshots (issue #8: no deadlock, nothing starves the default pool) ----
+
+
+async def test_media_pool_names_threads_bounds_its_backlog_and_drops_cancelled_jobs() -> None:
+    media = MediaExecutor(workers=1, backlog=2)
+    block = threading.Event()
+    try:
+        running = media.submit(block.wait, 30, what="blocker")
+        await wait_for(lambda: media.status()["busy"] == 1, 5, "the blocker to start")
+        queued = [media.submit(threading.current_thread, what=f"job {i}") for i in range(2)]
+        with pytest.raises(MediaBusy, match="busy: 2 jobs waiting"):
+            media.submit(threading.current_thread)  # full: refused at once, not queued
+        assert queued[0].cancel()  # its caller went away: it leaves the queue
+        status = media.status()
+        assert (status["queued"], status["rejected"], status["cancelled"]) == (1, 1, 1)
+        assert status["workers"] == 1 and status["longest_running_seconds"] > 0
+        block.set()
+        assert running.result(5) is True
+        worker = queued[1].result(5)
+        assert worker.name == "media-1" and worker.daemon  # never holds the process at exit
+        assert media.status()["completed"] == 2
+    finally:
+        block.set()
+        assert await media.aclose() == []
+    with pytest.raises(MediaBusy, match="shut down"):
+        media.submit(threading.current_thread)
+
+
+async def test_media_pool_close_names_a_stuck_worker_without_waiting_for_it() -> None:
+    media = MediaExecutor(workers=2, backlog=4)
+    block = threading.Event()
+    try:
+        media.submit(block.wait, what="stuck on purpose")
+        waiting = media.submit(block.wait, what="never started")
+        waiting2 = media.submit(block.wait, what="never started either")
+        await wait_for(lambda: media.status()["busy"] == 2, 5, "two busy workers")
+        started = time.monotonic()
+        stuck = await media.aclose(timeout=0.3)
+        assert time.monotonic() - started < 2
+        assert len(stuck) == 2 and all(
+            "stuck on purpose" in s or "never started" in s for s in stuck
+        )
+        assert waiting.running() or waiting2.running()
+    finally:
+        block.set()
+
+
+async def test_identical_snapshot_requests_share_a_render_and_a_full_pool_answers_an_error() -> (
+    None
+):
+    source = make_source(
+        CameraConfig(name="Demo", source="demo:", width=640, height=360, fps=15), RetryPolicy()
+    )
+    media = MediaExecutor(workers=2, backlog=8)
+    source.start()
+    try:
+        await wait_for(lambda: source.available, 10, "the demo camera")
+        snapshots = Snapshots(source.frames, media)
+        sizes = [(320, 180), (160, 120)] * 10  # a storm: 20 requests, 2 sizes, same moment
+        jpegs = await asyncio.gather(*(snapshots.jpeg(True, w, h) for w, h in sizes))
+        assert [jpeg_size(j) for j in jpegs] == sizes
+        assert snapshots.renders == 2 and media.status()["completed"] == 2
+        # Later requests render afresh (a newer frame).
+        await asyncio.sleep(COALESCE_SECONDS + 0.05)
+        assert jpeg_size(await snapshots.jpeg(True, 320, 180)) == (320, 180)
+        assert snapshots.renders == 3
+
+        # A pool whose workers are all stuck and whose backlog is full: an error at once.
+        full = MediaExecutor(workers=1, backlog=1)
+        block = threading.Event()
+        try:
+            full.submit(block.wait, 30)
+            await wait_for(lambda: full.status()["busy"] == 1, 5, "the stuck worker")
+            full.submit(block.wait, 30)
+            started = time.monotonic()
+            with pytest.raises(CameraUnavailable, match="snapshot refused: media pool busy"):
+                await Snapshots(source.frames, full).jpeg(True, 320, 180)
+            assert time.monotonic() - started < 1
+        finally:
+            block.set()
+            await full.aclose()
+    finally:
+        await source.stop()
+        await media.aclose()

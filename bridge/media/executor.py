@@ -120,18 +120,21 @@ class MediaExecutor:
                     self.cancelled += 1
                     continue
                 self._running[me] = (time.monotonic(), job.what)
-            ok = False
+            result: Any = None
+            error: BaseException | None = None
             try:
-                job.future.set_result(job.fn(*job.args))
-                ok = True
+                result = job.fn(*job.args)
             except BaseException as exc:  # delivered to the caller
-                job.future.set_exception(exc)
-            finally:
-                with self._cv:
-                    self._running.pop(me, None)
-                    self.completed += ok
-                    self.failed += not ok
-            del job  # drop the job's arguments (frames) before waiting for the next one
+                error = exc
+            with self._cv:  # counted before the caller hears back: status() is never behind
+                self._running.pop(me, None)
+                self.completed += error is None
+                self.failed += error is not None
+            if error is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(error)
+            del job, result, error  # drop the job's arguments (frames) before the next one
 
     def close(self) -> None:
         """No new jobs; cancel the ones that have not started; idle workers exit."""
