@@ -33,7 +33,12 @@ import h11
 import orjson
 from pyhap import tlv
 from pyhap.accessory import Bridge
-from pyhap.hap_handler import HAPResponse, HAPServerHandler, UnprivilegedRequestException
+from pyhap.hap_handler import (
+    HAP_TLV_STATES,
+    HAPResponse,
+    HAPServerHandler,
+    UnprivilegedRequestException,
+)
 from pyhap.hap_protocol import HAPServerProtocol
 from pyhap.util import to_hap_json
 
@@ -200,14 +205,33 @@ class CheckedHandler(HAPServerHandler):
                 raise BadRequest("pair-verify: the public key is not 32 bytes")
             if state == 3 and self.enc_context is None:
                 raise BadRequest("pair-verify: M3 before M1")
+            if state == 3:
+                self._pair_verify_m3()
+                return
         super().handle_pair_verify()
+
+    def _pair_verify_m3(self) -> None:
+        """M3 carries an encrypted identifier and signature. Any peer can encrypt it (M1 needs
+        no pairing), so a malformed inside (no identifier, one that is not a UUID) is a failed
+        verification like a bad signature: kTLVError_Authentication, not a traceback."""
+        try:
+            super().handle_pair_verify()
+        except (KeyError, ValueError, TypeError) as exc:
+            logger.debug("%s: pair-verify M3 malformed: %r", self.client_address, exc)
+            self.response = HAPResponse()
+            self._send_authentication_error_tlv_response(HAP_TLV_STATES.M4)
 
     def handle_pairings(self) -> None:
         if self.is_encrypted and self.client_uuid is not None:
             self._check_pairing_tlv(_METHOD, _PAIRINGS, "pairings")
             items = tlv.decode(self.request_body or b"")
-            if items[bytes([_METHOD])][0] == 4:
+            method = items[bytes([_METHOD])][0]
+            if method in (3, 4):
                 _check_uuid(items[bytes([_IDENTIFIER])])
+            if method == 3 and (
+                len(items[bytes([_PUBLIC_KEY])]) != 32 or len(items[bytes([_PERMISSIONS])]) != 1
+            ):
+                raise BadRequest("pairings: add needs a 32-byte key and a 1-byte permission")
         super().handle_pairings()
 
     def _check_pairing_tlv(self, key: int, rules: dict[int, tuple[int, ...]], what: str) -> None:

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import http.client
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohomekit.uuid import normalize_uuid
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.hashes import SHA512
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pyhap.loader import get_loader
 
 from accessories.hap_access import (
@@ -34,6 +41,7 @@ from tests.peers.camera_tlv import (
     VideoSelection,
     selected_stream_config,
     tlv8_decode,
+    tlv8_encode,
     tlv_first,
 )
 from tests.peers.camera_tlv import SetupEndpointsRequest as Setup
@@ -391,3 +399,44 @@ async def test_malformed_requests_answer_4xx_and_keep_the_session(controller: Pa
             assert reply.json() == {"status": INVALID}, (method, target, body, reply)
         assert controller.pairing.connection.transport is transport  # the session stays open
         assert (await read(controller.pairing, name)).code == 200
+
+
+def _pair_verify(port: int, inner: bytes) -> tuple[int, bytes]:
+    """Pair-verify M1 as any LAN peer can send it, then an M3 whose encrypted part is `inner`
+    (our own few lines of X25519 + HKDF + ChaCha20-Poly1305, as the spec describes them)."""
+    key = X25519PrivateKey.generate()
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    headers = {"Content-Type": "application/pairing+tlv8"}
+    try:
+        conn.request("POST", "/pair-verify", tlv8_encode([(6, 1), (3, public)]), headers)
+        m2 = dict(tlv8_decode(conn.getresponse().read()))
+        shared = key.exchange(X25519PublicKey.from_public_bytes(m2[3]))
+        session_key = HKDF(
+            SHA512(), 32, b"Pair-Verify-Encrypt-Salt", b"Pair-Verify-Encrypt-Info"
+        ).derive(shared)
+        sealed = ChaCha20Poly1305(session_key).encrypt(b"\0\0\0\0PV-Msg03", inner, None)
+        conn.request("POST", "/pair-verify", tlv8_encode([(6, 3), (5, sealed)]), headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+async def test_malformed_pair_verify_m3_is_an_authentication_error(
+    bridge: BridgeProcess, controller: Paired
+) -> None:
+    """Any peer can encrypt an M3 (M1 needs no pairing): what is inside must not reach a
+    traceback. Each answer is M4 with kTLVError_Authentication (tag 7 = 2)."""
+    for inner in (
+        tlv8_encode([(1, b"not-a-uuid"), (10, bytes(64))]),
+        tlv8_encode([(10, bytes(64))]),  # no identifier
+        tlv8_encode([(1, b"\xff\xfe")]),  # not UTF-8
+        tlv8_encode([(1, str(uuid.uuid4()).encode())]),  # unknown controller, no signature
+        b"\x01\x05ab",  # not TLV8
+    ):
+        status, body = await asyncio.to_thread(_pair_verify, bridge.hap_port, inner)
+        assert status == 200, (inner, status, body)
+        assert dict(tlv8_decode(body)) == {6: b"\x04", 7: b"\x02"}, inner
+    name = bridge_name(await controller.pairing.list_accessories_and_characteristics())
+    assert (await read(controller.pairing, name)).code == 200
