@@ -9,7 +9,7 @@ when a peer repeats them).
 
 ``CheckedHandler`` routes like HAP-python (same table) and parses what it can check up front:
 404 for an unknown path, 405 for a known path with another method, 400 with HAP status -70410
-for a malformed query, body or pairing message (``hap_access.BadRequest``), and the per-id
+for a malformed query, body or pairing message (``hap_requests.BadRequest``), and the per-id
 rules of ``hap_access.CheckedAccessDriver`` for the rest. Only an exception that remains is
 ours: it still answers 500 and logs its traceback. The Content-Type of a request is not
 checked, as neither HAP-python nor Apple's ADK checks it for these paths; the body must parse.
@@ -43,7 +43,7 @@ from pyhap.hap_protocol import HAPServerProtocol
 from pyhap.util import to_hap_json
 
 from .camera import MAX_SNAPSHOT_SIDE
-from .hap_access import BadRequest, Status, parse_read_query
+from .hap_requests import BadRequest, Status, parse_read_query
 
 __all__ = ["CheckedHandler", "CheckedProtocol"]
 

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pyhap.loader import get_loader
 
-from accessories.hap_access import (
+from accessories.hap_requests import (
     BadRequest,
     InvalidValue,
     check_value,
