@@ -59,6 +59,7 @@ class HostCheck:
         self.port = port
         self.wildcard = ipaddress.ip_address(address).is_unspecified
         self._interfaces: set[str] = set()
+        self._listed_at = float("-inf")
 
     def allows(self, host: str | None) -> bool:
         if not host:
@@ -69,8 +70,9 @@ class HostCheck:
         if name in LOOPBACK_NAMES or name == _host_literal(self.address).lower():
             return True
         if self.wildcard and _is_ip_literal(name):
-            if name not in self._interfaces:
+            if name not in self._interfaces and time.monotonic() - self._listed_at > 5.0:
                 self._interfaces = interface_hosts()  # an address may have been added since
+                self._listed_at = time.monotonic()
             return name in self._interfaces
         return False
 

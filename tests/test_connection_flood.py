@@ -19,6 +19,8 @@ import logging
 import os
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -144,6 +146,24 @@ def test_emfile_on_accept_is_one_line_without_traceback(caplog: pytest.LogCaptur
     assert record.exc_info is None
     assert "Too many open files (EMFILE)" in record.getMessage()
     assert f"cannot accept connections on 127.0.0.1:{port}" in record.getMessage()
+
+
+def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
+    script = (
+        "import resource, logging\n"
+        "logging.basicConfig(level=logging.DEBUG, format='%(message)s')\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))\n"
+        "from bridge.service import raise_open_files_limit\n"
+        "raise_open_files_limit()\n"
+        "raise_open_files_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).resolve().parents[1], check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "(4096, 4096)"
+    assert out.stderr.count("open files limit raised from 256 to 4096") == 1, out.stderr
 
 
 # --------------------------------------------------------------------------------------------
