@@ -17,7 +17,7 @@ Limits (defaults, configurable in ``[hap]``):
 - 64 connections in all. A home with four people (iPhone, iPad, Mac, Watch through the phone),
   a few Home hubs (every HomePod and Apple TV connects on its own) and Home Assistant is some 20
   controllers, each with one connection per accessory server and briefly two while it
-  reconnects: 64 leaves twice that. The HAP specification asks for at least 8. 64 descriptors
+  reconnects: 64 leaves twice that (small accessories serve 5 to 12). 64 descriptors
   are nothing next to the 1,024 of the smallest default limit.
 - 16 per remote address. One device normally holds one or two; a NAT or a host running several
   controllers may hold more. A single attacking host can hold a quarter of the slots at most.

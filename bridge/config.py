@@ -284,7 +284,7 @@ def _choice(r: TableReader, name: str, default: str, choices: tuple[str, ...]) -
 
 def _hap_connection_caps(r: TableReader) -> dict[str, int]:
     total = r.get("max_connections", int, 64)
-    if not 8 <= total <= 1024:  # HAP asks for at least 8; more would eat the descriptors
+    if not 8 <= total <= 1024:  # fewer starves a home; more would eat the descriptors
         raise r.fail("max_connections", f"must be between 8 and 1024, got {total}")
     per_address = r.get("max_connections_per_address", int, 16)
     if not 1 <= per_address <= total:
