@@ -177,7 +177,12 @@ class CheckedHandler(HAPServerHandler):
             if not 0 < size <= MAX_SNAPSHOT_SIDE:
                 raise BadRequest(f"{key} out of range")
         top = self.accessory_handler.accessory
-        target = top.accessories.get(body.get("aid")) if isinstance(top, Bridge) else top  # type: ignore[arg-type]
+        target = top
+        if isinstance(top, Bridge):
+            aid = body.get("aid")
+            if isinstance(aid, bool) or not isinstance(aid, int):
+                raise BadRequest("aid must be an integer")
+            target = top.accessories.get(aid)
         if target is None or getattr(target, "async_get_snapshot", None) is None:
             self._fail(HTTPStatus.NOT_FOUND, Status.NO_SUCH_RESOURCE, "no camera with that aid")
             return

@@ -434,7 +434,7 @@ def _resource_body(rng: random.Random, aid: int) -> bytes:
         body.update({"image-width": rng.choice([160, 320]), "image-height": 120})
         return json.dumps(body).encode()
     body["resource-type"] = rng.choice(["image", "image", "video", 1])
-    body["aid"] = rng.choice([aid, aid, 1, 0, -1, "x", None])
+    body["aid"] = rng.choice([aid, aid, 1, 0, -1, "x", None, [aid], {"a": 1}, 2.5])
     for key in ("image-width", "image-height"):
         body[key] = rng.choice([160, 320, 0, -5, 2**40, "320", 3.5, True, None])
     if rng.random() < 0.2:

@@ -371,6 +371,8 @@ MALFORMED: list[tuple[str, str, bytes | None, int]] = [
     ("POST", "/resource", b"{", 400),
     ("POST", "/resource", b'{"aid": 1, "image-width": "640", "image-height": 480}', 400),
     ("POST", "/resource", b'{"aid": 1, "image-width": 0, "image-height": 480}', 400),
+    ("POST", "/resource", b'{"aid": [2], "image-width": 640, "image-height": 480}', 400),
+    ("POST", "/resource", b'{"aid": {}, "image-width": 640, "image-height": 480}', 400),
     ("POST", "/resource", b'{"aid": 1, "image-width": 640, "image-height": 480}', 404),
     ("POST", "/resource", b'{"aid": 5, "image-width": 640, "image-height": 480}', 404),
     ("GET", "/nowhere", None, 404),
