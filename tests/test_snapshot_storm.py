@@ -188,6 +188,8 @@ async def test_snapshot_storms_cold_and_warm_then_sigterm_exits_zero(tmp_path: P
         assert code == 0, log
         assert stopped_in < 5.0, f"exit took {stopped_in:.1f} s"
         assert "Traceback" not in log, log
+        # A clean stop: no render left running, no thread left behind, no watchdog.
+        assert "still running" not in log and "did not finish" not in log, log
 
 
 # ---------------------------------------------------------------------------------------------

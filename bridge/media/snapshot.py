@@ -14,9 +14,13 @@ the copy's is unspecified: chroma may move by half a chroma pixel (mean 0.2 leve
 photo), invisible in a thumbnail.
 
 Why requests are coalesced: an iPhone, an iPad and a hub refreshing tiles ask for the same few
-sizes at the same moment; a request that finds a render of the same size that began within the
-last `COALESCE_SECONDS` shares its answer (the picture would be the same frame or one frame
-older), so a storm of 50 requests costs a handful of renders.
+sizes at the same moment; a request that finds an unfinished render of the same size, begun
+less than `COALESCE_SECONDS` ago, shares its answer. A finished render is never reused, so this
+only matters while renders wait: when the pool is loaded, exactly when fewer renders help. The
+shared picture is then up to that much older than a render of its own would have been (Home app
+tiles refresh every ~10 s). A storm of 50 requests at 5 sizes costs 5 renders when they arrive
+together; spread out by HAP connections that answer one request at a time, ~35 renders per 100
+requests in tests/test_snapshot_storm.py.
 
 Waiting for a fresh frame happens on the event loop (a short poll), not in a worker thread: with
 a cold decoder, a storm would otherwise park every media worker for up to the frame timeout.
@@ -41,8 +45,8 @@ from bridge.media.frames import FrameTap
 # Home app tiles refresh roughly every 10 s while visible: keep the decoder warm that long so
 # the next snapshot is a frame that is already decoded.
 SNAPSHOT_LEASE_SECONDS = 30.0
-# A render of the same size that started this recently answers a new request too.
-COALESCE_SECONDS = 0.25
+# An unfinished render of the same size that started this recently answers a new request too.
+COALESCE_SECONDS = 1.0
 FRAME_POLL_SECONDS = 0.02
 MAX_WIDTH, MAX_HEIGHT = 7680, 4320
 
