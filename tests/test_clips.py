@@ -108,9 +108,11 @@ def test_clips_are_encrypted_to_the_owner_and_decrypt_with_stock_age(
     assert len(frames) >= 15 and (frames[0].width, frames[0].height) == (640, 360)
 
 
-def test_bad_storage_is_a_clear_error_and_streaming_goes_on(
+def test_a_world_readable_credentials_file_is_a_config_error(
     tmp_path: Path, owner_key: tuple[Path, str]
 ) -> None:
+    """Bucket keys others can read: `obscura run` refuses to start (exit 2, naming the file and
+    the key) rather than record to a bucket with leaked keys; the secret is never printed."""
     creds = tmp_path / "s3.env"
     creds.write_text("AWS_ACCESS_KEY_ID=AK\nAWS_SECRET_ACCESS_KEY=never-logged-7f3a\n")
     creds.chmod(0o644)  # readable by others: refused
@@ -123,14 +125,11 @@ def test_bad_storage_is_a_clear_error_and_streaming_goes_on(
             "credentials_file": str(creds),
         },
     )
-    bridge.start()
-    try:
-        bridge.wait_camera("Demo")
-        error = bridge.status()["storage"]["error"]
-        assert "s3.env" in error and "0644" in error
-    finally:
-        assert bridge.stop() == 0
-    assert "never-logged-7f3a" not in bridge.log_text()
+    out = obscura("run", "--config", str(bridge.config))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "credentials_file" in out.stderr and "s3.env" in out.stderr
+    assert "0644" in out.stderr and "Traceback" not in out.stderr
+    assert "never-logged-7f3a" not in out.stdout + out.stderr
 
 
 def obscura(*args: str) -> subprocess.CompletedProcess[str]:
