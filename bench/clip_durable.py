@@ -139,7 +139,7 @@ async def run(args: argparse.Namespace, work: Path, clip: Path) -> dict[str, Any
             while time.monotonic() < deadline:
                 storage_status = (await asyncio.to_thread(bridge.status))["storage"] or {}
                 up = storage_status.get("uploads") or {}
-                if storage_status.get("clips_sealed", 0) >= args.visits and not up.get(
+                if storage_status.get("events_sealed", 0) >= args.visits and not up.get(
                     "pending_count"
                 ):
                     break
@@ -168,8 +168,16 @@ async def run(args: argparse.Namespace, work: Path, clip: Path) -> dict[str, Any
     ).verify()
     ends = [r for r in records.values() if r["kind"] == "end"]
     rows = []
-    for c in sorted(report.clips, key=lambda c: c.start_ms):
-        start, end = c.start_ms / 1000, c.end_ms / 1000
+    # An event is sealed in parts (docs/clip-format.md §8): it is durable once its final part
+    # is in the bucket; its span is that of all its parts.
+    spans: dict[str, tuple[int, int]] = {}
+    for c in report.clips:
+        key = c.event or c.id
+        lo, hi = spans.get(key, (c.start_ms, c.end_ms))
+        spans[key] = (min(lo, c.start_ms), max(hi, c.end_ms))
+    for c in sorted((c for c in report.clips if c.final), key=lambda c: c.start_ms):
+        start_ms, end_ms = spans[c.event or c.id]
+        start, end = start_ms / 1000, end_ms / 1000
         inside = [r for r in ends if start <= (r["ended_at"] or r["detected_at"]) <= end]
         name = objects.get(c.id)
         if not inside or name is None or name not in seen:

@@ -61,7 +61,8 @@ def doctor(config: Config, url: str | None) -> int:
     else:
         up = storage["uploads"]
         line = (
-            f"clips     {storage['clips_sealed']} sealed to {len(storage['recipients'])} "
+            f"clips     {storage.get('events_sealed', 0)} event(s) in "
+            f"{storage['clips_sealed']} part(s) sealed to {len(storage['recipients'])} "
             f"recipient(s) in {storage['bucket']}; {up['pending_count']} waiting to upload"
         )
         print(line)

@@ -112,7 +112,8 @@ class ClipVault(Deletions):
             record=self._retention_record,
         )
         self.publish_timeout = 30.0  # how long a deletion waits for its log to be in the bucket
-        self.clips_sealed = 0
+        self.clips_sealed = 0  # parts of events (docs/clip-format.md §8)
+        self.events_sealed = 0  # events whose last part is sealed
         self.last_error: str | None = None
         self._loop = asyncio.get_running_loop()  # constructed by the service, on its loop
 
@@ -144,6 +145,7 @@ class ClipVault(Deletions):
         # Spooled held: they upload once this entry is saved (or a retry of it, if it fails).
         await self.append([entry], keep=True, held=held)
         self.clips_sealed += 1
+        self.events_sealed += meta.final
         # No camera or subjects: the log lives on the bridge's disk too.
         log.log(
             logging.INFO if meta.final else logging.DEBUG,  # a part every few seconds
@@ -417,6 +419,7 @@ class ClipVault(Deletions):
             "bridge_key": str(self.key.public),
             "recipients": [str(r) for r in self.recipients],
             "clips_sealed": self.clips_sealed,
+            "events_sealed": self.events_sealed,
             "manifest_seq": state.seq if state else None,
             "uploads": self.uploader.status().as_dict(),
             "spool": self.spool.status(),  # its disk: free space, a full disk and its drops

@@ -79,7 +79,8 @@ def recording_bridge(
 
 
 def clips_sealed(bridge: BridgeProcess) -> int:
-    return int((bridge.status()["storage"] or {}).get("clips_sealed", 0))
+    """Events recorded to their end (each sealed in one or more parts)."""
+    return int((bridge.status()["storage"] or {}).get("events_sealed", 0))
 
 
 def record_bucket(work: Path) -> Recorded:
