@@ -20,8 +20,8 @@ from pathlib import Path
 import av
 import pytest
 
-from tests.peers.bridge_process import BridgeProcess, CameraSpec
-from tests.peers.owner_bucket import obscura, wait
+from tests.peers.bridge_process import BridgeProcess
+from tests.peers.owner_bucket import obscura, recording_bridge, wait
 from tests.peers.rtsp import RtspCamera, gst_rtsp_available
 from tests.peers.scenes import write_crossing_clip
 
@@ -66,18 +66,9 @@ def test_sigkill_during_events_loses_at_most_the_last_seconds(tmp_path: Path) ->
     bucket = tmp_path / "bucket"
     kills: list[tuple[float, float]] = []  # (recording seen since, killed at), wall clock
     with RtspCamera(file=clip, width=640, height=360, fps=15) as cam:
-        bridge = BridgeProcess(
-            tmp_path,
-            [CameraSpec(CAMERA, cam.url, {"detect": {"hold_seconds": 1.0}})],
-            detect={"enabled": True, "fps": 5},
-            storage={
-                "bucket": bucket.as_uri(),
-                "recipients": [recipient],
-                "pre_roll_seconds": 1.0,
-                "post_roll_seconds": 1.0,
-                "part_seconds": 3.0,
-                "heartbeat_seconds": 600,
-            },
+        bridge = recording_bridge(
+            tmp_path, cam.url, bucket, [recipient], heartbeat_seconds=600, camera=CAMERA,
+            part_seconds=3.0,
         )
         try:
             for _ in range(KILLS):

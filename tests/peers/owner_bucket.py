@@ -60,13 +60,21 @@ def wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyp
 
 
 def recording_bridge(
-    work: Path, camera_url: str, bucket: Path, recipients: list[str], heartbeat_seconds: float
+    work: Path,
+    camera_url: str,
+    bucket: Path,
+    recipients: list[str],
+    heartbeat_seconds: float,
+    *,
+    camera: str = "Front porch",
+    **storage: float,
 ) -> BridgeProcess:
     """`obscura run` with one camera whose person detections record clips into `bucket`
-    (short hold and rolls, so a crossing gives one small clip soon after it ends)."""
+    (short hold and rolls, so a crossing gives one small clip soon after it ends); `storage`:
+    more [storage] keys."""
     return BridgeProcess(
         work,
-        [CameraSpec("Front porch", camera_url, {"detect": {"hold_seconds": 1.0}})],
+        [CameraSpec(camera, camera_url, {"detect": {"hold_seconds": 1.0}})],
         detect={"enabled": True, "fps": 5},
         storage={
             "bucket": bucket.as_uri(),
@@ -74,6 +82,7 @@ def recording_bridge(
             "pre_roll_seconds": 1.0,
             "post_roll_seconds": 1.0,
             "heartbeat_seconds": heartbeat_seconds,
+            **storage,
         },
     )
 
