@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -195,6 +196,51 @@ async def test_s3_outage_then_every_entry_arrives_once(tmp_path: Path, outage: s
         assert set(calls) == set(expected) and max(calls.values()) == 1
         attempts_seen = up.status()
         assert attempts_seen.consecutive_failures == 0 and attempts_seen.last_success_at
+
+
+async def test_uploads_resume_within_seconds_of_seaweedfs_returning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: after an S3 outage the uploader noticed S3 was back only 63 s later (its
+    capped exponential backoff). Now a probe every 2 s notices within seconds, whatever the
+    backoff has grown to: here the backoff alone would wait 15-30 s."""
+    with SeaweedFS() as server:
+        bucket = open_bucket(server.url(prefix="resume"), environ=server.env)
+        spool = Spool(tmp_path / "spool", 512 * MiB, etag_md5=True,
+                      etag_part_size=bucket.part_size)
+        layout = BucketLayout(secrets.token_hex(8))
+        expected = fill_spool(spool, layout, [200_000] * 2)
+        probes = 0
+        real_probe = bucket.probe
+
+        async def counted_probe(name: str) -> None:
+            nonlocal probes
+            probes += 1
+            await real_probe(name)
+
+        bucket.probe = counted_probe  # type: ignore[method-assign]
+        up = Uploader(spool, bucket, min_backoff=30.0)
+        with caplog.at_level(logging.INFO, logger="bridge.store"):
+            up.start()
+            assert await up.wait_idle(30)
+            await asyncio.to_thread(server.stop)
+            expected |= await asyncio.to_thread(fill_spool, spool, layout, [200_000] * 3)
+            await eventually(lambda: up.unreachable_since is not None, 15)
+            seen = probes
+            await eventually(lambda: probes >= seen + 2, 10)  # still down: no log per probe
+            assert up.status().next_retry_at is not None and up.failures >= 1
+            await asyncio.to_thread(server.start)  # returns once S3 answers (bucket listable)
+            back = time.monotonic()
+            await eventually(lambda: up.uploaded_count > 2, 15, step=0.01)
+            resumed = time.monotonic() - back
+            assert await up.wait_idle(30)
+            await up.stop()
+        assert resumed < 10, f"uploads resumed {resumed:.1f} s after S3 was back"
+        assert await bucket_contents(bucket, layout.root) == expected
+        text = [r.getMessage() for r in caplog.records]
+        assert sum("does not answer" in t for t in text) == 1
+        assert sum("answers again" in t for t in text) == 1
+        assert up.status().unreachable_since is None and up.failures == 0
 
 
 # The uploader as a separate process, to SIGKILL it in the middle of its work.

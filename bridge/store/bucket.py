@@ -20,14 +20,19 @@ one bucket) and a random 128-bit id per object. No camera names, times or labels
 from __future__ import annotations
 
 import abc
+import asyncio
 import hashlib
+import logging
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from bridge.redact import redact
 
 Data = bytes | bytearray | memoryview | Path
 
@@ -37,6 +42,10 @@ _NAME = re.compile(rf"^{_SEGMENT}(/{_SEGMENT})*$")
 _BRIDGE_ID = re.compile(r"^[0-9a-f]{16}$")
 _OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_NAME = 1024
+PROBE_INTERVAL = 2.0  # seconds between probes while the bucket fails
+PROBE_TIMEOUT = 3.0  # a probe that takes longer counts as failed
+
+log = logging.getLogger(__name__)
 
 
 class BucketError(Exception):
@@ -118,6 +127,120 @@ class Bucket(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """A short description that is safe to log and show in status."""
+
+
+class Superseded(Exception):
+    """An attempt sent while the bucket was down was dropped: the bucket is back."""
+
+
+class BucketWatch:
+    """Notices a bucket's return after an outage, within ~`interval` s, without hammering it.
+
+    After a failed request, `suspect(name)` probes the bucket (`Bucket.probe`) every `interval`
+    s until it answers. A failed probe marks an outage (logged once: no line per probe); the
+    first probe that then answers ends it (logged once), calls `on_back` and wakes every
+    `pause()`. A probe that answers at once changes nothing: the failures were of another kind
+    (a quota, a damaged local file), and the caller's backoff stands. Runs on the loop.
+    """
+
+    def __init__(
+        self,
+        bucket: Bucket,
+        interval: float = PROBE_INTERVAL,
+        *,
+        on_back: Callable[[], None] | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.interval = interval
+        self.timeout = PROBE_TIMEOUT
+        self.on_back = on_back
+        self.unreachable_since: float | None = None  # wall clock, while a probe finds it down
+        self.returns = 0  # outages ended so far
+        self._back = asyncio.Event()  # set (and replaced) at each return
+        self._task: asyncio.Task[None] | None = None
+
+    def suspect(self, name: str) -> None:
+        """A request failed: probe with `name` (one of ours; it need not exist) until the
+        bucket answers. One prober at a time."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                self._probe(name), name="bucket:probe"
+            )
+
+    async def pause(self, delay: float) -> bool:
+        """Sleep `delay` s, or less when the bucket comes back (True)."""
+        back = self._back
+        try:
+            async with asyncio.timeout(delay):
+                await back.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def answered(self) -> None:
+        """A request succeeded: if the bucket was marked down, it is back."""
+        if self.unreachable_since is not None:
+            self._came_back()
+
+    async def unless_back(self, attempt: Awaitable[bool]) -> bool:
+        """`attempt`, unless it starts while the bucket is down and the bucket comes back first:
+        a request sent to a server that was only half up can hang (SeaweedFS held one for ~20 s
+        after its restart), so it is cancelled and Superseded is raised (send it again)."""
+        if self.unreachable_since is None:
+            return await attempt
+        task = asyncio.ensure_future(attempt)
+        back = asyncio.ensure_future(self._back.wait())
+        try:
+            await asyncio.wait({task, back}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            back.cancel()
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.wait([task])
+        log.info("bucket %s: a request sent while it was down is sent again",
+                 self.bucket.describe())
+        raise Superseded
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+
+    async def _probe(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at = max(next_at + self.interval, loop.time())  # a steady pace
+            await asyncio.sleep(next_at - loop.time())
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self.bucket.probe(name)
+            except Exception as e:
+                if self.unreachable_since is None:
+                    self.unreachable_since = time.time()
+                    lines = redact(str(e)).splitlines() or [type(e).__name__]
+                    reason = "no answer in time" if isinstance(e, TimeoutError) else lines[0]
+                    log.warning("bucket %s does not answer (%s): probing it every %g s",
+                                self.bucket.describe(), reason[:300], self.interval)
+                continue
+            self.answered()
+            return  # it answers (back, or the failures were of another kind)
+
+    def _came_back(self) -> None:
+        assert self.unreachable_since is not None
+        log.info("bucket %s answers again after %.0f s", self.bucket.describe(),
+                 time.time() - self.unreachable_since)
+        self.unreachable_since = None
+        self.returns += 1
+        if self.on_back is not None:
+            self.on_back()
+        back, self._back = self._back, asyncio.Event()
+        back.set()
 
 
 # ------------------------------------------------------------------------------------------

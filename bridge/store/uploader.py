@@ -20,13 +20,11 @@ The loop never blocks: hashing, sidecar updates and deletions run in threads; th
 async. While the bucket is down the spool simply grows (up to its cap).
 
 Noticing the bucket's return: the uploads' own backoff grows to minutes (a PUT of megabytes at
-every try would hammer a sick server), so after a failure the bucket is also *probed* with one
-cheap request (`Bucket.probe`, a HEAD) every `probe_interval` (2 s). A probe that fails marks an
-outage (logged once); the first probe that then succeeds ends it (logged once), resets the
-backoff and retries at once: uploads resume within ~2 s of the bucket's return, however long the
-outage. A probe that succeeds while uploads fail (a quota, a corrupt local segment) changes
-nothing: the backoff stands. Others that talk to the bucket (the vault's head upload) can share
-this: `suspect(name)` after a failure, then `pause(delay)`, which ends early when it is back.
+every try would hammer a sick server), so after a failure a `BucketWatch` (bucket.py) also probes
+the bucket with one cheap request every 2 s. Its return resets the backoff and the upload is sent
+at once (an attempt sent while the bucket was down, maybe hanging on a half-started server, is
+dropped and sent again): uploads resume within ~2 s of the bucket's return, however long the
+outage. The vault's head upload shares the watch (`suspect`, `pause`).
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from bridge.redact import redact
-from bridge.store.bucket import Bucket
+from bridge.store.bucket import PROBE_INTERVAL, Bucket, BucketWatch, Superseded
 from bridge.store.digests import Digests, file_digests
 from bridge.store.spool import Spool, SpoolItem
 
@@ -52,8 +50,6 @@ log = logging.getLogger(__name__)
 OnUploaded = Callable[[SpoolItem], Awaitable[None] | None]
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-\d+)?$")
 _LOG_EVERY = 60.0  # while failing, log at most once a minute
-PROBE_INTERVAL = 2.0  # seconds between probes while the bucket fails
-PROBE_TIMEOUT = 5.0  # a probe that takes longer counts as failed
 
 
 class VerifyError(Exception):
@@ -104,11 +100,7 @@ class Uploader:
         self.on_uploaded = on_uploaded
         self.min_backoff = min_backoff
         self.max_backoff = max_backoff
-        self.probe_interval = probe_interval
-        self.probe_timeout = PROBE_TIMEOUT
-        self.unreachable_since: float | None = None  # wall clock
-        self._probe_task: asyncio.Task[None] | None = None
-        self._back = asyncio.Event()  # set (and replaced) when the bucket is found back
+        self.watch = BucketWatch(bucket, probe_interval, on_back=self._bucket_back)
         self._rng = rng or random.Random()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -133,12 +125,12 @@ class Uploader:
         return self._task
 
     async def stop(self) -> None:
-        for task in (self._task, self._probe_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._task = self._probe_task = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.watch.stop()
         if self._cleanups:
             await asyncio.gather(*self._cleanups, return_exceptions=True)
 
@@ -177,7 +169,7 @@ class Uploader:
             last_error_at=self.last_error_at,
             consecutive_failures=self.failures,
             next_retry_at=self.next_retry_at,
-            unreachable_since=self.unreachable_since,
+            unreachable_since=self.watch.unreachable_since,
             evicted_count=stats.evicted_count,
             evicted_bytes=stats.evicted_bytes,
             quarantined=stats.quarantined,
@@ -197,67 +189,33 @@ class Uploader:
                     await self._wake.wait()
                     continue
                 self._idle.clear()
-                if await self.upload(items[0]):
-                    continue
-                self.suspect(items[0].object_name)
+                returns = self.watch.returns
+                if await self.upload(items[0]) or self.watch.returns != returns:
+                    continue  # done, or the bucket came back during the attempt: go on now
+                self.watch.suspect(items[0].object_name)
                 delay = self._backoff()
                 self.next_retry_at = time.time() + delay
-                await self.pause(delay)  # new commits do not shorten it; the bucket's return does
+                # New commits do not shorten it; the bucket's return does.
+                await self.watch.pause(delay)
                 self.next_retry_at = None
         finally:
             self.spool.remove_listener(self.wake)
             self._loop = None
 
-    # -- the bucket's return -----------------------------------------------------------------
+    @property
+    def unreachable_since(self) -> float | None:
+        return self.watch.unreachable_since
 
     def suspect(self, name: str) -> None:
-        """A request to the bucket failed: probe it (`name`: one of our objects, which may not
-        exist) until it answers. Call on the loop; one prober at a time."""
-        if self._probe_task is None or self._probe_task.done():
-            self._probe_task = asyncio.get_running_loop().create_task(
-                self._probe_until_answered(name), name="uploader:probe"
-            )
+        """See BucketWatch.suspect (for the vault's head upload)."""
+        self.watch.suspect(name)
 
     async def pause(self, delay: float) -> bool:
-        """Sleep `delay` s, or less when a probe finds the bucket back (True)."""
-        back = self._back
-        try:
-            async with asyncio.timeout(delay):
-                await back.wait()
-        except TimeoutError:
-            return False
-        return True
+        """See BucketWatch.pause."""
+        return await self.watch.pause(delay)
 
-    async def _probe_until_answered(self, name: str) -> None:
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while True:
-            next_at = max(next_at + self.probe_interval, loop.time())  # a steady pace
-            await asyncio.sleep(next_at - loop.time())
-            try:
-                async with asyncio.timeout(self.probe_timeout):
-                    await self.bucket.probe(name)
-            except Exception as e:
-                if self.unreachable_since is None:
-                    self.unreachable_since = time.time()
-                    log.warning(
-                        "bucket %s does not answer (%s): uploads wait, probing it every %g s",
-                        self.bucket.describe(), _short(e), self.probe_interval,
-                    )
-                continue
-            if self.unreachable_since is not None:
-                self._came_back()
-            return  # it answers (back, or the failures were of another kind)
-
-    def _came_back(self) -> None:
-        assert self.unreachable_since is not None
-        log.info("bucket %s answers again after %.0f s: uploads resume (%d pending)",
-                 self.bucket.describe(), time.time() - self.unreachable_since,
-                 self.spool.pending_count)
-        self.unreachable_since = None
+    def _bucket_back(self) -> None:
         self.failures = 0  # the backoff starts over
-        back, self._back = self._back, asyncio.Event()
-        back.set()
 
     def _backoff(self) -> float:
         base = min(self.max_backoff, self.min_backoff * 2 ** min(self.failures - 1, 30))
@@ -272,7 +230,7 @@ class Uploader:
             if not item.data_path.exists():
                 await self._drop_corrupt(item, "its data file is missing", delete=False)
                 return True
-            if not await self._put_verified(item):
+            if not await self.watch.unless_back(self._put_verified(item)):
                 return True  # quarantined
             if self.on_uploaded is not None:
                 result = self.on_uploaded(item)
@@ -285,10 +243,21 @@ class Uploader:
         except asyncio.CancelledError:
             self.spool.release(item)
             raise
+        except Superseded:  # sent while the bucket was down, now back: not a failure
+            self.spool.release(item)
+            return False
         except Exception as e:
             self._failed(item, e)
             try:  # while still claimed: an entry evicted meanwhile would get its sidecar back
-                await asyncio.to_thread(self.spool.record_attempt, item, self.last_error)
+                # A stop() meanwhile waits for it: the thread would write the sidecar anyway.
+                record = asyncio.ensure_future(
+                    asyncio.to_thread(self.spool.record_attempt, item, self.last_error)
+                )
+                try:
+                    await asyncio.shield(record)
+                except asyncio.CancelledError:
+                    await asyncio.wait([record])
+                    raise
             finally:
                 self.spool.release(item)
             return False
@@ -392,9 +361,8 @@ class Uploader:
             )
 
     def _succeeded(self, item: SpoolItem) -> None:
-        if self.unreachable_since is not None:  # before a probe noticed
-            self._came_back()
-        elif self.failures:
+        self.watch.answered()  # if a probe had found it down: its return (logged there)
+        if self.failures:
             log.info("bucket %s reachable again after %d failed attempts",
                      self.bucket.describe(), self.failures)
         self.failures = 0
@@ -403,8 +371,3 @@ class Uploader:
         self.last_success_at = time.time()
         log.debug("uploaded %s %s (%d bytes)", item.kind, item.object_name, item.size)
 
-
-def _short(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "no answer in time"
-    return redact(f"{type(e).__name__}: {e}".splitlines()[0])[:300]
