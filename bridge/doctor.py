@@ -69,6 +69,14 @@ def doctor(config: Config, url: str | None) -> int:
         if up.get("last_error") and up["pending_count"]:
             problems += 1
             print(f"          upload failing: {up['last_error']}")
+        spool = storage.get("spool") or {}
+        if spool.get("disk_full"):
+            problems += 1
+            print(
+                f"          SPOOL DISK FULL at {spool['dir']} for {_ago(spool['disk_full_since'])}"
+                f" ({spool['disk_free_bytes'] / 2**20:.1f} MiB free): new clips are dropped "
+                f"({spool['dropped_disk_full']} so far); free space on that disk"
+            )
     for cam in status["cameras"]:
         video = cam["video"]
         if cam["state"] == "streaming" and video:
