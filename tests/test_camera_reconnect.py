@@ -10,6 +10,7 @@ and hangs up, and a device node that is missing, the bridge's connection attempt
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import socket
 import time
@@ -61,47 +62,49 @@ async def test_camera_streams_again_soon_after_the_server_is_back(
     front, _ = cameras
     samples: list[tuple[float, dict[str, dict]]] = []  # (time, camera name -> status)
 
-    async def sample() -> dict[str, dict]:
-        status = await asyncio.to_thread(bridge.status)
-        cams = {c["name"]: c for c in status["cameras"]}
-        samples.append((time.monotonic(), cams))
-        return cams
+    async def sample_all_along() -> None:
+        # In a task of its own: restarting the server (which blocks this test) pauses nothing.
+        while True:
+            status = await asyncio.to_thread(bridge.status)
+            samples.append((time.monotonic(), {c["name"]: c for c in status["cameras"]}))
+            await asyncio.sleep(0.05)
 
-    await sample()
-    await asyncio.to_thread(front.kill)
-    deadline = time.monotonic() + 15
-    while (await sample())["Front"]["state"] != "retrying":
-        assert time.monotonic() < deadline, samples[-1][1]["Front"]
-        await asyncio.sleep(0.1)
-    outage_end = time.monotonic() + OUTAGE_S
-    while time.monotonic() < outage_end:
-        await sample()
-        await asyncio.sleep(0.1)
-    down = samples[-1][1]["Front"]
-    assert down["state"] == "retrying" and down["down_since"] is not None
-    assert down["opens"] <= 2  # the open that streamed (and maybe one that found it gone)
+    async def front_until(predicate, within: float) -> dict:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + within
+        while not (samples and predicate(samples[-1][1]["Front"])):
+            assert time.monotonic() < deadline, samples[-1][1]["Front"] if samples else None
+            await asyncio.sleep(0.02)
+        return samples[-1][1]["Front"]
 
-    await asyncio.to_thread(front.start)  # same port and mount; returns once it listens
-    back_at = time.monotonic()
-    packets_before = down["packets"]
-    while True:
-        cam = (await sample())["Front"]
-        if cam["state"] == "streaming" and cam["packets"] > packets_before:
-            break
-        assert time.monotonic() - back_at < BACK_WITHIN_S, cam
-        await asyncio.sleep(0.05)
+    sampler = asyncio.create_task(sample_all_along())
+    try:
+        await front_until(lambda cam: cam["state"] == "streaming", 10)
+        await asyncio.to_thread(front.kill)
+        await front_until(lambda cam: cam["state"] == "retrying", 15)
+        await asyncio.sleep(OUTAGE_S)
+        down = samples[-1][1]["Front"]
+        assert down["state"] == "retrying" and down["down_since"] is not None
+        assert down["opens"] <= 2  # the open that streamed (and maybe one that found it gone)
+
+        await asyncio.to_thread(front.start)  # same port and mount; returns once it listens
+        back_at = time.monotonic()
+        cam = await front_until(
+            lambda cam: cam["state"] == "streaming" and cam["packets"] > down["packets"],
+            BACK_WITHIN_S,
+        )
+        assert time.monotonic() - back_at < BACK_WITHIN_S
+        await asyncio.sleep(0.3)  # the other camera's samples after the reconnect
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
     assert cam["reconnects"] == 1 and cam["down_since"] is None and cam["last_error"] is None
     assert (cam["video"]["width"], cam["video"]["height"]) == (640, 360)
 
     # The other camera streamed all along: state, no reconnect, packets rising without a gap.
     back = [(t, cams["Back"]) for t, cams in samples]
     assert all(s["state"] == "streaming" and s["reconnects"] == 0 for _, s in back)
-    rises = [
-        t
-        for (t, s), (_, prev) in zip(back[1:], back, strict=False)
-        if s["packets"] > prev["packets"]
-    ]
-    gaps = [b - a for a, b in zip([back[0][0], *rises], [*rises, back[-1][0]], strict=True)]
+    rises = [t for (_, prev), (t, s) in itertools.pairwise(back) if s["packets"] > prev["packets"]]
+    gaps = [b - a for a, b in itertools.pairwise([back[0][0], *rises, back[-1][0]])]
     assert max(gaps) < 1.5, gaps
 
     # One line for the outage and one for the recovery; none for the other camera.
