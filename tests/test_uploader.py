@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.store.bucket import Bucket, BucketLayout, ObjectInfo, open_bucket
+from bridge.store.bucket import Bucket, BucketError, BucketLayout, ObjectInfo, open_bucket
 from bridge.store.digests import Hasher, file_digests
 from bridge.store.spool import Spool, SpoolItem
 from bridge.store.uploader import Uploader
-from tests.peers.seaweed import SeaweedFS
+from tests.peers.seaweed import SeaweedFS, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -196,6 +196,24 @@ async def test_s3_outage_then_every_entry_arrives_once(tmp_path: Path, outage: s
         assert set(calls) == set(expected) and max(calls.values()) == 1
         attempts_seen = up.status()
         assert attempts_seen.consecutive_failures == 0 and attempts_seen.last_success_at
+
+
+async def test_probe_asks_whether_the_server_is_there(s3: SeaweedFS, tmp_path: Path) -> None:
+    """A missing object or keys the server refuses are answers (S3 says 403 for a missing
+    object to keys without s3:ListBucket); a dead port, or a file:// root that cannot be a
+    directory, is not."""
+    name = f"{secrets.token_hex(8)}/{secrets.token_hex(16)}"
+    await open_bucket(s3.url(), environ=s3.env).probe(name)
+    wrong = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    await open_bucket(s3.url(), environ=wrong).probe(name)
+    (port,) = free_ports(1)
+    dead = open_bucket(f"s3://obscura/?endpoint=http://127.0.0.1:{port}", environ=s3.env)
+    with pytest.raises(BucketError, match="probe"):
+        await dead.probe(name)
+    await open_bucket(f"file://{tmp_path}/not-yet").probe(name)  # the first put creates it
+    (tmp_path / "nas").write_text("not mounted")
+    with pytest.raises(BucketError, match="Not a directory"):
+        await open_bucket(f"file://{tmp_path}/nas/bucket").probe(name)
 
 
 async def test_uploads_resume_within_seconds_of_seaweedfs_returning(

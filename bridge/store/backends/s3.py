@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import obstore
-from obstore.exceptions import AlreadyExistsError, NotFoundError, NotSupportedError
+from obstore.exceptions import (
+    AlreadyExistsError,
+    NotFoundError,
+    NotSupportedError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 
 from bridge.redact import redact
 from bridge.store.bucket import (
@@ -201,12 +207,14 @@ class ObstoreBucket(Bucket):
         return ObjectInfo(size=int(meta["size"]), etag=etag.strip('"') if etag else None)
 
     async def probe(self, name: str) -> None:
-        """A HEAD of `name`: "not found" is an answer (the server is up and takes our keys),
-        while a refused connection, a timeout, a 5xx or a 403 is not."""
+        """A HEAD of `name`. Whether the server is *there* is the question: "not found" is an
+        answer, and so is "forbidden" (S3 says 403 for a missing object to keys without
+        s3:ListBucket, which the bridge does not need; wrong keys are the uploads' error to
+        report). A refused connection, a timeout or a 5xx is not."""
         check_name(name)
         try:
             await obstore.head_async(self._store, name)
-        except (NotFoundError, FileNotFoundError):
+        except (NotFoundError, FileNotFoundError, PermissionDeniedError, UnauthenticatedError):
             return
         except Exception as e:
             raise self._fail("HEAD (probe)", name, e) from e
