@@ -47,7 +47,7 @@ from bridge.media.frames import FrameTap
 SNAPSHOT_LEASE_SECONDS = 30.0
 # An unfinished render of the same size that started this recently answers a new request too.
 COALESCE_SECONDS = 1.0
-FRAME_POLL_SECONDS = 0.02
+FRAME_POLL_SECONDS = 0.005  # a fresh frame is picked up within 5 ms of its decoding
 MAX_WIDTH, MAX_HEIGHT = 7680, 4320
 
 _local = threading.local()
