@@ -229,6 +229,8 @@ def main() -> None:
             [label, s.n, f"**{fmt(s.p50, 2)}**", fmt(s.p90, 2), fmt(s.min, 2), f"{s.max:.2f}"]
         )
     for variant, values in result["opens"].items():
+        if not values:
+            continue
         s = Summary.of(values)
         js[f"open_{variant}"] = s.as_dict(1, 3)
         label = f"AVInput.open() + first packet, {variant} open (reference)"
