@@ -85,24 +85,6 @@ class FrameTap:
             except queue.Empty:
                 return
 
-    def latest(
-        self, timeout: float, fresh_within: float = 1.0
-    ) -> tuple[av.video.frame.VideoFrame, float] | None:
-        """The newest frame, waiting up to `timeout` s for one that is recent enough.
-
-        Blocking: call from a worker thread.
-        """
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            while True:
-                frame = self._latest
-                if frame is not None and self._latest_pts >= self._newest_fed_pts - fresh_within:
-                    return frame, self._latest_pts
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None if frame is None else (frame, self._latest_pts)
-                self._lock.wait(remaining)
-
     def peek(
         self, fresh_within: float = 1.0
     ) -> tuple[av.video.frame.VideoFrame, float, bool] | None:
