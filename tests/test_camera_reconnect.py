@@ -111,7 +111,7 @@ async def test_camera_streams_again_soon_after_the_server_is_back(
     log = bridge.log_text()
     front_lines = [line for line in log.splitlines() if "camera 'Front'" in line]
     assert len(front_lines) == 3, front_lines  # streaming, lost, back
-    assert "lost:" in front_lines[1] and "back after" in front_lines[2]
+    assert "lost after " in front_lines[1] and "back after" in front_lines[2]
     assert sum("camera 'Back'" in line for line in log.splitlines()) == 1  # its start
 
 

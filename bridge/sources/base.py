@@ -180,6 +180,13 @@ class CameraSource:
             except Exception as exc:
                 error = describe_error(exc, self.display_url)
             streamed = self.epoch != epoch
+            log.debug(
+                "camera %r: %s after %.2f s: %s",
+                self.name,
+                "stream ended" if streamed else "open failed",
+                time.monotonic() - started,
+                error,
+            )
             self._went_down()
             if self._stopping:
                 break
@@ -193,7 +200,8 @@ class CameraSource:
             delay = self.retry.delay(self._failures - 1) if self._failures else 0.0
             not_before = time.monotonic() + delay
             self.state = "retrying"
-            self._note_down(error, lost=streamed, backoff=delay)
+            lasted = time.monotonic() - started if streamed else None
+            self._note_down(error, lasted=lasted, backoff=delay)
         self.state = "stopped"
 
     async def _wait_for_camera(self, not_before: float) -> bool:
@@ -217,7 +225,7 @@ class CameraSource:
             self._failures = 0
             self.last_error = problem.reason
             self.state = "retrying"
-            self._note_down(problem.reason, lost=False, backoff=0.0)
+            self._note_down(problem.reason, lasted=None, backoff=0.0)
             wait = max(0.0, started + self.retry.probe_interval - time.monotonic())
             self.next_retry_at = time.time() + wait
             if await self._sleep(wait):
@@ -232,13 +240,14 @@ class CameraSource:
                 await asyncio.wait_for(self._wake.wait(), seconds)
         return self._stopping
 
-    def _note_down(self, reason: str, *, lost: bool, backoff: float) -> None:
-        """Log the start of an outage once; while it lasts, only now and then."""
+    def _note_down(self, reason: str, *, lasted: float | None, backoff: float) -> None:
+        """Log the start of an outage once; while it lasts, only now and then. `lasted`: how
+        long the stream that just ended had streamed (None: it never came up)."""
         now = time.monotonic()
         if self.down_since is None:
             self.down_since = time.time()
             self._down_at = now
-            if lost:
+            if lasted is not None:
                 self._opens_at_down, self._probes_at_down = self.opens, self.probes
             if backoff > 0:
                 how = f"next try in {backoff:.1f} s, backing off"
@@ -246,7 +255,8 @@ class CameraSource:
                 how = f"probing every {self.retry.probe_interval:g} s, reconnecting when it answers"
             else:
                 how = "retrying"
-            log.warning("camera %r %s: %s (%s)", self.name, "lost" if lost else "down", reason, how)
+            what = "down" if lasted is None else f"lost after {_span(lasted)} of streaming"
+            log.warning("camera %r %s: %s (%s)", self.name, what, reason, how)
         else:
             since_log = now - self._logged_at
             if since_log < self.retry.new_reason_log_gap or (
@@ -254,9 +264,9 @@ class CameraSource:
             ):
                 return
             log.warning(
-                "camera %r still down after %.0f s: %s (%d probes, %d opens so far)",
+                "camera %r still down after %s: %s (%d probes, %d opens so far)",
                 self.name,
-                now - self._down_at,
+                _span(now - self._down_at),
                 reason,
                 self.probes - self._probes_at_down,
                 self.opens - self._opens_at_down,
@@ -360,6 +370,14 @@ class CameraSource:
             },
             "decoding": self.frames.active,
         }
+
+
+def _span(seconds: float) -> str:
+    if seconds >= 7200:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 120:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds:.0f} s"
 
 
 def describe_error(exc: BaseException, display_url: str) -> str:
