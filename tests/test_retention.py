@@ -8,6 +8,7 @@ In process, with a file:// bucket: two clips go through the real recorder-side p
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ POSTER = b"\xff\xd8\xff\xe0" + b"\x00" * 300 + b"\xff\xd9"  # a JPEG's markers, 
 
 def meta(camera: str, start: float, size: int) -> ClipMeta:
     return ClipMeta(
-        camera=camera, event_id=f"ev-{camera}", part=0, start=start, end=start + 10.0,
+        camera=camera, event_id=secrets.token_hex(16), part=0, start=start, end=start + 10.0,
         duration=10.0, subjects=("person",), best_score=0.9, poster=POSTER, width=640,
         height=360, frames=150, media_bytes=size, size=size, reason="post_roll",
     )

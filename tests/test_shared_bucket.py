@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -51,7 +52,7 @@ async def record_one(state_dir: Path, bucket: Path, recipient: str, camera: str)
     await sink.finish(
         ClipMeta(
             camera=camera,
-            event_id="e1",
+            event_id=secrets.token_hex(16),
             part=0,
             start=now - 1,
             end=now,

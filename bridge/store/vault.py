@@ -371,9 +371,17 @@ class ClipVault(Deletions):
             self.key.public,
         )
 
-    async def stop(self, drain_seconds: float = 10.0) -> None:
+    async def stop(self, drain_seconds: float = 4.0) -> None:
         # A clean shutdown leaves the bucket consistent: what was sealed is uploaded and the
         # head names it (else the owner's audit would see objects the manifest does not).
+        # `drain_seconds` bounds the whole drain: the spool keeps whatever is left for the next
+        # start, and the process must exit well within the shutdown watchdog's grace
+        # (bridge/shutdown.py) and systemd's TimeoutStopSec, even with the bucket down.
+        deadline = asyncio.get_running_loop().time() + drain_seconds
+
+        def left() -> float:
+            return max(0.1, deadline - asyncio.get_running_loop().time())
+
         await asyncio.gather(*self._appends, return_exceptions=True)
         if pending := len(self.writer.pending):  # queued by a failed append: a last try
             try:
@@ -383,8 +391,8 @@ class ClipVault(Deletions):
                           "posters were never uploaded and the next start drops them; an "
                           "eviction among them will show as missing", pending,
                           "y" if pending == 1 else "ies", exc)
-        idle = await self.uploader.wait_idle(timeout=drain_seconds)
-        await self._stop_head_loop(drain_seconds)  # no older head may land after the last one
+        idle = await self.uploader.wait_idle(timeout=left())
+        await self._stop_head_loop(left())  # no older head may land after the last one
         if not idle:
             log.warning(
                 "stopping with %d object(s) still in the spool (%d held back, never logged); "
@@ -393,7 +401,7 @@ class ClipVault(Deletions):
             )
         elif self._head is not None:
             try:
-                await asyncio.wait_for(self.bucket.put(self.head_name, self._head), drain_seconds)
+                await asyncio.wait_for(self.bucket.put(self.head_name, self._head), left())
             except Exception as exc:
                 log.warning("could not upload the manifest head on the way out: %s", exc)
         for task in self._tasks:
