@@ -7,10 +7,10 @@ of the bridge keeps working and the camera is asked a cheap liveness probe every
 full, expensive open runs only once the probe answers, so a camera streams again well within
 2 s of its return and a dead one is not hammered meanwhile. Opens that fail while the probe
 answers (a server that is up but whose stream does not open) wait a capped exponential backoff
-with jitter, so a half-dead camera is not hammered either; probes that only time out (a camera
-that is off, or a slow link?) let a full open through once per backoff `cap`. An outage is
-logged once and the recovery once; what happens in between only every few minutes (and always
-in /status).
+with jitter, so a half-dead camera is not hammered either. Probes that only time out (a camera
+that is off looks like one behind a slow link) let a full open through once per backoff `cap`.
+An outage is logged once and the recovery once; what happens in between only every few minutes
+(and always in /status).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class RetryPolicy:
     jitter: float = 0.2  # ± fraction, so many cameras of one dead NVR don't retry in lockstep
     healthy_after: float = 10.0  # a connection that lasted this long resets the backoff
     probe_interval: float = 0.5  # while a camera is down: one cheap liveness probe this often
-    probe_timeout: float = 1.0  # a probe not answered within this is a camera that is not there
+    probe_timeout: float = 1.0  # no answer within this counts as none (a hint, not a proof)
     # While a camera stays down: the same reason is logged again this often, a new one at most
     # this often (the outage and the recovery are always logged, once each).
     repeat_log_every: float = 600.0
