@@ -9,7 +9,7 @@ avformat_find_stream_info() decoding ~7 frames from a keyframe on to guess the d
 reordering delay, which we never use (packets are copied; decoders here are our own). What we do
 use is in the SDP and the SPS: size, SPS/PPS (sprop-parameter-sets) and the frame rate (the
 SPS's VUI timing, which the full analysis takes too when it is there: a stream whose VUI says
-30 fps and whose timestamps say 10 reports 30 either way). With `probesize=32` FFmpeg stops
+30 fps and whose timestamps say 10 came out as 30 from it). With `probesize=32` FFmpeg stops
 after the first packet and the open takes 0.06-0.25 s, with the same size, SPS/PPS, profile and
 fps (measured at 5, 10, 15, 25 and 30 fps). A camera whose SDP/SPS lack any of these is opened
 again with the default probing, so a fast open never costs correctness, only one more
