@@ -227,3 +227,22 @@ async def test_probes_that_time_out_let_a_full_open_through_now_and_then() -> No
             )
             await watch(source, 4.0)
     assert 2 <= source.opens <= 4 and source.probes >= 2 * source.opens, source.status()
+
+
+async def test_stop_does_not_wait_for_a_probe() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):  # SYNs dropped now
+            source = make_source(
+                CameraConfig(name="Mute", source=f"rtsp://127.0.0.1:{port}/cam"),
+                RetryPolicy(probe_timeout=10.0),
+            )
+            source.start()
+            await asyncio.sleep(0.3)
+            assert source.probes == 1 and source.opens == 0  # the probe is waiting
+            started = time.monotonic()
+            await source.stop()
+            assert time.monotonic() - started < 1.0
+    assert source.state == "stopped"

@@ -122,6 +122,7 @@ class CameraSource:
         self.opens = 0  # full opens tried
         self._failures = 0  # opens in a row that did not lead to a healthy stream
         self._last_open_at = -math.inf  # monotonic
+        self._probing = False
         self._down_at = 0.0  # monotonic twin of down_since
         self._logged_reason: str | None = None
         self._logged_at = 0.0
@@ -161,7 +162,10 @@ class CameraSource:
         self._stopping = True
         self._wake.set()
         if self._task:
+            if self._probing:
+                self._task.cancel()  # a probe (or a slow name lookup) need not finish
             await asyncio.gather(self._task, return_exceptions=True)
+        self.state = "stopped"
         self.frames.close()
 
     async def _run(self) -> None:
@@ -216,7 +220,11 @@ class CameraSource:
         while not self._stopping:
             started = time.monotonic()
             self.probes += 1
-            problem = await self._probe()
+            self._probing = True
+            try:
+                problem = await self._probe()
+            finally:
+                self._probing = False
             if problem is None:
                 return not self._stopping
             if not problem.definite and started - self._last_open_at >= self.retry.cap:
