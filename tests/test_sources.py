@@ -156,3 +156,31 @@ async def test_fast_open_falls_back_when_the_stream_is_not_described(tmp_path: P
         assert (info.width, info.height, info.fps) == (320, 240, 10.0)
     finally:
         source_input.close()
+
+
+async def test_stop_does_not_wait_for_an_open_blocked_on_a_stalled_camera() -> None:
+    # A "camera" that accepts the connection and never says a word: PyAV's open blocks until
+    # its own timeout (seconds). Stopping the bridge must not wait for that.
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    source: CameraSource = make_source(
+        CameraConfig(name="Stalled", source=f"rtsp://127.0.0.1:{port}/stream"), FAST_RETRY
+    )
+    source.start()
+    try:
+        await wait_for(lambda: source.state == "connecting" and held, 10, "an open under way")
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await source.stop()
+        assert time.monotonic() - started < 3.0
+        assert source.state == "stopped"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()

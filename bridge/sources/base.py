@@ -35,6 +35,10 @@ from bridge.sources.liveness import Probe
 
 log = logging.getLogger(__name__)
 
+#: How long stop() waits for a blocked open or read before leaving it to its daemon thread
+#: (well inside the shutdown watchdog's grace, bridge/shutdown.py).
+STOP_WAIT_SECONDS = 1.5
+
 
 class Input(Protocol):
     """One connection to a camera; every method blocks and runs in the camera's thread."""
@@ -72,14 +76,21 @@ def run_in_thread(fn: Callable[[], Any], name: str) -> asyncio.Future[Any]:
 
     def target() -> None:
         try:
-            result = fn()
-        except BaseException as exc:
-            loop.call_soon_threadsafe(_set_exception, future, exc)
-        else:
-            loop.call_soon_threadsafe(_set_result, future, result)
+            try:
+                result = fn()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_set_exception, future, exc)
+            else:
+                loop.call_soon_threadsafe(_set_result, future, result)
+        except RuntimeError:  # the loop closed meanwhile (shutdown): nobody is waiting
+            pass
 
     threading.Thread(target=target, name=name, daemon=True).start()
     return future
+
+
+def _close_in_thread(source_input: Input) -> None:
+    threading.Thread(target=source_input.close, name="close-input", daemon=True).start()
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:
@@ -164,7 +175,15 @@ class CameraSource:
         if self._task:
             if self._probing:
                 self._task.cancel()  # a probe (or a slow name lookup) need not finish
-            await asyncio.gather(self._task, return_exceptions=True)
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT_SECONDS)
+            if not done:
+                # An open or read blocked on a stalled camera (PyAV's own timeout is longer):
+                # the shutdown must not wait for it. Its daemon thread ends with the process,
+                # and the input is closed once that thread lets go of it.
+                log.info("camera %r: not waiting for a blocked open or read to time out",
+                         self.name)
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
         self.state = "stopped"
         self.frames.close()
 
@@ -284,8 +303,10 @@ class CameraSource:
 
     async def _connect_and_pump(self) -> None:
         source_input = self._make_input()
+        busy: asyncio.Future[Any] | None = None  # the thread using source_input, if any
         try:
-            info = await run_in_thread(source_input.open, f"open:{self.name}")
+            busy = run_in_thread(source_input.open, f"open:{self.name}")
+            info = await busy
             if self._stopping:
                 return
             self.epoch += 1
@@ -316,9 +337,15 @@ class CameraSource:
             for listener in self._listeners:
                 listener(True)
             loop = asyncio.get_running_loop()
-            await run_in_thread(lambda: self._pump(source_input, loop), f"demux:{self.name}")
+            busy = run_in_thread(lambda: self._pump(source_input, loop), f"demux:{self.name}")
+            await busy
         finally:
-            await asyncio.to_thread(source_input.close)
+            if busy is not None and not busy.done():
+                # Cancelled (a stop that would not wait) while a thread still uses the input:
+                # closing it under that thread is unsafe with PyAV; close it after.
+                busy.add_done_callback(lambda _f: _close_in_thread(source_input))
+            else:
+                await asyncio.to_thread(source_input.close)
 
     def _pump(self, source_input: Input, loop: asyncio.AbstractEventLoop) -> None:
         epoch = self.epoch
