@@ -324,6 +324,39 @@ def summarise(samples: list[Sample], warmup_s: float) -> dict[str, Any]:
     }
 
 
+WINDOW_HEADERS = [
+    "minutes", "VmRSS MiB min / mean / max", "RssAnon MiB (end)", "threads max", "fds max",
+    "bridge CPU %", "load", "snapshots", "snapshot p50 / max ms",
+]  # fmt: skip
+
+
+def window_rows(
+    samples: list[Sample], shots: list[tuple[float, str, str, float | None]], minutes: float
+) -> list[list[str]]:
+    """The soak in ~6 windows (5 min each in a 30-minute run): memory, CPU, load, snapshots."""
+    width = max(60.0, round(minutes / 6) * 60.0)
+    rows = []
+    for a in range(0, max(1, round(minutes * 60 / width))):
+        lo, hi = a * width, (a + 1) * width
+        w = [s for s in samples if lo - 0.5 <= s.t <= hi + 0.5]
+        if len(w) < 2:
+            continue
+        rss = [s.rss_kib / 1024 for s in w]
+        took = Summary.of([x for t, _, _, x in shots if lo <= t < hi and x is not None])
+        rows.append([
+            f"{lo / 60:g}-{hi / 60:g}",
+            f"{min(rss):.1f} / {sum(rss) / len(rss):.1f} / {max(rss):.1f}",
+            fmt(w[-1].anon_kib / 1024),
+            str(max(s.threads for s in w)),
+            str(max(s.fds for s in w)),
+            fmt(100 * (w[-1].cpu_s - w[0].cpu_s) / (w[-1].t - w[0].t)),
+            f"{min(s.load1 for s in w):.1f}-{max(s.load1 for s in w):.1f}",
+            str(took.n),
+            f"{fmt(took.p50 * 1000, 0)} / {fmt(took.max * 1000, 0)}",
+        ])  # fmt: skip
+    return rows
+
+
 def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any]) -> dict:
     samples: list[Sample] = result["samples"]
     tally: Tally = result["tally"]
@@ -349,25 +382,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
         f"snapshots every {SNAPSHOT_EVERY_S:.0f} s per camera; {VIEWERS} viewers; "
         f"{args.minutes:g} min, warm-up {args.warmup:g} min\n"
     )
-    minute = [s for s in samples if round(s.t) % 60 < SAMPLE_EVERY_S / 2] or samples
-    if minute[-1] is not samples[-1]:
-        minute.append(samples[-1])
-    rows = []
-    for prev, s in zip([minute[0], *minute[:-1]], minute, strict=True):
-        cpu = 100 * (s.cpu_s - prev.cpu_s) / (s.t - prev.t) if s.t > prev.t else float("nan")
-        rows.append(
-            [
-                fmt(s.t / 60),
-                fmt(s.rss_kib / 1024),
-                fmt(s.anon_kib / 1024),
-                s.threads,
-                s.fds,
-                fmt(cpu),
-                fmt(s.load1),
-            ]
-        )
-    headers = ["t min", "VmRSS MiB", "RssAnon MiB", "threads", "fds", "CPU %", "load"]
-    print(table(headers, rows))
+    print(table(WINDOW_HEADERS, window_rows(samples, tally.snapshot_log, args.minutes)))
     print()
     w, e, s0 = mem["warmup"], mem["end"], mem["start"]
     print(
