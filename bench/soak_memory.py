@@ -385,30 +385,13 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
     print(table(WINDOW_HEADERS, window_rows(samples, tally.snapshot_log, args.minutes)))
     print()
     w, e, s0 = mem["warmup"], mem["end"], mem["start"]
-    print(
-        table(
-            [
-                "RSS start MiB",
-                f"at {args.warmup:g} min",
-                "end",
-                "max",
-                "slope after warm-up",
-                "threads start/warm/end",
-                "fds start/warm/end",
-            ],
-            [
-                [
-                    s0["rss_mib"],
-                    w["rss_mib"],
-                    e["rss_mib"],
-                    mem["max_rss_mib"],
-                    f"{mem['slope_mib_per_10min']:+.2f} MiB/10 min",
-                    f"{s0['threads']}/{w['threads']}/{e['threads']}",
-                    f"{s0['fds']}/{w['fds']}/{e['fds']}",
-                ]
-            ],
-        )
-    )
+    print(table(
+        ["RSS start MiB", f"at {args.warmup:g} min", "end", "max", "slope after warm-up",
+         "threads start/warm/end", "fds start/warm/end"],
+        [[s0["rss_mib"], w["rss_mib"], e["rss_mib"], mem["max_rss_mib"],
+          f"{mem['slope_mib_per_10min']:+.2f} MiB/10 min",
+          f"{s0['threads']}/{w['threads']}/{e['threads']}", f"{s0['fds']}/{w['fds']}/{e['fds']}"]],
+    ))  # fmt: skip
     print(
         f"\nsnapshots: {snaps.n} answered, {tally.snapshot_failed} failed; p50 "
         f"{fmt(snaps.p50 * 1000)} ms, p90 {fmt(snaps.p90 * 1000)} ms, max "
@@ -420,8 +403,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
         f"\ndetector calls: "
         + ", ".join(f"{n} {c['detector_calls']}" for n, c in cameras.items())
         + f"; clips sealed {storage.get('clips_sealed')}; bridge CPU {mem['cpu_percent']}%"
-        f"\nload average (1 min) {mem['load_min']}-{mem['load_max']} during the soak"
-        " (CPU % above: the bridge's, of one core, since the previous row)"
+        f"\nload average (1 min) {mem['load_min']}-{mem['load_max']} during the soak "
+        "(bridge CPU %: of one core)"
     )
     return {
         "benchmark": "soak_memory",
