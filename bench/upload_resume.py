@@ -18,8 +18,8 @@ bucket. Measured from `ready`, polled every 5 ms:
   for the volume server's report: seen 0-20 s), whoever sends them. `first upload - writable`
   is then the uploader's own delay (negative: its upload was first).
 
-`backoff left` is what the uploads' own backoff still had to run at `ready`: 0 when an upload
-was under way then (SeaweedFS holds a request that arrives while it starts, for ~20 s).
+`backoff left` is what the uploads' own backoff still had to run at `ready` (none when an
+upload was under way then).
 
 Goal (issue #8): the uploader notices the bucket's return within 5 s.
 """
@@ -88,9 +88,10 @@ async def one_outage(
     down_at = time.monotonic()
     await asyncio.to_thread(commit, spool, layout, rng)
     await asyncio.sleep(max(0.0, seconds - (time.monotonic() - down_at)))
-    failures, retry_at = up.failures, up.next_retry_at
     await asyncio.to_thread(server.start)
     ready = time.monotonic()
+    failures, retry_at = up.failures, up.next_retry_at
+    backoff_left = None if retry_at is None else max(0.0, retry_at - time.time())
     # With --no-probe nothing marks the bucket down: this row is then left out.
     probe_task = asyncio.ensure_future(wait(lambda: up.unreachable_since is None, 400))
     writable_task = asyncio.ensure_future(writable(server))
@@ -102,7 +103,7 @@ async def one_outage(
         "writable_s": wrote - ready,
         "upload_after_writable_s": None if uploaded is None else uploaded - wrote,
         "failures_before": float(failures),
-        "backoff_left_s": None if retry_at is None else max(0.0, retry_at - time.time()),
+        "backoff_left_s": backoff_left,
     }
 
 
