@@ -406,11 +406,13 @@ async def running_bridge(
     camera_timeout: float = 60.0,
     detect: dict[str, Any] | None = None,
     storage: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[Env]:
     """Start `cameras` (RTSP servers), then the bridge with `specs`, wait until every camera
     streams, pair. Everything is torn down on exit; Tracebacks in the bridge log are reported.
     `detect`: the bridge's [detect] table (None: detection off, as BridgeProcess writes it);
-    `storage`: its [storage] table (None: no recording)."""
+    `storage`: its [storage] table (None: no recording); `env`: variables added to the bridge's
+    environment (e.g. MALLOC_ARENA_MAX=2, as deploy/obscura.service sets it)."""
     tmp = tempfile.mkdtemp(prefix="obscura-bench-")
     workdir = Path(tmp)
     started: list[RtspCamera] = []
@@ -421,7 +423,7 @@ async def running_bridge(
             await cam.astart()
             started.append(cam)
         specs = [_resolve(spec, started) for spec in specs]
-        bridge = BridgeProcess(workdir, list(specs), detect=detect, storage=storage)
+        bridge = BridgeProcess(workdir, list(specs), detect=detect, storage=storage, env=env)
         await asyncio.to_thread(bridge.start)
         for spec in specs:
             await asyncio.to_thread(bridge.wait_camera, spec.name, "streaming", camera_timeout)

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.soak_memory [--minutes 30] [--warmup 5] [--json [FILE]]
     .venv/bin/python -m bench.soak_memory --minutes 2      # quick check of the harness
+    .venv/bin/python -m bench.soak_memory --bridge-env MALLOC_ARENA_MAX=2   # as the unit sets it
 
 Issue #8 asks for RSS at start, after 5 min and at the end of a 30-minute soak, the goal being
 no growth after warm-up. Allocator retention (BENCHMARKS.md, benchmark 4) makes RSS climb for
@@ -265,7 +266,9 @@ async def soak(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     detect = {"enabled": True, "fps": 5}
     samples: list[Sample] = []
     tally = Tally()
-    async with running_bridge(specs, cams, keep=args.keep, detect=detect, storage=storage) as env:
+    async with running_bridge(
+        specs, cams, keep=args.keep, detect=detect, storage=storage, env=args.bridge_env
+    ) as env:
         t0 = time.monotonic()
         until = t0 + args.minutes * 60.0
         log(f"bridge ready (pid {env.pid}); soaking for {args.minutes:g} min")
@@ -380,7 +383,9 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
         f"{len(CAMERAS)} RTSP cameras {CAM_WIDTH}x{CAM_HEIGHT}@{CAM_FPS} ({SCENE_CAMERA}: a "
         f"person crosses once a minute); detection 5 fps; file:// bucket, 1 recipient; "
         f"snapshots every {SNAPSHOT_EVERY_S:.0f} s per camera; {VIEWERS} viewers; "
-        f"{args.minutes:g} min, warm-up {args.warmup:g} min\n"
+        f"{args.minutes:g} min, warm-up {args.warmup:g} min; bridge environment: "
+        + (" ".join(f"{k}={v}" for k, v in args.bridge_env.items()) or "inherited")
+        + "\n"
     )
     print(table(WINDOW_HEADERS, window_rows(samples, tally.snapshot_log, args.minutes)))
     print()
@@ -411,6 +416,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
         "machine": info,
         "minutes": args.minutes,
         "warmup_minutes": args.warmup,
+        "bridge_env": args.bridge_env,
         "memory": mem,
         "snapshots": {
             "answered": snaps.n,
@@ -437,6 +443,13 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
     }
 
 
+def _name_value(arg: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    name, sep, value = arg.partition("=")
+    if not sep or not name:
+        parser.error(f"--bridge-env wants NAME=VALUE, not {arg!r}")
+    return name, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_args(parser)
@@ -444,7 +457,15 @@ def main() -> None:
     parser.add_argument(
         "--warmup", type=float, default=None, help="warm-up minutes (5; at most half the soak)"
     )
+    parser.add_argument(
+        "--bridge-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="add a variable to the bridge's environment (repeatable), e.g. MALLOC_ARENA_MAX=2",
+    )
     args = parser.parse_args()
+    args.bridge_env = dict(_name_value(a, parser) for a in args.bridge_env)
     if args.quick:
         args.minutes = min(args.minutes, 2.0)
     args.warmup = args.warmup if args.warmup is not None else min(5.0, args.minutes / 2)

@@ -35,6 +35,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bridge.service import run_forever
 
     setup_logging(args.log_level or config.log_level)
+    from bridge.debug_memory import install_from_env
+
+    install_from_env()  # OBSCURA_TRACEMALLOC: a debugging aid, off by default
     return run_forever(config)
 
 

@@ -92,11 +92,14 @@ class BridgeProcess:
         storage: dict[str, Any] | None = None,
         *,
         nofile: int | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """``nofile``: soft and hard RLIMIT_NOFILE of the child (a lowered limit for flood tests;
-        the bridge raises its soft limit only up to the hard one)."""
+        the bridge raises its soft limit only up to the hard one). ``env``: variables added to
+        the child's environment (e.g. MALLOC_ARENA_MAX for a memory benchmark)."""
         self.workdir = workdir
         self.nofile = nofile
+        self.env = dict(env or {})
         self.cameras = cameras
         self.hap_port = free_port()
         self.status_port = free_port()
@@ -107,7 +110,7 @@ class BridgeProcess:
         write_config(self.config, cameras, self.hap_port, self.status_port, detect, storage)
 
     def start(self, timeout: float = 30.0) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bridge", "run", "--config", str(self.config)],
