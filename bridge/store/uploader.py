@@ -370,4 +370,3 @@ class Uploader:
         self.uploaded_bytes += item.size
         self.last_success_at = time.time()
         log.debug("uploaded %s %s (%d bytes)", item.kind, item.object_name, item.size)
-
