@@ -454,16 +454,20 @@ async def test_padding_stop_and_a_failing_sink(stream: Stream) -> None:
     await recorder.wait_idle()
     assert outputs[0].aborted and outputs[0].meta is None
     assert recorder.clips_failed == 1 and "disk full" in (recorder.last_error or "")
+    # If the failure was seen while the event went on, its next part (a new sink) took over
+    # at the next keyframe (test_recorder_parts.py); the fast feed here may not leave time.
+    recovered = len(outputs) - 1
 
     recorder.on_event(event("start", 2, at=15.0, started=15.0))
     await feed.until(17.0)
     await recorder.stop()  # shutdown mid-event: the clip keeps what it has
-    meta = outputs[1].meta
-    assert meta is not None and meta.reason == "stopped" and not outputs[1].aborted
-    assert meta.size == len(outputs[1].data) and meta.size % 4096 == 0
+    last = outputs[-1]
+    meta = last.meta
+    assert meta is not None and meta.reason == "stopped" and not last.aborted
+    assert meta.size == len(last.data) and meta.size % 4096 == 0
     assert meta.size > meta.media_bytes
-    assert decode(outputs[1].data).frames == meta.frames
-    assert recorder.clips_finished == 1
+    assert decode(last.data).frames == meta.frames
+    assert recorder.clips_finished == recovered + 1
 
 
 async def test_other_cameras_and_unchosen_subjects_record_nothing(stream: Stream) -> None:

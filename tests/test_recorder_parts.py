@@ -162,3 +162,54 @@ def test_box_reader_rejects_garbage_and_handles_64_bit_sizes() -> None:
         truncated.close()
     with pytest.raises(Mp4Error):  # a child box that overruns its moof
         rebase_moof(struct.pack(">I4sI4s", 16, b"moof", 200, b"mfhd"), 1, 1)
+
+
+class _DiskFull(RuntimeError):
+    reported = True  # like SpoolFull: the store has logged the episode itself
+
+
+async def test_a_part_whose_sink_fails_is_cut_at_the_next_keyframe(
+    stream: Stream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full spool fails the part being written; the next part starts at the next keyframe
+    (not at the part boundary, here 60 s away), so once space is back almost nothing is lost;
+    the failure is not logged again per part (the spool reports the episode)."""
+    from tests.test_recorder import MemorySink
+
+    feed = Feed(stream)
+    sinks_made: list[MemorySink] = []
+
+    class FullOnce(MemorySink):
+        def write(self, data: bytes) -> None:
+            if len(sinks_made) == 1 and len(self.data) >= 3000:
+                raise _DiskFull("no space left in the spool")
+            super().write(data)
+
+    def factory() -> MemorySink:
+        sinks_made.append(FullOnce())
+        return sinks_made[-1]
+
+    caplog.set_level("DEBUG", logger="bridge.record.recorder")
+    recorder = Recorder(
+        feed.source, factory, RecordSettings(pre_roll=1.0, part_length=60.0), clock=feed.clock
+    )
+    await feed.until(5.0)
+    recorder.on_event(event("start", 1, at=5.0, started=5.0, frame=render(2)))
+    for tenth in range(51, 121):  # near real time: the worker thread fails as it would live
+        await feed.until(tenth / 10)
+        await asyncio.sleep(0.01)
+    recorder.on_event(event("end", 1, at=12.0, started=5.0, ended=11.5))
+    await feed.until(20.0)
+    await recorder.wait_idle()
+
+    assert sinks_made[0].aborted and sinks_made[0].meta is None
+    assert recorder.clips_failed == 1
+    later = [s.meta for s in sinks_made[1:] if s.meta is not None]
+    assert later, "nothing recorded after the failure"
+    first = min(later, key=lambda m: m.part)
+    # The write of the GOP that ends at 6 s failed; the next part starts at the keyframe after
+    # (GOP 1 s), not 60 s later; and it carries the event's poster, which part 0 never stored.
+    assert first.part == 1 and first.start <= T0 + 7.1
+    assert first.poster is not None
+    assert later[-1].final
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

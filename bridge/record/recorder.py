@@ -262,7 +262,11 @@ class Recorder:
             if self._too_long(event.origin, gop, packet.pts, self.settings.max_length):
                 self._close_clip(clip, "max_length")
                 clip = self._open_clip(clip.info, _Event(uuid.uuid4().hex), 0)
-            elif self._too_long(clip.first_pts, gop, packet.pts, self.settings.part_length):
+            elif clip.worker.failed or self._too_long(
+                clip.first_pts, gop, packet.pts, self.settings.part_length
+            ):
+                # A part whose sink failed (a full spool) is cut at once: the next part, from
+                # this keyframe on, tries again, so little is lost once space is back.
                 self._close_clip(clip, "part")
                 clip = self._open_clip(clip.info, event, clip.part + 1)
             clip.gop = gop
@@ -308,7 +312,7 @@ class Recorder:
         poster object per few seconds would only cost uploads and storage)."""
         event = clip.event
         best = event.best if reason != "part" else (clip.best or event.best)
-        if best is None:
+        if best is None or clip.worker.failed:  # a failed part stores no poster: the next may
             return None
         if event.posted_score is not None and (
             reason == "part" or best.best_score <= event.posted_score
@@ -322,7 +326,11 @@ class Recorder:
         try:
             written = await clip.worker.done
         except Exception as exc:
-            self._failed(f"clip of camera {name!r} failed while recording: {exc!r}")
+            self._failed(
+                f"clip of camera {name!r} failed while recording: {exc!r}",
+                # Conditions the store reports itself (a full spool, once per episode).
+                quiet=bool(getattr(exc, "reported", False)),
+            )
             return
         if written is None:
             return  # no keyframe ever arrived: nothing was written, no sink was made
@@ -367,7 +375,7 @@ class Recorder:
             "camera %r: clip stored (part %d, %.0f s, %s)", name, meta.part, meta.duration, reason,
         )
 
-    def _failed(self, message: str) -> None:
+    def _failed(self, message: str, *, quiet: bool = False) -> None:
         self.clips_failed += 1
         self.last_error = message
-        log.error("%s", message)
+        log.log(logging.DEBUG if quiet else logging.ERROR, "%s", message)

@@ -47,6 +47,10 @@ _LOG_EVERY = 60.0  # while the disk stays full, one reminder a minute at most
 class SpoolFull(RuntimeError):
     """The spool's disk is full: the entry being written was dropped, nothing else was touched."""
 
+    #: The spool logs each full-disk episode itself (once, loudly): callers that would log
+    #: every refusal (the recorder, a part every few seconds) need not.
+    reported = True
+
 
 class DiskSpace:
     """Free space on the spool's filesystem and the "disk full" episodes.
