@@ -55,8 +55,11 @@ async def test_held_clip_evicted_while_its_entry_waits_for_a_retry(
         vault.spool.discard(other)  # (it stands for a clip sealed later; not part of this test)
         await eventually(lambda: len(vault.writer.pending) == 3)  # clip entry, two deletes
         disk_full = False
-        await eventually(lambda: not vault.writer.pending)  # the retry logs both
+        # The retry logs both; its segment is released once the state is saved, then the head
+        # naming it goes up (waiting for `pending` alone raced with that under load).
+        await eventually(lambda: not vault.writer.pending and vault.spool.held_count == 0)
         assert await vault.uploader.wait_idle(timeout=5)
+        assert await vault.wait_published(timeout=10)
     finally:
         await vault.stop(drain_seconds=5)
     report = await owner_view(cfg.bucket, vault.head_name, identity)
