@@ -3,22 +3,22 @@
 Why: RSS alone cannot tell apart the three things that make a long-running bridge grow: Python
 objects that pile up (a leak of ours), native memory that codecs allocate and never free, and
 memory glibc keeps after it was freed (retention, not a leak). The memory soak (BENCHMARKS.md,
-benchmark 14) needed that split. With ``OBSCURA_TRACEMALLOC`` set, `obscura run` starts
-tracemalloc before the service and then logs one report (logger ``bridge.debug_memory``) every
-``OBSCURA_TRACEMALLOC_EVERY`` seconds (300; 0: only on the signal) and on SIGUSR2:
+benchmark 14) needed that split. Set in the bridge's environment:
 
-- RSS; what tracemalloc sees Python allocate; glibc's heap (``mallinfo2``: in use, and free but
-  kept in the arenas). Python flat while "in use" grows: native. "Free" growing: retention;
-- the allocation sites that grew most since the first report and since the previous one
-  (file:line; with ``OBSCURA_TRACEMALLOC=N`` > 1, grouped by tracebacks of N frames);
-- the gc-tracked types whose number of objects changed most since the previous report
-  (VideoFrame, Task, dict, ...);
-- with ``OBSCURA_MALLOC_TRIM=1``, RSS before and after ``malloc_trim(0)``: how much of RSS glibc
-  gives back when asked. It changes what it measures, so it is a separate switch.
+- ``OBSCURA_MEMORY_REPORT=1``: `obscura run` logs a report (logger ``bridge.debug_memory``) every
+  ``OBSCURA_MEMORY_EVERY`` seconds (300; 0: only on the signal) and on SIGUSR2: RSS; glibc's
+  heap (``mallinfo2``: in use, and free but kept in the arenas: "in use" growing is live native
+  or Python memory, "free" growing is retention); the gc-tracked types whose number of objects
+  changed most since the previous report (VideoFrame, Task, dict, ...). Cheap: a gc pass.
+- ``OBSCURA_TRACEMALLOC=N`` (implies the reports): tracemalloc from the start, and in each
+  report the allocation sites that grew most since the first report and since the previous one
+  (file:line; grouped by tracebacks of N frames when N > 1). Not for production: tracemalloc
+  keeps a record per live block (RSS of a traced run is not comparable with an untraced one)
+  and slows allocation-heavy code down.
+- ``OBSCURA_MALLOC_TRIM=1``: each report ends with RSS before and after ``malloc_trim(0)``, i.e.
+  how much of RSS glibc gives back when asked. It changes what it measures: a separate switch.
 
-``OBSCURA_TRACEMALLOC_TOP`` sets how many lines each list has (15). Not for production:
-tracemalloc keeps a record per live block (RSS grows with the number of objects, so RSS of a
-traced run is not comparable with an untraced one) and slows allocation-heavy code down.
+``OBSCURA_MEMORY_TOP`` sets how many lines each list has (15).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import threading
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,8 @@ _Sites = dict[tracemalloc.Traceback, tuple[int, int]]  # allocation site -> (byt
 
 
 class MemoryReporter:
-    def __init__(self, frames: int = 1, top: int = 15, trim: bool = False) -> None:
+    def __init__(self, frames: int = 0, top: int = 15, trim: bool = False) -> None:
+        """`frames`: tracemalloc's traceback depth (0: no allocation sites)."""
         self.frames, self.top, self.trim = frames, top, trim
         self.group = "traceback" if frames > 1 else "lineno"
         self._first: _Sites | None = None
@@ -126,15 +128,11 @@ class MemoryReporter:
 
     def _report(self) -> str:
         gc.collect()
-        snap = tracemalloc.take_snapshot().filter_traces(_IGNORED)
         types = type_counts()
-        traced, peak = tracemalloc.get_traced_memory()
         heap = glibc_heap()
-        own = tracemalloc.get_tracemalloc_memory()
         lines = [
             f"memory at {(time.monotonic() - self._started) / 60:.1f} min: RSS "
-            f"{rss_bytes() / 2**20:.1f} MiB; traced by Python {traced / 2**20:.1f} MiB (peak "
-            f"{peak / 2**20:.1f}, tracemalloc's own {own / 2**20:.1f})"
+            f"{rss_bytes() / 2**20:.1f} MiB"
             + (
                 f"; glibc in use {heap['in_use'] / 2**20:.1f} MiB, free in arenas "
                 f"{heap['free'] / 2**20:.1f} MiB"
@@ -142,6 +140,29 @@ class MemoryReporter:
                 else ""
             )
         ]
+        if tracemalloc.is_tracing():
+            lines[0] += self._traced(lines)
+        if self._types is not None:
+            diff = Counter(types)
+            diff.subtract(self._types)
+            changed = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[: self.top]
+            lines.append("object counts since the last report: " + ", ".join(
+                f"{name} {d:+d} ({types[name]})" for name, d in changed if d
+            ))  # fmt: skip
+        self._types = types
+        if self.trim:
+            before = rss_bytes()
+            malloc_trim()
+            lines.append(
+                f"malloc_trim(0): RSS {before / 2**20:.1f} -> {rss_bytes() / 2**20:.1f} MiB"
+            )
+        return "\n".join(lines)
+
+    def _traced(self, lines: list[str]) -> str:
+        """Appends the growth by site to `lines`; returns the totals for the first line."""
+        snap = tracemalloc.take_snapshot().filter_traces(_IGNORED)
+        traced, peak = tracemalloc.get_traced_memory()
+        own = tracemalloc.get_tracemalloc_memory()
         sites = {st.traceback: (st.size, st.count) for st in snap.statistics(self.group)}
         del snap  # a snapshot holds every live block; the sizes per site are enough
         bases = [("since the first report", self._first)]
@@ -150,22 +171,12 @@ class MemoryReporter:
         for title, base in bases:
             if base is not None:
                 lines += self._growth(title, sites, base)
-        if self._types is not None:
-            diff = Counter(types)
-            diff.subtract(self._types)
-            changed = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[: self.top]
-            lines.append("object counts since the last report: " + ", ".join(
-                f"{name} {d:+d} ({types[name]})" for name, d in changed if d
-            ))  # fmt: skip
-        if self.trim:
-            before = rss_bytes()
-            malloc_trim()
-            lines.append(
-                f"malloc_trim(0): RSS {before / 2**20:.1f} -> {rss_bytes() / 2**20:.1f} MiB"
-            )
         self._first = self._first or sites
-        self._last, self._types = sites, types
-        return "\n".join(lines)
+        self._last = sites
+        return (
+            f"; traced by Python {traced / 2**20:.1f} MiB (peak {peak / 2**20:.1f}, "
+            f"tracemalloc's own {own / 2**20:.1f})"
+        )
 
     def _growth(self, title: str, now: _Sites, base: _Sites) -> list[str]:
         diffs = []
@@ -183,20 +194,21 @@ class MemoryReporter:
         return lines
 
 
-def install_from_env(environ: dict[str, str] | None = None) -> MemoryReporter | None:
-    """Start tracemalloc and the reports when OBSCURA_TRACEMALLOC is set (main thread only)."""
+def install_from_env(environ: Mapping[str, str] | None = None) -> MemoryReporter | None:
+    """Start the reports (and tracemalloc) as the environment asks; main thread only."""
     env = os.environ if environ is None else environ
-    value = env.get("OBSCURA_TRACEMALLOC", "").strip()
-    if value in ("", "0"):
+    traced = env.get("OBSCURA_TRACEMALLOC", "").strip()
+    frames = (int(traced) if traced.isdigit() else 1) if traced not in ("", "0") else 0
+    if not frames and env.get("OBSCURA_MEMORY_REPORT", "").strip() in ("", "0"):
         return None
-    frames = int(value) if value.isdigit() else 1
-    every = float(env.get("OBSCURA_TRACEMALLOC_EVERY", "300"))
+    every = float(env.get("OBSCURA_MEMORY_EVERY", "300"))
     reporter = MemoryReporter(
-        frames=max(1, frames),
-        top=int(env.get("OBSCURA_TRACEMALLOC_TOP", "15")),
+        frames=frames,
+        top=int(env.get("OBSCURA_MEMORY_TOP", "15")),
         trim=env.get("OBSCURA_MALLOC_TRIM", "") == "1",
     )
-    tracemalloc.start(max(1, frames))
+    if frames:
+        tracemalloc.start(frames)
     wake = threading.Event()
     signal.signal(signal.SIGUSR2, lambda *_: wake.set())
 
@@ -211,8 +223,8 @@ def install_from_env(environ: dict[str, str] | None = None) -> MemoryReporter | 
 
     threading.Thread(target=loop, name="debug-memory", daemon=True).start()
     log.warning(
-        "OBSCURA_TRACEMALLOC: tracing allocations (%d frame(s)); a report every %s and on "
-        "SIGUSR2 (pid %d). Slower, and more memory: not for production",
-        frames, f"{every:g} s" if every > 0 else "never", os.getpid(),
+        "memory reports every %s and on SIGUSR2 (pid %d)%s: a debugging aid, not for production",
+        f"{every:g} s" if every > 0 else "never", os.getpid(),
+        f"; tracemalloc on ({frames} frame(s))" if frames else "",
     )  # fmt: skip
     return reporter

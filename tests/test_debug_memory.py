@@ -33,21 +33,19 @@ CHILD = textwrap.dedent(
 
 def test_off_by_default() -> None:
     assert install_from_env({}) is None
-    assert install_from_env({"OBSCURA_TRACEMALLOC": "0"}) is None
+    assert install_from_env({"OBSCURA_TRACEMALLOC": "0", "OBSCURA_MEMORY_REPORT": "0"}) is None
     assert not tracemalloc.is_tracing()
 
 
-def test_sigusr2_reports_the_growing_site_and_trim() -> None:
-    env = dict(
-        os.environ,
-        OBSCURA_TRACEMALLOC="1",
-        OBSCURA_TRACEMALLOC_EVERY="0",
-        OBSCURA_MALLOC_TRIM="1",
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=60,
+def run_child(**env: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", CHILD], cwd=ROOT, env=dict(os.environ, **env),
+        capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
+
+
+def test_sigusr2_reports_the_growing_site_and_trim() -> None:
+    out = run_child(OBSCURA_TRACEMALLOC="1", OBSCURA_MEMORY_EVERY="0", OBSCURA_MALLOC_TRIM="1")
     reports = out.split("memory at ")
     assert len(reports) == 3, out  # the warning, then two reports
     second = reports[2]
@@ -57,3 +55,11 @@ def test_sigusr2_reports_the_growing_site_and_trim() -> None:
     assert "__main__.Piece +2560 (2560)" in second
     assert "malloc_trim(0): RSS" in second
     assert "glibc in use" in second
+
+
+def test_reports_without_tracemalloc() -> None:
+    out = run_child(OBSCURA_MEMORY_REPORT="1", OBSCURA_MEMORY_EVERY="0")
+    reports = out.split("memory at ")
+    assert len(reports) == 3, out
+    assert "__main__.Piece +2560 (2560)" in reports[2]
+    assert "top sites" not in out and "traced by Python" not in out
