@@ -26,7 +26,6 @@ import json
 import random
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -41,7 +40,7 @@ from accessories.camera_tlv import (
     video_request,
 )
 from accessories.tlv8 import TLVError
-from tests.peers.bridge_process import BridgeProcess, CameraSpec
+from tests.peers.bridge_process import BridgeProcess, demo_bridge
 from tests.peers.camera_tlv import (
     SETUP_SUCCESS,
     AudioSelection,
@@ -217,17 +216,9 @@ def test_parsers_raise_tlv_errors_only() -> None:
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
-    workdir: Path = tmp_path_factory.mktemp("fuzz-hap")
-    process = BridgeProcess(
-        workdir, [CameraSpec("Gate", "demo:", {"width": 320, "height": 240, "fps": 5})]
-    )
-    process.start()
-    process.wait_camera("Gate")
-    yield process
-    assert process.stop() == 0, process.log_text()
-    log = process.log_text()
-    assert "Traceback" not in log, log
-    assert len(log) < 2_000_000  # one line per refused TLV write at most
+    with demo_bridge(tmp_path_factory.mktemp("fuzz-hap")) as process:
+        yield process
+    assert len(process.log_text()) < 2_000_000  # one line per refused TLV write at most
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import http.client
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,7 +33,7 @@ from accessories.hap_requests import (
     parse_read_query,
     parse_write_request,
 )
-from tests.peers.bridge_process import BridgeProcess, CameraSpec
+from tests.peers.bridge_process import BridgeProcess, demo_bridge
 from tests.peers.camera_tlv import (
     SETUP_SUCCESS,
     SetupEndpointsResponse,
@@ -128,16 +127,8 @@ def test_values_must_fit_the_format(name: str, good: list[Any], bad: list[Any]) 
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
-    workdir: Path = tmp_path_factory.mktemp("hap-permissions")
-    process = BridgeProcess(
-        workdir, [CameraSpec("Gate", "demo:", {"width": 320, "height": 240, "fps": 5})]
-    )
-    process.start()
-    process.wait_camera("Gate")
-    yield process
-    assert process.stop() == 0, process.log_text()
-    log = process.log_text()
-    assert "Traceback" not in log, log
+    with demo_bridge(tmp_path_factory.mktemp("hap-permissions")) as process:
+        yield process
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,3 +165,18 @@ class BridgeProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def demo_bridge(workdir: Path, camera: str = "Gate") -> Iterator[BridgeProcess]:
+    """`obscura run` with one small demo camera, streaming; on exit it must stop with status 0
+    and leave no traceback in its log."""
+    process = BridgeProcess(
+        workdir, [CameraSpec(camera, "demo:", {"width": 320, "height": 240, "fps": 5})]
+    )
+    process.start()
+    process.wait_camera(camera)
+    yield process
+    assert process.stop() == 0, process.log_text()
+    log = process.log_text()
+    assert "Traceback" not in log, log
