@@ -397,6 +397,13 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
           f"{mem['slope_mib_per_10min']:+.2f} MiB/10 min",
           f"{s0['threads']}/{w['threads']}/{e['threads']}", f"{s0['fds']}/{w['fds']}/{e['fds']}"]],
     ))  # fmt: skip
+    heap = status.get("memory") or {}
+    trims = (
+        f"heap trims (bridge/heap_trim.py): {heap['heap_trims']}, {heap['heap_released_mib']} "
+        f"MiB released in all; {heap['heap_trim_ms_max']} ms the longest"
+        if heap.get("heap_trim_every_s")
+        else "heap trims: off"
+    )
     print(
         f"\nsnapshots: {snaps.n} answered, {tally.snapshot_failed} failed; p50 "
         f"{fmt(snaps.p50 * 1000)} ms, p90 {fmt(snaps.p90 * 1000)} ms, max "
@@ -408,6 +415,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
         f"\ndetector calls: "
         + ", ".join(f"{n} {c['detector_calls']}" for n, c in cameras.items())
         + f"; clips sealed {storage.get('clips_sealed')}; bridge CPU {mem['cpu_percent']}%"
+        + f"\n{trims}"
         f"\nload average (1 min) {mem['load_min']}-{mem['load_max']} during the soak "
         "(bridge CPU %: of one core)"
     )
@@ -439,6 +447,7 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
         },
         "cameras": cameras,
         "storage": {k: storage.get(k) for k in ("clips_sealed", "manifest_seq", "uploads")},
+        "bridge_memory": status.get("memory"),
         "samples": [asdict(s) for s in samples],
     }
 

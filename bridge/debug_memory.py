@@ -23,9 +23,7 @@ benchmark 14) needed that split. Set in the bridge's environment:
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import ctypes.util
 import gc
 import logging
 import os
@@ -35,7 +33,8 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+
+from bridge.heap_trim import LIBC, malloc_trim, rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -57,33 +56,15 @@ class _Mallinfo2(ctypes.Structure):
     ]  # fmt: skip
 
 
-def _libc() -> Any:
-    with contextlib.suppress(OSError, TypeError):
-        return ctypes.CDLL(ctypes.util.find_library("c"))
-    return None
-
-
 def glibc_heap() -> dict[str, int] | None:
     """glibc's heap in bytes: ``in_use`` (malloc'd, mmap'd chunks included) and ``free`` (held
     in the arenas); None where there is no mallinfo2 (musl, glibc < 2.33)."""
-    libc = _libc()
-    fn = getattr(libc, "mallinfo2", None)
+    fn = getattr(LIBC, "mallinfo2", None)
     if fn is None:
         return None
     fn.restype = _Mallinfo2
     info = fn()
     return {"in_use": info.uordblks + info.hblkhd, "free": info.fordblks}
-
-
-def malloc_trim() -> bool:
-    libc = _libc()
-    fn = getattr(libc, "malloc_trim", None)
-    return bool(fn(0)) if fn is not None else False
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def type_counts() -> Counter[str]:

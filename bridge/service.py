@@ -13,6 +13,7 @@ from accessories.hap_connections import ConnectionLimits
 from bridge.camera import BridgeCamera
 from bridge.config import Config
 from bridge.detect.service import DetectionService
+from bridge.heap_trim import HeapTrimmer
 from bridge.media.executor import MediaExecutor
 from bridge.pairing import resolve_setup_code
 from bridge.preflight import bind_errors
@@ -42,6 +43,7 @@ class BridgeService:
         self.recorders: list[Any] = []
         self._status_runner: Any = None
         self.media: MediaExecutor | None = None
+        self.heap = HeapTrimmer.from_env()  # RSS follows the heap in use (heap_trim.py says why)
 
     async def start(self) -> None:
         config = self.config
@@ -82,6 +84,7 @@ class BridgeService:
             await self.homekit.start()
         await self.detection.start()
         await self._start_recording()
+        self.heap.start()
         if config.status.enabled:
             from bridge.owner.owner_api import add_owner_routes
 
@@ -153,6 +156,7 @@ class BridgeService:
             self.recorders.append(recorder)
 
     async def stop(self) -> None:
+        await self.heap.stop()
         if self._status_runner is not None:
             await self._status_runner.cleanup()
         if self.detection is not None:
@@ -182,6 +186,7 @@ class BridgeService:
             "cameras": [self._camera_status(c) for c in self.cameras],
             "detection": self.detection.summary() if self.detection else None,
             "media": self.media.status() if self.media else None,
+            "memory": self.heap.status(),
             "storage": self.vault.status()
             if self.vault
             else ({"error": self.storage_error} if self.storage_error else None),
