@@ -6,7 +6,7 @@ sources, snapshots and live-view sessions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,3 +90,69 @@ class CameraBackend(Protocol):
         on_end is called (from the event loop) when the stream ends by itself, e.g. because the
         camera went away, so the accessory can set StreamingStatus back to available.
         """
+
+
+# ---- HomeKit Secure Video recording (issue #9) ----
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingRequest:
+    """What the hub selected (SelectedCameraRecordingConfiguration), as the media side needs it.
+
+    Built by accessories/recording_tlv.py from the hub's TLV; consumed by the bridge's
+    recording producer (bridge/record/hksv.py), which knows nothing of TLVs.
+    """
+
+    width: int
+    height: int
+    fps: int
+    bitrate_kbps: int
+    iframe_interval_ms: int  # the hub wants an IDR at least this often (4000 in practice)
+    fragment_ms: int  # each mediaFragment lasts about this long and starts with an IDR
+    prebuffer_ms: int  # how much before the trigger the recording starts (>= 4000)
+    profile: str = "main"  # "baseline" | "main" | "high"
+    level: str = "4.0"  # "3.1" | "3.2" | "4.0"
+    audio_sample_rate: int = 32000  # Hz
+    audio_channels: int = 1
+    audio_bitrate_kbps: int = 64
+    audio_active: bool = True  # RecordingAudioActive: False -> the AAC track carries silence
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingChunk:
+    """One piece of a recording for dataSend/data: the init segment or one fragment."""
+
+    kind: str  # "init" (ftyp+moov, HDS mediaInitialization) | "fragment" (moof+mdat...)
+    data: bytes
+    sequence: int  # dataSequenceNumber: 1 for the init segment, then 2, 3, ...
+    duration: float = 0.0  # seconds of media in a fragment (0 for the init segment)
+
+
+class RecordingStream(Protocol):
+    """The media of one HKSV recording: the init segment, then fragments, oldest first.
+
+    Starts with the prebuffer (fragments already recorded are available at once), then follows
+    the camera live. Never drops a fragment: a consumer that does not keep up simply iterates
+    later (the producer bounds what it holds and ends the stream with RecordingFailed).
+    """
+
+    mode: str  # "copy" | "transcode"
+
+    def __aiter__(self) -> AsyncIterator[RecordingChunk]: ...
+
+    def finish(self) -> None:
+        """End after the fragment in progress: it is flushed, then iteration stops."""
+
+    async def close(self) -> None:
+        """Stop at once and release everything (threads, codecs, subscription); idempotent."""
+
+
+class RecordingFailed(Exception):
+    """The recording's media cannot continue (camera gone, encoder failure, consumer too slow)."""
+
+
+class RecordingBackend(Protocol):
+    """The bridge side of one camera's HKSV recordings."""
+
+    def open_recording(self, request: RecordingRequest) -> RecordingStream:
+        """Start producing a recording; raises CameraUnavailable when the camera is down."""
