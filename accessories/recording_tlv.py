@@ -34,7 +34,7 @@ from .backend import RecordingRequest, VideoCapabilities
 from .camera_tlv import H264_CODEC, LEVELS, PROFILES
 from .tlv8 import TLV, TLVError, encode, u8, u16, u32
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 class EventTrigger(IntFlag):
@@ -63,7 +63,7 @@ _SAMPLE_RATE_CODES = {hz: code for code, hz in SAMPLE_RATES.items()}
 _AUDIO_CODECS = {codec.value: codec for codec in AudioCodec}
 _BITRATE_MODES = {mode.value: mode for mode in BitrateMode}
 MEDIA_CONTAINER_FMP4 = 0
-DEFAULT_PREBUFFER_MS = 4000  # the HAP minimum; what every HKSV camera offers
+DEFAULT_PREBUFFER_MS = 4000  # the HAP minimum (HAP-NodeJS refuses less)
 DEFAULT_FRAGMENT_MS = 4000  # the hub expects an IDR (a fragment boundary) every 4 s
 MAX_FRAGMENT_MS = 10_000  # a fragment is held whole before it is sent: bound it
 # Every H.264 profile and level HAP defines, as HAP-NodeJS's camera examples advertise them
@@ -198,7 +198,7 @@ class SelectedRecordingConfig:
         )
 
 
-def _lookup(record: TLV, tag: int, name: str, table: Mapping[int, T]) -> T:
+def _lookup(record: TLV, tag: int, name: str, table: Mapping[int, _T]) -> _T:
     """A one-byte code from ``table``; an unknown code is a TLVError naming the field."""
     code = record.uint(tag, name, 1)
     try:
