@@ -20,6 +20,7 @@ from accessories.setup_code import setup_code_problem
 
 if TYPE_CHECKING:
     from bridge.detect.config import CameraDetect, DetectConfig
+    from bridge.record.hksv_config import HksvConfig
     from bridge.store.config import StorageConfig
 
 
@@ -27,6 +28,12 @@ def _camera_detect_default() -> CameraDetect:
     from bridge.detect.config import CameraDetect
 
     return CameraDetect()
+
+
+def _hksv_default() -> HksvConfig:
+    from bridge.record.hksv_config import HksvConfig
+
+    return HksvConfig()
 
 
 def _detect_default() -> DetectConfig:
@@ -89,6 +96,7 @@ class CameraConfig:
     live_mode: str = "auto"  # auto | copy | transcode
     enabled: bool = True
     detect: CameraDetect = field(default_factory=_camera_detect_default)
+    hksv: HksvConfig = field(default_factory=_hksv_default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +375,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
 
 
 def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> CameraConfig:
+    from dataclasses import replace
+
     from bridge.detect.config import parse_camera_detect
+    from bridge.record.hksv_config import parse_camera_hksv
 
     r = TableReader(path, f"cameras[{index}]", raw)
     name = r.get("name", str, None)
@@ -407,7 +418,10 @@ def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> 
         live_mode=_choice(r, "live_mode", "auto", ("auto", "copy", "transcode")),
         enabled=r.get("enabled", bool, True),
         detect=parse_camera_detect(path, r.prefix, r, detect_defaults),
+        hksv=parse_camera_hksv(path, r.prefix, r),
     )
+    if cam.hksv.trigger is not None:  # HKSV records what MotionDetected follows
+        cam = replace(cam, detect=replace(cam.detect, motion_sensor=cam.hksv.trigger))
     r.check_unknown()
     return cam
 
