@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ from pyhap.service import Service
 from .hap_requests import (
     MAX_ID,
     InvalidValue,
+    ReadRefused,
     Status,
     WriteItem,
     check_value,
@@ -93,6 +94,14 @@ class _Write:
 class CheckedAccessDriver(AccessoryDriver):
     """An AccessoryDriver that enforces permissions and answers per id (see module doc)."""
 
+    # id(characteristic) -> a check that raises ReadRefused when a read must fail (the
+    # accessory listing still shows the stored value; only /characteristics reads are refused).
+    read_guards: dict[int, Callable[[], None]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.read_guards = {}
+
     def get_characteristics(self, char_ids: Iterable[str]) -> dict[str, Any]:
         rows = [self._read(*parse_char_id(text)) for text in char_ids]
         return {"characteristics": rows}
@@ -109,7 +118,13 @@ class CheckedAccessDriver(AccessoryDriver):
         else:
             status = Status.SUCCESS
             try:
+                guard = self.read_guards.get(id(found[1]))
+                if guard is not None:
+                    guard()
                 row["value"] = found[1].get_value()
+            except ReadRefused as exc:
+                logger.debug("reading %d.%d refused: %s", aid, iid, exc)
+                status = Status.COMMUNICATION_FAILURE
             except CharacteristicError as exc:
                 logger.error("reading %d.%d failed: %s", aid, iid, exc)
                 status = Status.COMMUNICATION_FAILURE

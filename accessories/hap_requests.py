@@ -47,6 +47,11 @@ _INT_RANGES = {
 }
 
 
+class ReadRefused(Exception):
+    """A getter's refusal that is expected, not a fault (e.g. SelectedCameraRecordingConfiguration
+    before the hub wrote one): the read answers -70402 and the log gets one debug line."""
+
+
 class Status(IntEnum):
     """HAP status codes (spec table 6-11)."""
 
