@@ -10,11 +10,14 @@ mean: the value the writer encoded.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import random
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,14 @@ import pytest
 
 from tests.peers import hds_wire as w
 from tests.peers import recording_tlv_peer as rt
+from tests.peers.hds_stream import (
+    CHUNK_LIMIT,
+    FRAGMENT,
+    INIT,
+    DataStream,
+    Recording,
+    top_level_boxes,
+)
 
 VECTORS = Path("/work/shared/data/hds/hds-vectors-dev.json")
 if not VECTORS.exists():  # a checkout elsewhere keeps it next to the docs
@@ -123,8 +134,9 @@ def test_hkdf_vector() -> None:
     assert by_direction["controller->accessory"] == keys.hub_to_accessory.hex()
 
 
-@pytest.mark.parametrize("frame", V.get("encryption_framing", {}).get("small_frames", []),
-                         ids=lambda f: f["label"])  # fmt: skip
+@pytest.mark.parametrize(
+    "frame", V.get("encryption_framing", {}).get("small_frames", []), ids=lambda f: f["label"]
+)
 def test_encryption_framing(frame: dict[str, Any]) -> None:
     key, counter = bytes.fromhex(frame["key_hex"]), frame["counter"]
     raw, plain = bytes.fromhex(frame["frame_hex"]), bytes.fromhex(frame["plaintext_hex"])
@@ -213,8 +225,9 @@ def test_decode_every_encoding_vector(e: dict[str, Any]) -> None:
     assert w.encode(to_encode(e["input"])) == raw
 
 
-@pytest.mark.parametrize("e", [e for e in V.get("encoding", []) if "encode_error" in e],
-                         ids=lambda e: e["name"])  # fmt: skip
+@pytest.mark.parametrize(
+    "e", [e for e in V.get("encoding", []) if "encode_error" in e], ids=lambda e: e["name"]
+)
 def test_values_hap_nodejs_cannot_write_are_int64(e: dict[str, Any]) -> None:
     value = e["input"]["value"]
     raw = w.encode(to_encode(e["input"]))
@@ -378,3 +391,134 @@ def test_data_stream_setup_messages() -> None:
     assert rt.DataStreamSetup.parse(answer) == rt.DataStreamSetup(0, 0x3039, salt[::-1])
     assert rt.DataStreamSetup.parse(b"\x01\x01\x02") == rt.DataStreamSetup(2, None, None)
     assert rt.parse_supported_transports(bytes.fromhex("0103010100")) == [0]
+
+
+# ---- the hub's HDS connection, against frames HAP-NodeJS produced ----
+
+
+def _session_frames() -> list[tuple[str, bytes]]:
+    return [(f["direction"], _frame_bytes(f)[0]) for f in V["sessions"][0]["frames"]]
+
+
+@contextlib.asynccontextmanager
+async def replay_accessory(
+    frames: list[tuple[str, bytes]], *, after: bytes = b""
+) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """An 'accessory' that expects the hub's frames to be exactly HAP-NodeJS's controller
+    frames and answers with HAP-NodeJS's accessory frames, then sends `after` and closes."""
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            for direction, frame in frames:
+                if direction == "controller->accessory":
+                    head = await reader.readexactly(4)
+                    body = await reader.readexactly(int.from_bytes(head[1:], "big") + 16)
+                    received.append(head + body)
+                    if head + body != frame:
+                        break
+                else:
+                    writer.write(frame)
+                    await writer.drain()
+            writer.write(after)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], received
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+VECTOR_KEYS = w.HdsKeys(accessory_to_hub=b"\x11" * 32, hub_to_accessory=b"\x22" * 32)
+
+
+async def test_hub_speaks_hap_nodejs_bytes_and_collects_a_recording() -> None:
+    frames = _session_frames()
+    async with replay_accessory(frames) as (port, received):
+        ds = await DataStream.connect("127.0.0.1", port, VECTOR_KEYS, timeout_s=5)
+        try:
+            await ds.hello(timeout_s=5)
+            response, rec = await ds.open_recording(1, reason="motion", timeout_s=5)
+            assert response.accepted and (response.status, response.message) == (0, {"status": 0})
+            assert await rec.wait_end(timeout_s=10) == "endOfStream"
+            await ds.wait_closed(timeout_s=5)
+        finally:
+            await ds.close()
+    # hello, open and the automatic ack are HAP-NodeJS's controller frames, byte for byte
+    assert received == [f for d, f in frames if d == "controller->accessory"]
+    assert rec.problems == [] and ds.problems == [] and rec.acked_at is not None
+    assert rec.init is not None and rec.init.data == pattern(100) and rec.init.chunks == 1
+    (media,) = rec.media
+    assert (media.sequence, media.data, media.chunks) == (2, pattern(262144), 1)
+    assert rec.opened_at <= rec.init.completed_at <= media.completed_at
+    assert ds.closed_by == "accessory"
+
+
+async def test_hub_drops_a_connection_whose_frame_does_not_open() -> None:
+    frames = _session_frames()[:2]
+    replayed = frames[1][1]  # the hello response again: its counter is spent
+    async with replay_accessory(frames, after=replayed) as (port, _):
+        ds = await DataStream.connect("127.0.0.1", port, VECTOR_KEYS, timeout_s=5)
+        try:
+            await ds.hello(timeout_s=5)
+            why = await ds.wait_closed(timeout_s=5)
+        finally:
+            await ds.close()
+    assert why.startswith("hub: frame does not open") and ds.problems == [why]
+
+
+def test_recording_collector_reports_protocol_slips() -> None:
+    def packet(
+        kind: str, seq: int, chunk: int, last: bool, data: bytes, total: Any = None
+    ) -> dict[str, Any]:
+        md = {
+            "dataType": kind,
+            "dataSequenceNumber": seq,
+            "dataChunkSequenceNumber": chunk,
+            "isLastDataChunk": last,
+        }
+        if total is not None:
+            md["dataTotalSize"] = total
+        return {"data": data, "metadata": md}
+
+    good = Recording(1)
+    for p in (
+        packet(INIT, 1, 1, True, b"i", 1),
+        packet(FRAGMENT, 2, 1, False, b"ab", 5),
+        packet(FRAGMENT, 2, 2, False, b"cd"),
+        packet(FRAGMENT, 2, 3, True, b"e"),
+    ):
+        good._packet(p, 1.0)
+    assert good.problems == [] and [f.data for f in good.fragments] == [b"i", b"abcde"]
+    assert good.media[0].chunks == 3
+
+    bad = Recording(2)
+    for p in (
+        packet(FRAGMENT, 1, 1, True, b"x", 1),  # no init first
+        packet(FRAGMENT, 3, 1, False, b"ab"),  # skips 2, no total
+        packet(FRAGMENT, 3, 3, True, b"c"),  # chunk 2 missing
+        packet(FRAGMENT, 4, 1, True, b"abc", 9),  # size mismatch
+        packet(FRAGMENT, 5, 1, True, bytes(CHUNK_LIMIT + 1), CHUNK_LIMIT + 1),
+        {"data": "not bytes", "metadata": {}},
+    ):
+        bad._packet(p, 1.0)
+    bad._finish("endOfStream")
+    bad._packet(packet(FRAGMENT, 6, 1, True, b"z", 1), 2.0)
+    text = "\n".join(bad.problems)
+    for needle in (
+        "is mediaFragment",
+        "expected 2",
+        "no dataTotalSize",
+        "chunk 3, expected 2",
+        "3 bytes, dataTotalSize 9",
+        "limit",
+        "data/dataType wrong: str",
+        "after the stream ended",
+    ):
+        assert needle in text, (needle, text)
+    assert top_level_boxes(b"\x00\x00\x00\x08ftyp\x00\x00\x00\x08moov") == ["ftyp", "moov"]
