@@ -346,14 +346,20 @@ def chunk_media(
 def data_event(
     stream_id: int, packets: Sequence[MediaPacket], end_of_stream: bool = False
 ) -> Outgoing:
-    """A dataSend/data event; ``endOfStream`` is sent only when the last packet ends its item."""
-    if not packets:
-        raise ValueError("a data event needs at least one packet")
+    """A dataSend/data event; ``endOfStream`` is sent only when the last packet ends its item.
+
+    ``packets`` may be empty only to end the stream (``{packets: [], endOfStream: true}``), a
+    form HAP-NodeJS never sends; holding back the last item to send it with the end is safer.
+    """
     message: dict[str, object] = {
         "streamId": int(stream_id),
         "packets": [packet.to_value() for packet in packets],
     }
-    if packets[-1].is_last:
+    if not packets:
+        if not end_of_stream:
+            raise ValueError("a data event without packets must end the stream")
+        message["endOfStream"] = True
+    elif packets[-1].is_last:
         message["endOfStream"] = bool(end_of_stream)
     elif end_of_stream:
         raise ValueError("endOfStream must come with the last chunk of an item")
