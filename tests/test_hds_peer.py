@@ -17,7 +17,7 @@ import hashlib
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ import pytest
 
 from tests.peers import hds_wire as w
 from tests.peers import recording_tlv_peer as rt
+from tests.peers.bridge_process import BridgeProcess, demo_bridge
+from tests.peers.hds_hub import TestHub
 from tests.peers.hds_stream import (
     CHUNK_LIMIT,
     FRAGMENT,
@@ -522,3 +524,43 @@ def test_recording_collector_reports_protocol_slips() -> None:
     ):
         assert needle in text, (needle, text)
     assert top_level_boxes(b"\x00\x00\x00\x08ftyp\x00\x00\x00\x08moov") == ["ftyp", "moov"]
+
+
+# ---- the hub against `obscura run`: the captured pair-verify secret ----
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeProcess]:
+    with demo_bridge(tmp_path_factory.mktemp("hds-peer")) as process:
+        yield process
+
+
+def _control_keys_of(secret: bytes) -> tuple[bytes, bytes]:
+    return (
+        w.hkdf_sha512(secret, b"Control-Salt", b"Control-Read-Encryption-Key"),
+        w.hkdf_sha512(secret, b"Control-Salt", b"Control-Write-Encryption-Key"),
+    )
+
+
+async def test_hub_keeps_each_connections_pair_verify_secret(bridge: BridgeProcess) -> None:
+    """The secret the hub keeps is the one its HAP session runs on: HKDF of it gives exactly
+    the session keys aiohomekit uses; a new session (after the connection dropped) has a new
+    secret, and the hub follows it."""
+    async with TestHub.start(bridge) as hub:
+        connection = hub.pairing.connection
+        first = hub.shared_secret()
+        protocol = connection.protocol
+        assert len(first) == 32
+        assert _control_keys_of(first) == (protocol.a2c_key, protocol.c2a_key)
+
+        connection.transport.close()  # the accessory side sees the session end
+        async with asyncio.timeout(15):  # aiohomekit reconnects by itself; it has no event
+            while connection.protocol in (None, protocol) or not connection.is_connected:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        await hub.refresh()  # the new session works
+        second = hub.shared_secret()
+        assert second != first
+        assert _control_keys_of(second) == (
+            connection.protocol.a2c_key,
+            connection.protocol.c2a_key,
+        )
