@@ -35,11 +35,13 @@ import ifaddr  # zeroconf's own dependency: lists interface addresses without an
 from pyhap.accessory import Accessory, Bridge
 from pyhap.const import CATEGORY_BRIDGE, CATEGORY_CAMERA, STANDALONE_AID
 
-from .backend import CameraBackend
+from .backend import CameraBackend, RecordingBackend
 from .camera import CameraAccessory, firmware_revision
 from .hap_access import CheckedAccessDriver
 from .hap_connections import ConnectionLimits, GuardedHAPServer, GuardedProtocol
 from .hap_http import CheckedProtocol
+from .hds.server import DataStreamServer
+from .recording import CameraRecording, RecordingOptions
 from .setup_payload import load_setup_id, setup_uri, validate_setup_code
 from .srp import PaddedSrpServer
 
@@ -124,6 +126,8 @@ class ObscuraDriver(CheckedAccessDriver):
         # Port 0: State turns it into its default port; bind an ephemeral one instead.
         self.http_server = _AnyPortServer((address, port), self, connection_limits)
         self.cameras: list[CameraAccessory] = []
+        # HomeKit Data Streams (HKSV) bind where HAP does; sessions end with their connection.
+        self.data_streams = DataStreamServer(address)
 
     def setup_srp_verifier(self) -> None:
         self._srp_verifier = PaddedSrpServer(self.state.pincode)
@@ -140,6 +144,7 @@ class ObscuraDriver(CheckedAccessDriver):
 
     def connection_lost(self, client: Any) -> None:
         super().connection_lost(client)
+        self.data_streams.connection_closed(client)
         for camera in self.cameras:
             camera.connection_closed(client)
 
@@ -309,6 +314,7 @@ class HomeKitBridge:
     ) -> None:
         loop = loop or asyncio.get_running_loop()
         self.standalone = standalone
+        self.state_dir = Path(state_dir)
         if standalone:
             pairs = build_standalone_drivers(
                 address, port, setup_code, state_dir, advertise, cameras, loop,
@@ -351,13 +357,36 @@ class HomeKitBridge:
             (d.accessory.display_name or "", d.setup_uri()) for d in self.drivers if d.accessory
         ]
 
+    def enable_recording(
+        self, index: int, backend: RecordingBackend, options: RecordingOptions
+    ) -> CameraRecording:
+        """HomeKit Secure Video for camera ``index``; call after its other services are added."""
+        camera = self.cameras[index]
+        driver = self.drivers[index if self.standalone else 0]
+        name = self.cameras[index].backend.name
+        return camera.enable_recording(
+            backend, data_streams=driver.data_streams, options=options,
+            state_path=self.state_dir / f"{camera_files(name)}.hksv.json",
+        )  # fmt: skip
+
+    def data_stream_stats(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for driver in self.drivers:
+            for key, value in driver.data_streams.stats().items():
+                if isinstance(value, int) and key != "port":
+                    total[key] = total.get(key, 0) + value
+        return total
+
     async def start(self) -> None:
         for driver in self.drivers:
+            await driver.data_streams.start()
             await driver.async_start()
             self._started.append(driver)
 
     async def stop(self) -> None:
         """Stop serving; HAP-python then calls each camera's stop(), ending its sessions."""
+        for driver in self.drivers:
+            await driver.data_streams.stop()
         while self._started:
             await self._started.pop().async_stop()
         await self.stop_all_sessions()  # also when never started

@@ -5,7 +5,8 @@ ffmpeg and uses the lossy ``pyhap.tlv``). Services, in this order (HAP-python nu
 the order services are added and controllers remember services by IID, so only ever append):
 AccessoryInformation, [HAPProtocolInformation when standalone], MotionSensor,
 CameraRTPStreamManagement x max(2, max_streams), Microphone (only with audio), then any
-OccupancySensor added with ``add_occupancy_sensor``.
+OccupancySensor added with ``add_occupancy_sensor``, then HomeKit Secure Video's services when
+``enable_recording`` is called (recording.py).
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from typing import TYPE_CHECKING, Any
 from pyhap.accessory import Accessory
 from pyhap.const import CATEGORY_CAMERA
 
-from .backend import CameraBackend, CameraUnavailable
+from .backend import CameraBackend, CameraUnavailable, RecordingBackend
 from .camera_tlv import supported_audio_config, supported_rtp_config, supported_video_config
 from .streams import PENDING_TIMEOUT, ClientAddr, StreamManagement, b64
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pyhap.accessory_driver import AccessoryDriver
     from pyhap.characteristic import Characteristic
+
+    from .hds.server import DataStreamServer
+    from .recording import CameraRecording, RecordingOptions
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +72,7 @@ class CameraAccessory(Accessory):
         self.backend = backend
         self._address = address
         self._camera_up = True
+        self.recording: CameraRecording | None = None
         self._snapshot_timeout = snapshot_timeout
         caps = backend.capabilities()
         serial = hashlib.sha256(backend.name.encode()).hexdigest()[:12].upper()
@@ -77,6 +84,7 @@ class CameraAccessory(Accessory):
         )
 
         motion = self.add_preload_service("MotionSensor", chars=["StatusActive"])
+        self._motion_service = motion
         self._motion: Characteristic = motion.configure_char("MotionDetected", value=False)
         self._status_active: list[Characteristic] = [
             motion.configure_char("StatusActive", value=True)
@@ -94,7 +102,7 @@ class CameraAccessory(Accessory):
                 backend,
                 **configs,
                 resolve_local_address=self._local_address,
-                camera_up=lambda: self._camera_up,
+                camera_up=self._streaming_allowed,
                 pending_timeout=pending_timeout,
             )
             for index in range(max(MIN_STREAMS, caps.max_streams))
@@ -108,6 +116,46 @@ class CameraAccessory(Accessory):
     def setup_message(self) -> None:
         # HAP-python prints the setup code and a QR code to stdout; the CLI owns that.
         logger.info("%s is not paired yet", self.display_name)
+
+    def enable_recording(
+        self,
+        backend: RecordingBackend,
+        *,
+        data_streams: DataStreamServer,
+        state_path: Path,
+        options: RecordingOptions,
+    ) -> CameraRecording:
+        """Add HomeKit Secure Video (after every other service: IIDs follow the order)."""
+        from .recording import CameraRecording
+
+        connections = self.driver.http_server.connections
+        self.recording = CameraRecording(
+            self, backend, self.backend.capabilities(),
+            data_streams=data_streams, state_path=state_path, options=options,
+            linked=[self._motion_service] + [s.service for s in self.streams],
+            trigger=lambda: self.motion_detected,
+            on_mode_change=self._mode_changed,
+            connection_for=lambda addr: connections.get(addr) if addr else None,
+            read_guards=getattr(self.driver, "read_guards", {}),
+        )  # fmt: skip
+        self._refresh_status_active()
+        return self.recording
+
+    def _streaming_allowed(self) -> bool:
+        return self._camera_up and (self.recording is None or self.recording.homekit_active)
+
+    def _refresh_status_active(self) -> None:
+        # The motion sensor's StatusActive follows HomeKitCameraActive too (hksv-protocol.md).
+        for char in self._status_active:
+            char.set_value(self._streaming_allowed())
+
+    def _mode_changed(self) -> None:
+        self._refresh_status_active()
+        for stream in self.streams:
+            stream.refresh()
+        if not self._streaming_allowed():
+            task = asyncio.get_running_loop().create_task(self.stop_all_sessions())
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     # ---- state pushed by the bridge ----
 
@@ -124,18 +172,22 @@ class CameraAccessory(Accessory):
         self._camera_up = available
         for stream in self.streams:
             stream.refresh()
-        for char in self._status_active:
-            char.set_value(available)
+        self._refresh_status_active()
 
     def update_capabilities(self) -> None:
         """Re-read backend.capabilities() (e.g. once the camera's real size is known) and
         advertise the matching sizes. The number of streams and audio cannot change."""
-        value = b64(supported_video_config(self.backend.capabilities()))
+        caps = self.backend.capabilities()
+        value = b64(supported_video_config(caps))
         for stream in self.streams:
             stream.set_video_config(value)
+        if self.recording is not None:
+            self.recording.update_capabilities(caps)
 
     def set_motion(self, detected: bool) -> None:
         self._set_now(self._motion, bool(detected))
+        if self.recording is not None:
+            self.recording.set_trigger(bool(detected))
 
     @property
     def motion_detected(self) -> bool:
@@ -164,7 +216,8 @@ class CameraAccessory(Accessory):
             "OccupancySensor", chars=["Name", "StatusActive"], unique_id=f"occupancy:{subject}"
         )
         svc.configure_char("Name", value=subject)
-        self._status_active.append(svc.configure_char("StatusActive", value=self._camera_up))
+        active = svc.configure_char("StatusActive", value=self._streaming_allowed())
+        self._status_active.append(active)
         self._occupancy[subject] = svc.configure_char("OccupancyDetected", value=0)
 
     def set_occupancy(self, subject: str, detected: bool) -> None:
@@ -182,6 +235,11 @@ class CameraAccessory(Accessory):
         width, height = _image_size(data)
         if not self._camera_up:
             raise CameraUnavailable(f"{self.display_name}: camera is down")
+        reason = data.get("reason")
+        if self.recording is not None and not self.recording.snapshot_allowed(reason):
+            # Answered like any refused snapshot (HAP-python: 500); the hub asked for a kind
+            # the owner turned off in the Home app.
+            raise CameraUnavailable(f"{self.display_name}: snapshots (reason {reason}) are off")
         try:
             async with asyncio.timeout(self._snapshot_timeout):
                 jpeg = await self.backend.snapshot(width, height)
@@ -207,6 +265,8 @@ class CameraAccessory(Accessory):
 
     async def stop(self) -> None:
         """HAP-python calls this when its driver stops."""
+        if self.recording is not None:
+            await self.recording.stop()
         await self.stop_all_sessions()
 
     def _local_address(self, client_addr: ClientAddr | None, ipv6: bool) -> str | None:

@@ -9,6 +9,8 @@ from typing import Any
 from accessories.backend import (
     CameraUnavailable,
     LiveSession,
+    RecordingRequest,
+    RecordingStream,
     StreamEndpoints,
     VideoCapabilities,
 )
@@ -77,6 +79,14 @@ class BridgeCamera:
         )
         self.sessions.append(session)
         return session
+
+    def open_recording(self, request: RecordingRequest) -> RecordingStream:
+        """An HKSV recording from the prebuffer on (accessories.backend.RecordingBackend)."""
+        if not self.source.available:
+            raise CameraUnavailable(f"camera {self.name!r} is {self.source.state}")
+        from bridge.record.hksv import HksvRecording
+
+        return HksvRecording(self.source, request, name=self.name)
 
     def status(self) -> dict[str, Any]:
         status = self.source.status()

@@ -6,6 +6,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 from bridge.config import Config
 
@@ -101,7 +102,37 @@ def doctor(config: Config, url: str | None) -> int:
                 f"          detecting {subjects}: {det['frames_analysed']} frames analysed, "
                 f"{det['detector_calls']} detector runs, {det['events']} event(s){last}"
             )
+        _print_hksv(cam.get("hksv"))
     return 1 if problems else 0
+
+
+def _print_hksv(hksv: dict[str, Any] | None) -> None:
+    if hksv is None:
+        print("          HomeKit Secure Video: off in the configuration")
+        return
+    mode = hksv["mode"]
+    if not mode["homekit_active"]:
+        state = "camera turned OFF in the Home app"
+    elif not hksv["configured"]:
+        state = "offered; not set up by a home hub yet (Home app: Recording Options)"
+    elif not mode["recording_active"]:
+        state = "configured, recording off (Home app: Stream or Detect Activity)"
+    else:
+        sel = hksv["selected"]
+        state = (
+            f"recording {sel['width']}x{sel['height']}@{sel['fps']} {sel['bitrate_kbps']} kbps"
+            f"{'' if mode['audio_active'] else ', audio muted'}"
+        )
+    print(f"          HomeKit Secure Video: {state}; {hksv['hds_sessions']} data stream(s)")
+    current, last = hksv.get("recording"), hksv.get("last_recording")
+    if current:
+        print(f"          recording now, for {_ago(current['started_at'])} ({current['mode']})")
+    if last:
+        detail = f": {last['detail']}" if last["detail"] else ""
+        print(
+            f"          last recording {_ago(last['started_at'])} ago, {last['seconds']} s, "
+            f"{last['fragments']} fragment(s), ended by {last['ended'].replace('_', ' ')}{detail}"
+        )
 
 
 def _host(address: str) -> str:

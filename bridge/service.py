@@ -78,6 +78,7 @@ class BridgeService:
             accessory.set_camera_available(False)
         self.detection = DetectionService(config, self.cameras, self.homekit.cameras)
         self.detection.add_sensors()
+        self._enable_hksv()  # after the sensors: HomeKit remembers services by IID order
         for source in self.sources:
             source.start()
         with bind_errors(config, "hap"):  # taken since the preflight: exit 2, naming the key
@@ -102,6 +103,25 @@ class BridgeService:
             len(self.cameras),
             "" if self.homekit.paired else " — not paired yet: run `obscura pair` for the QR code",
         )
+
+    def _enable_hksv(self) -> None:
+        from accessories.recording import RecordingOptions
+
+        assert self.homekit is not None
+        for index, camera in enumerate(self.cameras):
+            hksv = camera.config.hksv
+            if not hksv.enabled:
+                continue
+            if camera.config.prebuffer_seconds < 4.0:
+                log.warning(
+                    "camera %r: prebuffer_seconds = %g: HomeKit Secure Video asks for 4 s before"
+                    " each event; recordings will start later than the hub expects",
+                    camera.name, camera.config.prebuffer_seconds,
+                )  # fmt: skip
+            self.homekit.enable_recording(
+                index, camera,
+                RecordingOptions(post_roll=hksv.post_roll_seconds, max_seconds=hksv.max_seconds),
+            )  # fmt: skip
 
     async def _start_recording(self) -> None:
         storage = self.config.storage
@@ -182,6 +202,7 @@ class BridgeService:
                 "paired_controllers": homekit.paired_count if homekit else 0,
                 "advertise": self.config.hap.advertise,
                 "connections": homekit.connection_stats() if homekit else None,
+                "data_streams": homekit.data_stream_stats() if homekit else None,
             },
             "cameras": [self._camera_status(c) for c in self.cameras],
             "detection": self.detection.summary() if self.detection else None,
@@ -194,6 +215,9 @@ class BridgeService:
 
     def _camera_status(self, camera: BridgeCamera) -> dict[str, Any]:
         status = camera.status()
+        if self.homekit is not None:
+            accessory = self.homekit.cameras[self.cameras.index(camera)]
+            status["hksv"] = accessory.recording.status() if accessory.recording else None
         recorder = next((r for r in self.recorders if r.source is camera.source), None)
         if recorder is not None:
             status["recording"] = recorder.status()

@@ -171,7 +171,44 @@ def prometheus_text(status: dict[str, Any]) -> str:
         lines.append(f"# TYPE obscura_{metric} {kind}")
         for cam in status["cameras"]:
             lines.append(f'obscura_{metric}{{camera="{_label(cam["name"])}"}} {get(cam)}')
+    lines.extend(_hksv_metrics(status["cameras"]))
     return "\n".join(lines) + "\n"
+
+
+def _hksv_metrics(cameras: list[dict[str, Any]]) -> list[str]:
+    """HomeKit Secure Video: recordings, how they ended, refusals, data stream sessions."""
+    hksv = [(_label(c["name"]), c["hksv"]) for c in cameras if c.get("hksv")]
+    lines = [
+        "# HELP obscura_hksv_recordings_total HKSV recordings the hub opened and we accepted.",
+        "# TYPE obscura_hksv_recordings_total counter",
+        *(f'obscura_hksv_recordings_total{{camera="{n}"}} {h["recordings"]}' for n, h in hksv),
+        "# HELP obscura_hksv_recording_ends_total HKSV recordings ended, by how they ended.",
+        "# TYPE obscura_hksv_recording_ends_total counter",
+    ]
+    for name, h in hksv:
+        for reason, count in sorted(h["ended"].items()):
+            lines.append(
+                f'obscura_hksv_recording_ends_total{{camera="{name}",reason="{_label(reason)}"}}'
+                f" {count}"
+            )
+    lines += [
+        "# HELP obscura_hksv_refused_total HKSV recording requests refused, by reason.",
+        "# TYPE obscura_hksv_refused_total counter",
+    ]
+    for name, h in hksv:
+        for reason, count in sorted(h["refused"].items()):
+            lines.append(
+                f'obscura_hksv_refused_total{{camera="{name}",reason="{_label(reason)}"}} {count}'
+            )
+    lines += [
+        "# HELP obscura_hksv_sessions HomeKit Data Stream sessions open.",
+        "# TYPE obscura_hksv_sessions gauge",
+        *(f'obscura_hksv_sessions{{camera="{n}"}} {h["hds_sessions"]}' for n, h in hksv),
+        "# HELP obscura_hksv_recording 1 while an HKSV recording is being sent.",
+        "# TYPE obscura_hksv_recording gauge",
+        *(f'obscura_hksv_recording{{camera="{n}"}} {int(bool(h["recording"]))}' for n, h in hksv),
+    ]
+    return lines
 
 
 async def start_status_server(

@@ -48,6 +48,7 @@ from tests.peers.hap_raw import Reply, put_json, read, request
 from tests.peers.homekit import Paired, find_aid, find_characteristic, pair, stream_management
 
 READ_ONLY, WRITE_ONLY, NO_EVENTS, NO_SUCH, INVALID = -70404, -70405, -70406, -70409, -70410
+COMMUNICATION_FAILURE = -70402
 INTS = {"uint8": 255, "uint16": 65535, "uint32": 2**32 - 1, "uint64": 2**64 - 1, "int": 2**31 - 1}
 
 # ---- rules, without a bridge ----
@@ -230,8 +231,14 @@ async def test_subscriptions_and_reads_follow_permissions(controller: Paired) ->
     assert write_only  # Identify
     reply = await read(controller.pairing, *write_only)
     assert reply.code == 207 and set(reply.statuses().values()) == {WRITE_ONLY}
+    # HKSV's selected recording configuration cannot be read before a hub selected one.
+    selected_uuid = normalize_uuid("209")
+    unselected = [(c["aid"], c["iid"]) for c in chars if normalize_uuid(c["type"]) == selected_uuid]
+    assert unselected
+    reply = await read(controller.pairing, *unselected)
+    assert reply.code == 207 and set(reply.statuses().values()) == {COMMUNICATION_FAILURE}
     readable = [(c["aid"], c["iid"]) for c in chars if "pr" in c["perms"]]
-    reply = await read(controller.pairing, *readable)
+    reply = await read(controller.pairing, *[k for k in readable if k not in unselected])
     assert reply.code == 200, reply  # all fine: no status in the rows
     assert all("status" not in row for row in reply.json()["characteristics"])
 
