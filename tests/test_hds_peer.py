@@ -27,14 +27,8 @@ from tests.peers import hds_wire as w
 from tests.peers import recording_tlv_peer as rt
 from tests.peers.bridge_process import BridgeProcess, demo_bridge
 from tests.peers.hds_hub import TestHub
-from tests.peers.hds_stream import (
-    CHUNK_LIMIT,
-    FRAGMENT,
-    INIT,
-    DataStream,
-    Recording,
-    top_level_boxes,
-)
+from tests.peers.hds_recording import CHUNK_LIMIT, FRAGMENT, INIT, Recording, top_level_boxes
+from tests.peers.hds_stream import DataStream
 
 VECTORS = Path("/work/shared/data/hds/hds-vectors-dev.json")
 if not VECTORS.exists():  # a checkout elsewhere keeps it next to the docs

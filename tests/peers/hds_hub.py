@@ -7,11 +7,7 @@ and hds_stream.py, the recording TLVs recording_tlv_peer.py - none of it shares 
 product's accessories/ (a shared codec would hide a shared bug).
 
 HDS keys come from the pair-verify X25519 shared secret of the HAP connection that wrote
-SetupDataStreamTransport. aiohomekit keeps that secret only inside the `derive` closure that
-`aiohomekit.protocol.get_session_keys()` returns, used once in
-`SecureHomeKitConnection._connect_once` and dropped; `capture_pair_verify_secrets()` wraps both
-(in this process only) to keep the secret per connection. Checked against aiohomekit 4.0.1;
-test_hds_peer.py verifies the capture against the connection's own control keys.
+SetupDataStreamTransport, which aiohomekit drops: pair_verify_secret.py keeps it.
 
 Usage (end-to-end HKSV tests)::
 
@@ -19,8 +15,8 @@ Usage (end-to-end HKSV tests)::
         cam = await hub.camera("Gate")                  # by name or aid
         sup = await cam.supported()                     # 205/206/207 parsed from raw bytes
         await cam.select_recording(resolution=(1280, 720, 24))   # writes 209
-        await cam.set_mode(homekit_active=True, recording_active=True)
-        await cam.set_mode(audio_active=True, timed=True)       # PUT /prepare, then pid
+        await cam.set_mode(homekit_active=True, recording_active=True)  # timed where "tw"
+        await cam.set_mode(audio_active=True, timed=False)      # force a plain write
         await cam.watch_motion()                        # MotionDetected + StatusActive events
         ds = await cam.data_stream()                    # 131 write-response, TCP, keys, hello
         rec = await ds.record(stream_id=1, until_end=True, timeout_s=60)
@@ -32,11 +28,9 @@ Usage (end-to-end HKSV tests)::
 from __future__ import annotations
 
 import base64
-import contextvars
 import json
 import secrets
-import weakref
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, Protocol
@@ -57,62 +51,7 @@ from tests.peers.homekit import (
     iter_characteristics,
     pair,
 )
-
-# --------------------------------------------------------------------------------------------
-# Keeping the pair-verify shared secret
-# --------------------------------------------------------------------------------------------
-
-_connecting: contextvars.ContextVar[object | None] = contextvars.ContextVar(
-    "hds_hub_connecting", default=None
-)
-_secrets: weakref.WeakKeyDictionary[object, bytes] = weakref.WeakKeyDictionary()
-_installed = False
-
-
-def _secret_in(derive: Callable[..., bytes]) -> bytes:
-    cells = [c.cell_contents for c in (getattr(derive, "__closure__", None) or ())]
-    found = [c for c in cells if isinstance(c, bytes) and len(c) == 32]
-    if len(found) != 1:
-        raise RuntimeError("aiohomekit's derive() no longer closes over one 32-byte secret")
-    return found[0]
-
-
-def capture_pair_verify_secrets() -> None:
-    """Patch aiohomekit (this process only, once) so each secure connection keeps the X25519
-    shared secret of its latest pair-verify; read it with `pair_verify_secret(connection)`."""
-    global _installed
-    if _installed:
-        return
-    from aiohomekit.controller.ip import connection as conn_mod
-
-    original_keys = conn_mod.get_session_keys
-    original_connect = conn_mod.SecureHomeKitConnection._connect_once
-
-    def get_session_keys(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
-        owner = _connecting.get()
-        result = yield from original_keys(*args, **kwargs)
-        if owner is not None:
-            _secrets[owner] = _secret_in(result[1])
-        return result
-
-    async def _connect_once(self: Any) -> Any:
-        token = _connecting.set(self)
-        try:
-            return await original_connect(self)
-        finally:
-            _connecting.reset(token)
-
-    conn_mod.get_session_keys = get_session_keys  # type: ignore[assignment]
-    conn_mod.SecureHomeKitConnection._connect_once = _connect_once  # type: ignore[method-assign]
-    _installed = True
-
-
-def pair_verify_secret(connection: object) -> bytes:
-    try:
-        return _secrets[connection]
-    except KeyError:
-        raise LookupError("no pair-verify secret for this connection (capture not on?)") from None
-
+from tests.peers.pair_verify_secret import capture_pair_verify_secrets, pair_verify_secret
 
 # --------------------------------------------------------------------------------------------
 # The hub
@@ -312,6 +251,10 @@ class DataStreamOffer:
         return HdsKeys.derive(self.shared_secret, self.controller_salt, self.setup.accessory_salt)
 
 
+def _timed(timed: bool | None, refs: Sequence[CharRef]) -> bool:
+    return any("tw" in ref.perms for ref in refs) if timed is None else timed
+
+
 def _flag(ref: CharRef, on: bool) -> bool | int:
     return bool(on) if ref.format == "bool" else int(bool(on))
 
@@ -362,9 +305,9 @@ class HubCamera:
         await self.write_raw(self.chars.selected, selection.encode(), timed=timed)
         return selection
 
-    async def write_raw(self, ref: CharRef, raw: bytes, *, timed: bool = False) -> None:
+    async def write_raw(self, ref: CharRef, raw: bytes, *, timed: bool | None = None) -> None:
         row = {"aid": ref.aid, "iid": ref.iid, "value": rt.b64(raw)}
-        await self.hub.put([row], timed=timed)
+        await self.hub.put([row], timed=_timed(timed, [ref]))
 
     async def set_mode(
         self,
@@ -374,9 +317,10 @@ class HubCamera:
         periodic_snapshots: bool | None = None,
         recording_active: bool | None = None,
         audio_active: bool | None = None,
-        timed: bool = False,
+        timed: bool | None = None,
     ) -> None:
-        """Write the given operating-mode / Active flags in one PUT (timed if asked)."""
+        """Write the given operating-mode / Active flags in one PUT. `timed`: None = as a hub
+        does (a timed write when one of them has the "tw" permission), True/False forces."""
         c = self.chars
         wanted = [
             (c.homekit_active, homekit_active), (c.event_snapshots, event_snapshots),
@@ -385,13 +329,10 @@ class HubCamera:
         ]  # fmt: skip
         if audio_active is not None and c.audio_active is None:
             raise LookupError("this camera has no RecordingAudioActive")
-        rows = [
-            {"aid": ref.aid, "iid": ref.iid, "value": _flag(ref, on)}
-            for ref, on in wanted
-            if ref is not None and on is not None
-        ]
+        refs = [(ref, on) for ref, on in wanted if ref is not None and on is not None]
+        rows = [{"aid": ref.aid, "iid": ref.iid, "value": _flag(ref, on)} for ref, on in refs]
         if rows:
-            await self.hub.put(rows, timed=timed)
+            await self.hub.put(rows, timed=_timed(timed, [ref for ref, _ in refs]))
 
     async def setup_data_stream(
         self, *, controller_salt: bytes | None = None, request: bytes | None = None
