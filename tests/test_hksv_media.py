@@ -1,0 +1,428 @@
+"""HKSV recording media (bridge/record/hksv.py): init segment + IDR-aligned fMP4 fragments.
+
+A camera made of the real Prebuffer and PacketFanout is fed real libx264 packets faster than
+real time; what the recording yields is parsed with a box walker of this file's own (not the
+code under test) and decoded with PyAV/FFmpeg: the whole recording, and every fragment alone
+behind the init segment (which only works if it starts with an IDR frame).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import threading
+from dataclasses import dataclass, replace
+
+import av
+import av.video.frame
+import numpy as np
+import pytest
+
+from accessories.backend import RecordingChunk, RecordingFailed, RecordingRequest
+from bridge.media.encoder import H264Encoder
+from bridge.media.fanout import PacketFanout, PacketSubscription
+from bridge.media.packet import StreamInfo, VideoPacket
+from bridge.media.prebuffer import Prebuffer
+from bridge.record.hksv import HksvRecording
+
+W, H, FPS = 640, 360, 15
+FRAME = 1 / FPS
+REQUEST = RecordingRequest(
+    width=W, height=H, fps=FPS, bitrate_kbps=800, iframe_interval_ms=4000,
+    fragment_ms=4000, prebuffer_ms=4000,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Stream:
+    info: StreamInfo
+    packets: list[VideoPacket]
+
+
+def _encode(gop: float, seconds: float, width: int = W, height: int = H) -> Stream:
+    enc = H264Encoder(width, height, FPS, bitrate_kbps=800, gop_seconds=gop)
+    packets = []
+    for i in range(int(seconds * FPS)):
+        img = np.zeros((height, width, 3), np.uint8)
+        img[:, :, 2] = 90
+        x = (i * 9) % (width - 40)
+        img[height // 3 : height // 3 + 60, x : x + 40] = (230, 120, 40)
+        frame = av.video.frame.VideoFrame.from_ndarray(img, format="rgb24")
+        for data, pts, key in enc.encode(frame, i / FPS):
+            packets.append(VideoPacket(data, pts, key, epoch=1))
+    return Stream(StreamInfo("h264", width, height, FPS, enc.parameter_sets, enc.profile), packets)
+
+
+@pytest.fixture(scope="module")
+def gop2() -> Stream:
+    return _encode(2.0, 24)
+
+
+@pytest.fixture(scope="module")
+def gop10() -> Stream:
+    return _encode(10.0, 24)
+
+
+class Camera:
+    """CameraSource's consumer side (real Prebuffer and PacketFanout), fed by the test."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.info: StreamInfo | None = stream.info
+        self.prebuffer = Prebuffer(6.0)
+        self.fanout = PacketFanout()
+        self.packets = stream.packets
+        self.next = 0
+
+    def subscribe(self, *, from_prebuffer: bool = True, maxsize: int = 300) -> PacketSubscription:
+        backlog = self.prebuffer.from_latest_keyframe() if from_prebuffer else ()
+        return self.fanout.subscribe(backlog, maxsize)
+
+    @property
+    def newest(self) -> float:
+        return self.packets[self.next - 1].pts
+
+    async def until(self, pts: float) -> None:
+        """Publishes packets up to `pts`, yielding to the loop after each one."""
+        while self.next < len(self.packets) and self.packets[self.next].pts <= pts + 1e-6:
+            packet = self.packets[self.next]
+            self.prebuffer.append(packet)
+            self.fanout.publish(packet)
+            self.next += 1
+            await asyncio.sleep(0)
+
+    def went_down(self) -> None:
+        self.info = None
+        self.prebuffer.clear()
+        self.fanout.end_all()
+
+    def count(self, start: float, end: float) -> int:
+        return sum(1 for p in self.packets if start - 1e-6 <= p.pts <= end + 1e-6)
+
+
+# -- an independent look at the bytes ------------------------------------------------------------
+
+
+def boxes(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[bytes, int, int]]:
+    """(type, payload offset, box end) of the boxes in data[start:end]."""
+    end = len(data) if end is None else end
+    out, pos = [], start
+    while pos < end:
+        size, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        assert size >= 8 and pos + size <= end, "boxes do not tile"
+        out.append((kind, pos + 8, pos + size))
+        pos += size
+    return out
+
+
+@dataclass
+class Track:
+    track_id: int
+    decode_time: int
+    samples: int
+    first_offset: int  # of the first sample, in the fragment's bytes (moof-relative base)
+    first_size: int
+
+
+def fragment_tracks(fragment: bytes) -> dict[int, Track]:
+    top = boxes(fragment)
+    assert [k for k, _, _ in top] == [b"moof", b"mdat"]
+    _, moof, moof_end = top[0]
+    tracks = {}
+    for kind, traf, traf_end in boxes(fragment, moof, moof_end):
+        if kind != b"traf":
+            continue
+        inner = {k: (p, e) for k, p, e in boxes(fragment, traf, traf_end)}
+        p, _ = inner[b"tfhd"]
+        flags = int.from_bytes(fragment[p + 1 : p + 4], "big")
+        assert flags & 0x020000, "default-base-is-moof"
+        track_id, pos = struct.unpack(">I", fragment[p + 4 : p + 8])[0], p + 8
+        default_size = 0
+        for bit, size in ((0x1, 8), (0x2, 4), (0x8, 4)):
+            pos += size if flags & bit else 0
+        if flags & 0x10:
+            default_size = struct.unpack(">I", fragment[pos : pos + 4])[0]
+        p, _ = inner[b"tfdt"]
+        version = fragment[p]
+        field = fragment[p + 4 : p + (12 if version else 8)]
+        decode_time = struct.unpack(">Q" if version else ">I", field)[0]
+        p, _ = inner[b"trun"]
+        tflags = int.from_bytes(fragment[p + 1 : p + 4], "big")
+        count, pos = struct.unpack(">I", fragment[p + 4 : p + 8])[0], p + 8
+        data_offset = struct.unpack(">i", fragment[pos : pos + 4])[0] if tflags & 0x1 else 0
+        pos += 4 if tflags & 0x1 else 0
+        pos += 4 if tflags & 0x4 else 0
+        pos += 4 if tflags & 0x100 else 0
+        first_size = default_size
+        if tflags & 0x200:
+            first_size = struct.unpack(">I", fragment[pos : pos + 4])[0]
+        tracks[track_id] = Track(track_id, decode_time, count, data_offset, first_size)
+    return tracks
+
+
+def nal_types(sample: bytes) -> list[int]:
+    types, pos = [], 0
+    while pos + 4 <= len(sample):
+        n = struct.unpack(">I", sample[pos : pos + 4])[0]
+        types.append(sample[pos + 4] & 0x1F)
+        pos += 4 + n
+    return types
+
+
+@dataclass
+class Decoded:
+    video_frames: int
+    width: int
+    height: int
+    audio_seconds: float
+    audio_rate: int
+    audio_channels: int
+    first_key: bool
+
+
+def decode(data: bytes) -> Decoded:
+    with av.open(io.BytesIO(data)) as container:
+        vs = container.streams.video[0]
+        frames = list(container.decode(vs))
+    with av.open(io.BytesIO(data)) as container:
+        a = container.streams.audio[0]
+        assert a.codec_context.name == "aac"
+        samples = sum(f.samples for f in container.decode(a))
+        rate, channels = a.codec_context.sample_rate, a.codec_context.channels
+    return Decoded(
+        len(frames), frames[0].width, frames[0].height, samples / rate, rate, channels,
+        frames[0].key_frame,
+    )
+
+
+def check(chunks: list[RecordingChunk], request: RecordingRequest = REQUEST) -> Decoded:
+    """What every recording must be; returns the whole recording decoded."""
+    assert chunks[0].kind == "init" and chunks[0].sequence == 1
+    assert [k for k, _, _ in boxes(chunks[0].data)] == [b"ftyp", b"moov"]
+    fragments = chunks[1:]
+    assert fragments and all(c.kind == "fragment" for c in fragments)
+    assert [c.sequence for c in fragments] == list(range(2, len(fragments) + 2))
+    init = chunks[0].data
+    video_time = audio_time = 0
+    for chunk in fragments:
+        tracks = fragment_tracks(chunk.data)
+        assert sorted(tracks) == [1, 2]  # both tracks in every fragment
+        video, audio = tracks[1], tracks[2]
+        assert video.decode_time == video_time  # contiguous, starting at 0
+        assert audio.decode_time * 90000 // request.audio_sample_rate == pytest.approx(
+            video.decode_time, abs=90000 * 1024 // request.audio_sample_rate
+        )
+        video_time += round(chunk.duration * 90000)
+        audio_time = audio.decode_time
+        first = chunk.data[video.first_offset : video.first_offset + video.first_size]
+        assert 5 in nal_types(first), "a fragment starts with an IDR frame"
+        assert chunk.duration <= request.fragment_ms / 1000 + FRAME + 1e-3
+        alone = decode(init + chunk.data)  # decodable without anything before it
+        assert alone.first_key and alone.video_frames == video.samples
+    assert audio_time > 0
+    whole = decode(init + b"".join(c.data for c in fragments))
+    assert (whole.audio_rate, whole.audio_channels) == (
+        request.audio_sample_rate, request.audio_channels,
+    )
+    media = sum(c.duration for c in fragments)
+    assert whole.audio_seconds == pytest.approx(media, abs=1024 / request.audio_sample_rate)
+    return whole
+
+
+async def take(rec: HksvRecording, n: int, timeout: float = 10) -> list[RecordingChunk]:
+    out = []
+    async with asyncio.timeout(timeout):
+        async for chunk in rec:
+            out.append(chunk)
+            if len(out) == n:
+                break
+    return out
+
+
+async def drain(rec: HksvRecording, timeout: float = 20) -> list[RecordingChunk]:
+    async with asyncio.timeout(timeout):
+        return [chunk async for chunk in rec]
+
+
+def worker_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("hksv:")]
+
+
+# -- copy ------------------------------------------------------------------------------------
+
+
+async def test_copy_starts_with_the_prebuffer_at_once_and_follows_live(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(9.0)
+    opened = cam.newest
+    rec = HksvRecording(cam, REQUEST, name="porch")
+    rec.start()
+    assert rec.mode == "copy", rec.mode_reason
+    # The prebuffer's complete GOPs come at once: nothing new is published meanwhile.
+    first = await take(rec, 2, timeout=5)
+    assert [c.kind for c in first] == ["init", "fragment"]
+    await cam.until(19.0)
+    rec.finish()
+    chunks = first + await drain(rec)
+    await rec.close()
+    whole = check(chunks)
+    assert (whole.width, whole.height) == (W, H)
+    # Every packet from the first fragment's keyframe to the last one published, none lost;
+    # the recording starts at least the prebuffer before the open moment.
+    after_open = cam.count(opened + FRAME / 2, cam.newest)
+    before_open = whole.video_frames - after_open
+    start = opened - (before_open - 1) * FRAME
+    assert opened - start >= 4.0 - 1e-6
+    assert any(p.keyframe and abs(p.pts - start) < 1e-6 for p in cam.packets)
+    # 2 s GOPs are grouped in twos: full fragments last the fragment length.
+    assert [c.duration for c in chunks[1:-1]] == pytest.approx([4.0] * (len(chunks) - 2))
+    stats = rec.stats()
+    assert stats["mode"] == "copy" and stats["fragments"] == len(chunks) - 1
+    assert stats["prebuffer_seconds"] == pytest.approx(before_open * FRAME, abs=FRAME)
+    assert stats["dropped"] == 0 and stats["state"] == "closed"
+    assert len(cam.fanout) == 0 and not worker_threads()
+
+
+# -- transcode -------------------------------------------------------------------------------
+
+
+async def test_a_long_gop_is_transcoded_with_an_idr_every_fragment(gop10: Stream) -> None:
+    cam = Camera(gop10)
+    await cam.until(11.0)  # a keyframe at 10 s: the prebuffer holds 0..11 s
+    rec = HksvRecording(cam, REQUEST, name="yard")
+    rec.start()
+    assert rec.mode == "transcode" and "apart" in rec.mode_reason
+    await cam.until(20.0)
+    rec.finish()
+    chunks = await drain(rec)
+    await rec.close()
+    whole = check(chunks)
+    assert (whole.width, whole.height) == (W, H)
+    # IDRs forced every 4 s from the first frame, not where the camera put its own.
+    assert [c.duration for c in chunks[1:-1]] == pytest.approx([4.0] * (len(chunks) - 2))
+    assert rec.stats()["frames_encoded"] == whole.video_frames
+
+
+async def test_another_size_is_transcoded_to_the_selected_one(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(7.0)
+    request = replace(REQUEST, width=320, height=180, fps=10, iframe_interval_ms=2000)
+    rec = HksvRecording(cam, request, name="gate")
+    rec.start()
+    assert rec.mode == "transcode" and "320x180" in rec.mode_reason
+    await cam.until(14.0)
+    rec.finish()
+    chunks = await drain(rec)
+    await rec.close()
+    whole = check(chunks, request)
+    assert (whole.width, whole.height) == (320, 180)
+    # Fragments of 2 s GOPs grouped up to 4 s; the 15 fps camera brought down to 10 fps.
+    assert max(c.duration for c in chunks[1:]) == pytest.approx(4.0, abs=0.11)
+    media = sum(c.duration for c in chunks[1:])
+    assert whole.video_frames == pytest.approx(media * 10, abs=2)
+
+
+# -- ends ------------------------------------------------------------------------------------
+
+
+async def test_finish_flushes_the_fragment_in_progress(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(8.0)
+    rec = HksvRecording(cam, REQUEST)
+    rec.start()
+    await cam.until(11.0)  # mid-fragment: 10.0 .. 11.0 is in progress
+    rec.finish()
+    await cam.until(14.0)  # no longer recorded
+    chunks = await drain(rec)
+    await rec.close()
+    check(chunks)
+    assert chunks[-1].duration == pytest.approx(11.0 - 8.0 + FRAME, abs=0.01)
+    with pytest.raises(StopAsyncIteration):
+        await rec.__anext__()
+
+
+async def test_close_mid_stream_frees_the_worker_and_the_subscription(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(8.0)
+    rec = HksvRecording(cam, REQUEST, name="close")
+    consumer = asyncio.create_task(take(rec, 100, timeout=30))
+    await asyncio.sleep(0.5)
+    assert worker_threads() == ["hksv:close"] and len(cam.fanout) == 1  # started lazily
+    consumer.cancel()
+    await asyncio.gather(consumer, return_exceptions=True)
+    await rec.close()
+    await rec.close()  # idempotent
+    assert not worker_threads() and len(cam.fanout) == 0
+    assert rec.stats()["state"] == "closed"
+
+
+async def test_close_from_the_cancelled_consumer(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(8.0)
+    rec = HksvRecording(cam, REQUEST, name="cancel")
+    two = asyncio.Event()
+
+    async def session() -> None:
+        got = 0
+        try:
+            async for _chunk in rec:
+                got += 1
+                if got == 2:
+                    two.set()
+        finally:
+            await rec.close()
+
+    task = asyncio.create_task(session())
+    async with asyncio.timeout(10):
+        await two.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled() and not worker_threads() and len(cam.fanout) == 0
+
+
+async def test_a_slow_consumer_fails_instead_of_buffering(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(6.0)
+    rec = HksvRecording(cam, REQUEST, name="slow", max_pending=3)
+    rec.start()
+    peak = 0
+    for t in range(7, 24):
+        await cam.until(float(t))
+        await asyncio.sleep(0.05)
+        peak = max(peak, rec.stats()["pending"])
+    assert peak <= 4  # never more than the bound (+ the one that trips it)
+    with pytest.raises(RecordingFailed, match="consumer too slow"):
+        await take(rec, 100)
+    assert rec.stats()["pending_bytes"] == 0
+    await rec.close()
+    assert not worker_threads() and len(cam.fanout) == 0
+
+
+async def test_the_camera_going_away_ends_with_what_was_recorded(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(8.0)
+    rec = HksvRecording(cam, REQUEST)
+    rec.start()
+    await cam.until(13.0)
+    cam.went_down()
+    chunks: list[RecordingChunk] = []
+    with pytest.raises(RecordingFailed, match="disconnected"):
+        async with asyncio.timeout(10):
+            async for chunk in rec:
+                chunks.append(chunk)
+    await rec.close()
+    whole = check(chunks)
+    assert sum(c.duration for c in chunks[1:]) == pytest.approx(13.0 - 4.0 + FRAME, abs=0.01)
+    assert whole.video_frames == cam.count(4.0, 13.0)
+    assert rec.stats()["error"] == "the camera disconnected"
+
+
+async def test_a_camera_that_is_down_cannot_record(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    cam.info = None
+    rec = HksvRecording(cam, REQUEST)
+    with pytest.raises(RecordingFailed, match="not streaming"):
+        await rec.__anext__()
+    await rec.close()
