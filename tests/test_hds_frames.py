@@ -75,6 +75,12 @@ def value_of(desc: dict[str, Any], hap_nodejs: bool = False) -> object:
     raise AssertionError(f"unexpected value type {kind}")
 
 
+def dict_of(desc: dict[str, Any], hap_nodejs: bool = False) -> dict[str, object]:
+    value = value_of(desc, hap_nodejs)
+    assert isinstance(value, dict)
+    return value
+
+
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -169,8 +175,8 @@ def replay(frames: list[dict[str, Any]], keys: dict[str, str]) -> None:
             assert sealer.seal(payload) == blob
         else:  # the 256 KiB frame is given by hashes: rebuild its payload, seal, compare
             payload = encode_payload(
-                value_of(frame["header_input"], hap_nodejs=True),
-                value_of(frame["message_input"], hap_nodejs=True),
+                dict_of(frame["header_input"], hap_nodejs=True),
+                dict_of(frame["message_input"], hap_nodejs=True),
             )
             assert sha(payload) == frame["payload_sha256"]
             sealed = sealer.seal(payload)
@@ -205,9 +211,8 @@ def test_session_frames_open_and_reseal_byte_for_byte(index: int) -> None:
 )
 def test_session_payloads_decode_and_reencode(session: str, frame: dict[str, Any]) -> None:
     # HAP-NodeJS's exact bytes, from the inputs in the form it writes them.
-    header_in = value_of(frame["header_input"], hap_nodejs=True)
-    message_in = value_of(frame["message_input"], hap_nodejs=True)
-    assert isinstance(header_in, dict) and isinstance(message_in, dict)
+    header_in = dict_of(frame["header_input"], hap_nodejs=True)
+    message_in = dict_of(frame["message_input"], hap_nodejs=True)
     payload = encode_payload(header_in, message_in)
     if "payload_hex" in frame:
         assert payload.hex() == frame["payload_hex"]
@@ -223,7 +228,7 @@ def test_session_payloads_decode_and_reencode(session: str, frame: dict[str, Any
     assert header == value_of(frame["hap_nodejs_decode"]["header"]) == header_in
     assert message == value_of(frame["hap_nodejs_decode"]["message"]) == message_in
     # Our canonical encoding of the same values: identical, but for HAP-NodeJS's int64 quirk.
-    ours = encode_payload(value_of(frame["header_input"]), value_of(frame["message_input"]))
+    ours = encode_payload(dict_of(frame["header_input"]), dict_of(frame["message_input"]))
     if "payload_hex" in frame:
         assert ours == payload
     else:  # dataTotalSize 262144: `32 00000400` for its `33 00000400 00000000`
@@ -238,7 +243,9 @@ def test_reencoding_a_parsed_header_needs_int64_for_id_and_status() -> None:
     header, message = decode_payload(bytes.fromhex(frame["payload_hex"]))
     # Decoded ints lose their width; HDS headers carry id/status as Int64 (messages.Header does it).
     assert encode_payload(header, message).hex() != frame["payload_hex"]
-    header = {**header, "id": Int64(header["id"]), "status": Int64(header["status"])}
+    request_id, status = header["id"], header["status"]
+    assert isinstance(request_id, int) and isinstance(status, int)
+    header = {**header, "id": Int64(request_id), "status": Int64(status)}
     assert encode_payload(header, message).hex() == frame["payload_hex"]
 
 

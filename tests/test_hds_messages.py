@@ -362,7 +362,7 @@ def test_defaults_and_unknowns() -> None:
     unknown_reason = parse_incoming(close, {"streamId": 2, "reason": 42})
     assert unknown_reason == DataSendClose(2, 42) and not isinstance(
         unknown_reason.reason, CloseReason
-    )  # type: ignore[union-attr]
+    )
     for header in (
         Header("control", "hello", "event"),
         Header("dataSend", "open", "event"),

@@ -125,11 +125,11 @@ def _write(out: bytearray, value: object, depth: int) -> None:
         out += raw
     elif isinstance(value, bytes | bytearray | memoryview):
         try:
-            raw = memoryview(value).cast("B")
+            view = memoryview(value).cast("B")
         except TypeError:
             raise HDSFormatError("data must be a contiguous buffer") from None
-        _write_length(out, 0x91, len(raw))  # never 0x70+n: HAP-NodeJS reads those as nothing
-        out += raw
+        _write_length(out, 0x91, len(view))  # never 0x70+n: HAP-NodeJS reads those as nothing
+        out += view
     elif isinstance(value, uuid.UUID):
         out.append(0x05)
         out += value.bytes
@@ -254,8 +254,11 @@ class _Reader:
 _ReadFn = Callable[[_Reader, int, int, int], object]
 
 
+_CONSTANTS: dict[int, object] = {0x01: True, 0x02: False, 0x03: _TERMINATOR, 0x04: None, 0x07: -1}
+
+
 def _read_constant(r: _Reader, tag: int, offset: int, depth: int) -> object:
-    return {0x01: True, 0x02: False, 0x03: _TERMINATOR, 0x04: None, 0x07: -1}[tag]
+    return _CONSTANTS[tag]
 
 
 def _read_small_int(r: _Reader, tag: int, offset: int, depth: int) -> object:
