@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohomekit.controller.ip.connection import SecureHomeKitProtocol
 
 from tests.peers import hds_wire as w
 from tests.peers import recording_tlv_peer as rt
@@ -261,7 +262,7 @@ def test_forms_hap_nodejs_never_writes() -> None:
 
 
 def test_roundtrip_of_mixed_values() -> None:
-    doc = {
+    doc: dict[Any, Any] = {
         "protocol": "dataSend", "id": w.Int64(2**40), "neg": w.Int64(-3), "f": 0.5,
         "f32": w.Float32(0.25), "u": uuid.uuid4(), "date": w.Date(7.5), "t": True, "n": None,
         "big": list(range(20)), "wide": {f"k{i}": i * 1000 for i in range(20)},
@@ -544,6 +545,7 @@ async def test_hub_keeps_each_connections_pair_verify_secret(bridge: BridgeProce
         connection = hub.pairing.connection
         first = hub.shared_secret()
         protocol = connection.protocol
+        assert isinstance(protocol, SecureHomeKitProtocol) and connection.transport is not None
         assert len(first) == 32
         assert _control_keys_of(first) == (protocol.a2c_key, protocol.c2a_key)
 
@@ -552,9 +554,6 @@ async def test_hub_keeps_each_connections_pair_verify_secret(bridge: BridgeProce
             while connection.protocol in (None, protocol) or not connection.is_connected:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
         await hub.refresh()  # the new session works
-        second = hub.shared_secret()
-        assert second != first
-        assert _control_keys_of(second) == (
-            connection.protocol.a2c_key,
-            connection.protocol.c2a_key,
-        )
+        second, now = hub.shared_secret(), connection.protocol
+        assert second != first and isinstance(now, SecureHomeKitProtocol)
+        assert _control_keys_of(second) == (now.a2c_key, now.c2a_key)

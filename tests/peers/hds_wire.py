@@ -24,7 +24,7 @@ from __future__ import annotations
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -198,6 +198,7 @@ _SIZED: dict[type, tuple[int, str]] = {
 }
 _BY_TAG = {tag: (fmt, cls) for cls, (tag, fmt) in _SIZED.items()}
 
+_T = TypeVar("_T")
 MAX_BACKREF = 0xCF - 0xA0  # 47
 MAX_DEPTH = 64
 
@@ -347,7 +348,7 @@ class _Reader:
     def length(self, tag: int, long_base: int) -> int:
         return int.from_bytes(self.take(1 << (tag - long_base)), "little")
 
-    def tracked(self, value: Any) -> Any:
+    def tracked(self, value: _T) -> _T:
         self.table.append(value)
         return value
 

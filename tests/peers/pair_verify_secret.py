@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextvars
 import weakref
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 _connecting: contextvars.ContextVar[object | None] = contextvars.ContextVar(
@@ -39,12 +39,14 @@ def capture_pair_verify_secrets() -> None:
         return
     from aiohomekit.controller.ip import connection as conn_mod
 
-    original_keys = conn_mod.get_session_keys
-    original_connect = conn_mod.SecureHomeKitConnection._connect_once
+    original_keys: Callable[..., Generator[Any, Any, Any]] = conn_mod.get_session_keys  # type: ignore[attr-defined]
+    original_connect: Callable[[Any], Awaitable[Any]] = (
+        conn_mod.SecureHomeKitConnection._connect_once
+    )
 
     def get_session_keys(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         owner = _connecting.get()
-        result = yield from original_keys(*args, **kwargs)
+        result: Any = yield from original_keys(*args, **kwargs)  # (session id, derive)
         if owner is not None:
             _secrets[owner] = _secret_in(result[1])
         return result
@@ -56,7 +58,7 @@ def capture_pair_verify_secrets() -> None:
         finally:
             _connecting.reset(token)
 
-    conn_mod.get_session_keys = get_session_keys  # type: ignore[assignment]
+    conn_mod.get_session_keys = get_session_keys  # type: ignore[attr-defined]
     conn_mod.SecureHomeKitConnection._connect_once = _connect_once  # type: ignore[method-assign]
     _installed = True
 
