@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import bridge.store.vault as vault_mod
+from bridge.store.spool import SpoolItem
 from bridge.store.vault import ClipVault
 from crypto.age_keys import generate_identity
 from tests.test_retention import meta, seal
@@ -26,11 +28,15 @@ from tests.test_vault import config, eventually, listing, owner_view
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parametrize("stop_mid_retry", [False, True])
 async def test_held_clip_evicted_while_its_entry_waits_for_a_retry(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stop_mid_retry: bool
 ) -> None:
     """A held clip counts toward the spool cap: while the state cannot be saved (its entry
-    queued), a full spool evicts it with its poster, and the retry logs it as evicted."""
+    queued), a full spool evicts it with its poster, and the retry logs it as evicted.
+    Regression (stop_mid_retry): the retry takes the queued entries before its thread spools
+    the segment; a stop in between found the spool idle, put the older head and closed, so the
+    owner saw no clip at all (1 run in 10 under load)."""
     identity = generate_identity()
     cfg = config(tmp_path, identity, spool_max_mb=1)
     vault = ClipVault(cfg, tmp_path / "state")
@@ -54,17 +60,32 @@ async def test_held_clip_evicted_while_its_entry_waits_for_a_retry(
         assert vault.spool.stats.evicted_count == 2 and vault.spool.held_count == 1
         vault.spool.discard(other)  # (it stands for a clip sealed later; not part of this test)
         await eventually(lambda: len(vault.writer.pending) == 3)  # clip entry, two deletes
+        version = vault._head_version  # every append failed so far: none committed
+        if stop_mid_retry:  # the retry's commit thread starts late (a loaded machine)
+            spool_segment = vault._spool_segment
+
+            def late(*args: Any) -> SpoolItem:
+                time.sleep(0.5)
+                return spool_segment(*args)
+
+            monkeypatch.setattr(vault, "_spool_segment", late)
         disk_full = False
-        # The retry logs both; its segment is released once the state is saved, then the head
-        # naming it goes up (waiting for `pending` alone raced with that under load).
-        await eventually(lambda: not vault.writer.pending and vault.spool.held_count == 0)
-        assert await vault.uploader.wait_idle(timeout=5)
-        assert await vault.wait_published(timeout=10)
+        if stop_mid_retry:  # stopped (finally) with the retry under way
+            await eventually(lambda: vault._lock.locked() and not vault.writer.pending)
+        else:
+            # The retry logs both; its segment is released once the state is saved, then the
+            # head naming it goes up. `pending` empties before the segment is spooled: waiting
+            # for it and the spool alone left wait_published nothing to wait for yet.
+            await eventually(lambda: vault._head_version > version and not vault.writer.pending
+                             and vault.spool.held_count == 0)
+            assert await vault.uploader.wait_idle(timeout=5)
+            assert await vault.wait_published(timeout=10)
     finally:
         await vault.stop(drain_seconds=5)
     report = await owner_view(cfg.bucket, vault.head_name, identity)
     assert report.problems == []
     assert [(c.camera, c.deleted) for c in report.clips] == [("Waiting", "evicted")]
+    assert vault.spool.pending_count == 0  # nothing left behind for the next start
 
 
 _CRASH_CHILD = r"""

@@ -382,8 +382,13 @@ class ClipVault(Deletions):
         def left() -> float:
             return max(0.1, deadline - asyncio.get_running_loop().time())
 
+        for task in self._tasks:  # no new heartbeat or retry; one under way (shielded) goes on
+            if task is not self._head_task:
+                task.cancel()
         await asyncio.gather(*self._appends, return_exceptions=True)
-        if pending := len(self.writer.pending):  # queued by a failed append: a last try
+        async with self._lock:  # after an append under way: it empties `pending` before its
+            pending = len(self.writer.pending)  # segment is spooled, the drain would miss it
+        if pending:  # queued by a failed append: a last try
             try:
                 await self.heartbeat()
             except Exception as exc:  # in memory only: the owner's verify will show the gap
