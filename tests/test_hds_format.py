@@ -35,7 +35,7 @@ from accessories.hds.format import (
 VECTORS = Path(
     os.environ.get(
         "OBSCURA_HDS_VECTORS",
-        Path(__file__).resolve().parents[2] / "shared/data/hds/hds-vectors-dev.json",
+        Path(__file__).resolve().parent / "data/hds/hds-vectors-dev.json",
     )
 )
 WRAPPERS: dict[str, Any] = {

@@ -37,7 +37,7 @@ from accessories.hds.frames import (
 VECTORS = Path(
     os.environ.get(
         "OBSCURA_HDS_VECTORS",
-        Path(__file__).resolve().parents[2] / "shared/data/hds/hds-vectors-dev.json",
+        Path(__file__).resolve().parent / "data/hds/hds-vectors-dev.json",
     )
 )
 
