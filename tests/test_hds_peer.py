@@ -3,7 +3,7 @@ against the documented examples, and its capture of the pair-verify secret again
 `obscura run` (the hub's HDS keys come from that secret, so a wrong capture would fail every
 end-to-end recording test for the wrong reason).
 
-Vectors: shared/data/hds/hds-vectors-dev.json, produced by running HAP-NodeJS 1.2.0's own HDS
+Vectors: tests/data/hds/hds-vectors-dev.json, produced by running HAP-NodeJS 1.2.0's own HDS
 code. Where its reader is wrong (the file's `quirks`), the expected value is what the bytes
 mean: the value the writer encoded.
 """
@@ -31,17 +31,8 @@ from tests.peers.hds_hub import TestHub
 from tests.peers.hds_recording import CHUNK_LIMIT, FRAGMENT, INIT, Recording, top_level_boxes
 from tests.peers.hds_stream import DataStream
 
-VECTORS = Path("/work/shared/data/hds/hds-vectors-dev.json")
-if not VECTORS.exists():  # a checkout elsewhere keeps it next to the docs
-    VECTORS = Path(__file__).resolve().parents[1] / "shared/data/hds/hds-vectors-dev.json"
-pytestmark = pytest.mark.skipif(not VECTORS.exists(), reason="HDS vectors not available")
-
-
-def _vectors() -> dict[str, Any]:
-    return json.loads(VECTORS.read_text()) if VECTORS.exists() else {}
-
-
-V = _vectors()
+VECTORS = Path(__file__).parent / "data/hds/hds-vectors-dev.json"  # HAP-NodeJS 1.2.0's output
+V: dict[str, Any] = json.loads(VECTORS.read_text())
 WRAPPERS = {
     "Int8": w.Int8, "Int16": w.Int16, "Int32": w.Int32, "Int64": w.Int64,
     "Float32": w.Float32, "Float64": w.Float64,

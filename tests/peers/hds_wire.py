@@ -2,7 +2,7 @@
 
 Written for the hub side of the HKSV tests, independently of the product's accessories/hds/
 (a shared codec would hide a shared bug), from the facts in docs/hksv-protocol.md and checked
-against HAP-NodeJS's vectors (shared/data/hds/hds-vectors-dev.json) in tests/test_hds_peer.py.
+against HAP-NodeJS's vectors (tests/data/hds/hds-vectors-dev.json) in tests/test_hds_peer.py.
 
 - Keys: HKDF-SHA512 over the pair-verify shared secret, salt = controller salt || accessory
   salt, info "HDS-Read-Encryption-Key" (accessory -> hub) / "HDS-Write-Encryption-Key".
