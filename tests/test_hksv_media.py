@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import struct
 import threading
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 import av
 import av.video.frame
@@ -281,8 +283,89 @@ async def test_copy_starts_with_the_prebuffer_at_once_and_follows_live(gop2: Str
     stats = rec.stats()
     assert stats["mode"] == "copy" and stats["fragments"] == len(chunks) - 1
     assert stats["prebuffer_seconds"] == pytest.approx(before_open * FRAME, abs=FRAME)
-    assert stats["dropped"] == 0 and stats["state"] == "closed"
+    assert stats["dropped"] == 0 and stats["state"] == "closed" and stats["moov_changes"] == 0
     assert len(cam.fanout) == 0 and not worker_threads()
+
+
+async def test_copy_keeps_b_frames_in_decode_order() -> None:
+    ctx = av.CodecContext.create("libx264", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = 320, 180, "yuv420p"
+    ctx.time_base = Fraction(1, 90000)
+    ctx.framerate = Fraction(FPS)
+    ctx.max_b_frames = 2
+    ctx.options = {"preset": "ultrafast", "x264-params": "keyint=30:min-keyint=30:bframes=2"
+                   ":scenecut=0:repeat-headers=1"}
+    packets = []
+    for i in range(16 * FPS + 1):
+        frame = None
+        if i < 16 * FPS:
+            img = np.full((180, 320, 3), 40, np.uint8)
+            img[60:100, (i * 5) % 280 : (i * 5) % 280 + 40] = (240, 200, 30)
+            frame = av.video.frame.VideoFrame.from_ndarray(img, format="rgb24")
+            frame = frame.reformat(format="yuv420p")
+            frame.pts, frame.time_base = i * 6000, Fraction(1, 90000)
+        for p in ctx.encode(frame):
+            assert p.pts is not None
+            packets.append(VideoPacket(bytes(p), 100.0 + p.pts / 90000, p.is_keyframe, 1))
+    assert any(b.pts < a.pts for a, b in itertools.pairwise(packets))  # reordered
+    info = StreamInfo("h264", 320, 180, FPS, b"", "main")
+    cam = Camera(Stream(info, packets))
+    await cam.until(108.0)
+    request = replace(REQUEST, width=320, height=180)
+    rec = HksvRecording(cam, request)
+    rec.start()
+    assert rec.mode == "copy", rec.mode_reason
+    await cam.until(116.0)
+    rec.finish()
+    chunks = await drain(rec)
+    await rec.close()
+    whole = check(chunks, request)
+    assert whole.video_frames == cam.count(104.0, 115.99)
+    assert [c.duration for c in chunks[1:-1]] == pytest.approx([4.0] * (len(chunks) - 2))
+
+
+class Tone:
+    """An AudioInput: a 1 kHz tone from timeline second 1.0 on (silence before)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+
+    def read(self, start: int, count: int) -> np.ndarray | None:
+        n = np.arange(start, start + count)
+        tone = 0.5 * np.sin(2 * np.pi * 1000 * n / self.rate) * (n >= self.rate)
+        return tone.astype(np.float32)[None, :]
+
+
+async def test_audio_input_shares_the_video_clock(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(8.0)
+    request = replace(REQUEST, audio_sample_rate=16000)
+    rec = HksvRecording(cam, request, audio=Tone(16000))
+    rec.start()
+    await cam.until(12.0)
+    rec.finish()
+    chunks = await drain(rec)
+    await rec.close()
+    check(chunks, request)
+    data = b"".join(c.data for c in chunks)
+    with av.open(io.BytesIO(data)) as container:
+        vs = container.streams.video[0]
+        first_video = next(iter(container.decode(vs)))
+        assert first_video.time is not None
+    with av.open(io.BytesIO(data)) as container:
+        pcm = np.concatenate([f.to_ndarray()[0] for f in container.decode(audio=0)])
+    onset = int(np.argmax(np.abs(pcm) > 0.25)) / 16000
+    # The tone starts 1 s after the first frame, give or take AAC's pre-echo (< 1 ms here);
+    # one frame of encoder delay (64 ms at 16 kHz) would show.
+    assert onset - first_video.time == pytest.approx(1.0, abs=0.01)
+
+    silent = HksvRecording(cam, replace(request, audio_active=False), audio=Tone(16000))
+    silent.start()
+    silent.finish()
+    quiet = b"".join(c.data for c in await drain(silent))
+    await silent.close()
+    with av.open(io.BytesIO(quiet)) as container:
+        assert max(np.abs(f.to_ndarray()).max() for f in container.decode(audio=0)) < 1e-3
 
 
 # -- transcode -------------------------------------------------------------------------------
@@ -426,3 +509,29 @@ async def test_a_camera_that_is_down_cannot_record(gop2: Stream) -> None:
     with pytest.raises(RecordingFailed, match="not streaming"):
         await rec.__anext__()
     await rec.close()
+
+
+# -- cost ------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_cpu_of_copy_and_transcode_at_720p() -> None:
+    """Worker CPU per second of media (the figures in the report; bounds are generous)."""
+    figures = {}
+    for gop in (2.0, 10.0):
+        stream = _encode(gop, 18, 1280, 720)
+        cam = Camera(stream)
+        await cam.until(8.0)
+        request = replace(REQUEST, width=1280, height=720, bitrate_kbps=2000)
+        rec = HksvRecording(cam, request, name=f"cost{gop:g}")
+        rec.start()
+        await cam.until(17.0)
+        rec.finish()
+        chunks = await drain(rec, timeout=60)
+        await rec.close()
+        stats = rec.stats()
+        figures[stats["mode"]] = stats["cpu_seconds"] / stats["media_seconds"]
+        assert len(chunks) >= 4
+    print(f"\nHKSV worker CPU per media second at 1280x720@15: {figures}")
+    assert figures["copy"] < 0.1
+    assert figures["transcode"] > figures["copy"]

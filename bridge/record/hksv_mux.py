@@ -81,7 +81,7 @@ class FragmentWriter:
         self.moov_changes = 0  # later muxers whose moov differed from the init segment's
         self.sequence = 0
         self._origin: float | None = None  # source pts of the first frame: the timeline's 0
-        self._offset = 0  # added to every pts so that the first dts is 0 (B-frames)
+        self._lead: int | None = None  # pts - dts of the first frame (B-frames' reorder delay)
         self._last_dts: int | None = None
 
     @property
@@ -101,11 +101,14 @@ class FragmentWriter:
         for i, gop in enumerate(gops):
             nxt = gops[i + 1][0].pts if i + 1 < len(gops) else end_pts
             samples += self._timestamps(gop, nxt)
+        if self._lead is None:
+            self._lead = samples[0].pts - samples[0].dts
+            self.audio.input_offset = round(self._lead * self.audio.sample_rate / TIMESCALE)
         video_end = samples[-1].dts + samples[-1].duration
-        if not self.audio.position:  # the first fragment: the video's lead is known now
-            self.audio.input_offset = round(self._offset * self.audio.sample_rate / TIMESCALE)
-        # The video's end on the presentation timeline, in audio samples (rounded up).
-        audio_end = -(-(video_end + self._offset) * self.audio.sample_rate // TIMESCALE)
+        # Where the video ends in the output's time (audio samples, rounded up): the muxer
+        # writes decode times shifted by the first frame's lead, so its first `tfdt` is 0 and
+        # the first frame shows at `lead`, where the audio's timeline 0 is put too.
+        audio_end = -(-(video_end + self._lead) * self.audio.sample_rate // TIMESCALE)
         audio = self.audio.encode_until(audio_end)
         data = self._mux(samples, audio)
         duration = (video_end - samples[0].dts) / TIMESCALE
@@ -118,15 +121,12 @@ class FragmentWriter:
         return round((pts - self._origin) * TIMESCALE)
 
     def _timestamps(self, gop: list[VideoPacket], next_pts: float | None) -> list[_Sample]:
-        pts = [self._ticks(p.pts) + self._offset for p in gop]
+        pts = [self._ticks(p.pts) for p in gop]
         ordered = sorted(pts)
         # dts must not exceed pts: shift the sorted presentation times back by the reorder
-        # depth (0 without B-frames, so dts == pts).
+        # depth (0 without B-frames, so dts == pts; with them the first dts is negative, and
+        # the muxer moves the track's decode times by the first frame's pts - dts).
         shift = max(0, *(o - p for o, p in zip(ordered, pts, strict=True)))
-        if self._last_dts is None and shift:
-            self._offset = shift  # the first dts is 0 rather than negative
-            pts = [p + shift for p in pts]
-            ordered = [o + shift for o in ordered]
         dts: list[int] = []
         last = self._last_dts
         for i, candidate in enumerate(ordered):
@@ -142,7 +142,7 @@ class FragmentWriter:
             if i + 1 < len(gop):
                 duration = dts[i + 1] - dts[i]
             elif next_pts is not None:
-                duration = self._ticks(next_pts) + self._offset - shift - dts[i]
+                duration = self._ticks(next_pts) - shift - dts[i]
             else:
                 duration = nominal
             if duration <= 0:
