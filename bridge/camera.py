@@ -86,7 +86,9 @@ class BridgeCamera:
             raise CameraUnavailable(f"camera {self.name!r} is {self.source.state}")
         from bridge.record.hksv import HksvRecording
 
-        return HksvRecording(self.source, request, name=self.name)
+        recording = HksvRecording(self.source, request, name=self.name)
+        recording.start()  # now: the prebuffer is measured back from the hub's open
+        return recording
 
     def status(self) -> dict[str, Any]:
         status = self.source.status()
