@@ -9,19 +9,27 @@ opens and every later one goes out at the keyframe that completes it.
 Who does what:
 - the event loop only moves packets: a pump task forwards the camera's packets (subscription)
   to the worker, and chunks come back through a deque that `__anext__` reads;
-- one worker thread per recording owns every codec context (decoder, x264, AAC, muxers), so
-  CPU work never runs on the loop and no context is shared between threads;
+- one worker thread per recording (hksv_worker.py) owns every codec context (decoder, x264,
+  AAC, muxers), so CPU work never runs on the loop and no context is shared between threads;
+  hksv_video.py decides copy or transcode and cuts the fragments, hksv_mux.py writes them;
 - bounds instead of drops: fragments are never dropped; a consumer (the HDS session) that
   leaves more than `max_pending` fragments or `max_pending_bytes` untaken ends the recording
   with RecordingFailed("consumer too slow"), and a worker that falls `max_lag` seconds behind
   the camera (a transcode this machine cannot keep up with) ends it too. The source ending
   (camera gone) flushes what is there and then fails with the reason.
 
-Usage (bridge/camera.py): `rec = HksvRecording(source, request, name=...)`; `rec.start()` at
-the moment the hub opens the recording (the prebuffer is measured back from then; raises
-CameraUnavailable when the camera is down; the first `__anext__` starts it otherwise); then
-`async for chunk in rec`; `rec.finish()` when the recording should end (the fragment in
-progress is flushed, then iteration stops); `await rec.close()` always, at the end (idempotent).
+Usage (bridge/camera.py), all on the event loop:
+- `rec = HksvRecording(source, request, name=...)`: cheap, nothing starts;
+- `rec.start()` at the moment the hub opens the recording: the prebuffer is measured back from
+  then, `mode` ("copy" | "transcode", "" before) is decided, the worker starts; raises
+  CameraUnavailable when the camera is down. Without it, the first `__anext__` starts (and
+  turns CameraUnavailable into RecordingFailed);
+- `async for chunk in rec`: RecordingChunk("init", ftyp+moov, 1), then ("fragment", moof+mdat,
+  2, 3, …, duration); ends by StopAsyncIteration after finish(), or RecordingFailed;
+- `rec.finish()`: the fragment in progress is flushed (even if short), then iteration stops;
+- `await rec.close()`, always, at the end: stops at once, closes the subscription, waits up to
+  JOIN_SECONDS for the worker; idempotent; a waiting `__anext__` then ends;
+- `rec.stats()` for /status.
 """
 
 from __future__ import annotations
@@ -29,11 +37,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import queue
-import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from accessories.backend import (
@@ -42,11 +47,11 @@ from accessories.backend import (
     RecordingFailed,
     RecordingRequest,
 )
-from bridge.media.aac import AacTrack, AudioInput
+from bridge.media.aac import AudioInput
 from bridge.media.fanout import PacketSubscription, SourceEnded
 from bridge.media.packet import StreamInfo, VideoPacket
-from bridge.record.hksv_mux import FragmentWriter
-from bridge.record.hksv_video import Fragmenter, RecordingTranscoder, choose_mode, frame_tolerance
+from bridge.record.hksv_video import choose_mode
+from bridge.record.hksv_worker import STOP, End, MediaWorker
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +71,6 @@ class RecordingSource(Protocol):
     def subscribe(
         self, *, from_prebuffer: bool = ..., maxsize: int = ...
     ) -> PacketSubscription: ...
-
-
-@dataclass(frozen=True, slots=True)
-class _End:
-    error: RecordingFailed | None  # None: finish()
-
-
-_STOP = object()
 
 
 class HksvRecording:
@@ -102,30 +99,23 @@ class HksvRecording:
         self._max_lag = max(max_lag, request.prebuffer_ms / 1000 + 10)
         self._preset = preset
         self._started = self._finishing = self._closed = False
-        self._inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._chunks: collections.deque[RecordingChunk] = collections.deque()
         self._pending_bytes = 0
-        self._end: _End | None = None  # what iteration does once the chunks are taken
+        self._end: End | None = None  # what iteration does once the chunks are taken
         self._wakeup = asyncio.Event()
         self._subscription: PacketSubscription | None = None
         self._pump_task: asyncio.Task[None] | None = None
-        self._thread: threading.Thread | None = None
+        self._worker: MediaWorker | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._info: StreamInfo | None = None
         # stats (the worker writes its own, the loop reads them)
         self._opened_at = 0.0  # wall clock of start()
         self._wall_offset = 0.0  # wall clock - source pts, at start()
         self._open_pts = 0.0  # pts of the newest packet at start()
-        self._first_pts: float | None = None
         self._in_pts: float | None = None  # newest pts given to the worker
-        self._done_pts: float | None = None  # newest pts the worker has finished with
         self._dropped_at_start = 0
-        self.fragments = 0  # made by the worker
         self.delivered = 0  # chunks taken by the consumer
         self.bytes = 0  # bytes taken by the consumer
-        self.media_seconds = 0.0
-        self.cpu_seconds = 0.0
-        self._worker_stats: dict[str, Any] = {}
         self.error: str | None = None
 
     # -- contract ----------------------------------------------------------------------------
@@ -156,10 +146,12 @@ class HksvRecording:
         self._wall_offset = self._opened_at - newest
         self._open_pts = newest
         log.info("camera %r: HKSV recording (%s: %s)", self.name, self.mode, self.mode_reason)
-        self._thread = threading.Thread(
-            target=self._work, name=f"hksv:{self.name}", daemon=True
+        self._worker = MediaWorker(
+            self.name, info, self.request, self.mode, send=self._send,
+            stopped=lambda: self._closed or self._end is not None,
+            audio=self._audio, preset=self._preset,
         )
-        self._thread.start()
+        self._worker.start()
         # From the newest keyframe at least the prebuffer before the newest packet (or the
         # oldest one) up to the subscription's backlog, which starts at the newest keyframe.
         if keys:
@@ -186,7 +178,7 @@ class HksvRecording:
                 self.bytes += len(chunk.data)
                 return chunk
             if self._closed or self._end is not None:
-                end, self._end = self._end, _End(None)  # an error is raised once
+                end, self._end = self._end, End(None)  # an error is raised once
                 if end is not None and end.error is not None and not self._closed:
                     raise end.error
                 raise StopAsyncIteration
@@ -199,11 +191,11 @@ class HksvRecording:
             return
         self._finishing = True
         if not self._started:
-            self._end = _End(None)
+            self._end = End(None)
             self._wakeup.set()
             return
         self._stop_input()
-        self._inbox.put(_End(None))
+        self._put(End(None))
 
     async def close(self) -> None:
         """Stop at once and release everything (thread, codecs, subscription); idempotent."""
@@ -212,43 +204,44 @@ class HksvRecording:
             self._chunks.clear()
             self._pending_bytes = 0
             self._stop_input()
-            self._inbox.put(_STOP)
+            self._put(STOP)
             self._wakeup.set()
         task = self._pump_task
         if task is not None and task is not asyncio.current_task() and not task.done():
             await asyncio.gather(task, return_exceptions=True)
-        thread = self._thread
+        worker = self._worker
         deadline = time.monotonic() + JOIN_SECONDS
-        while thread is not None and thread.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110
+        while worker is not None and worker.is_alive() and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        if thread is not None and thread.is_alive():
+        if worker is not None and worker.is_alive():
             log.warning("camera %r: HKSV worker still busy after close", self.name)
 
     def stats(self) -> dict[str, Any]:
-        sub = self._subscription
-        first = self._first_pts
+        sub, worker = self._subscription, self._worker
+        first = worker.first_pts if worker is not None else None
+        done = worker.done_pts if worker is not None else None
         lag = 0.0
-        if self._in_pts is not None and self._done_pts is not None:
-            lag = max(0.0, self._in_pts - self._done_pts)
+        if self._in_pts is not None and done is not None:
+            lag = max(0.0, self._in_pts - done)
         return {
             "mode": self.mode,
             "mode_reason": self.mode_reason,
             "state": self._state(),
             "opened_at": self._opened_at or None,
-            "fragments": self.fragments,
+            "fragments": worker.fragments if worker is not None else 0,
             "delivered": self.delivered,
             "bytes": self.bytes,
             "pending": len(self._chunks),
             "pending_bytes": self._pending_bytes,
-            "media_seconds": round(self.media_seconds, 3),
+            "media_seconds": round(worker.media_seconds, 3) if worker is not None else 0.0,
             # wall clock of the first fragment's first frame, and how long before the open
             "first_fragment_started_at": None if first is None else first + self._wall_offset,
             "prebuffer_seconds": None if first is None else round(self._open_pts - first, 3),
             "lag_seconds": round(lag, 3),
             "dropped": 0 if sub is None else sub.dropped - self._dropped_at_start,
-            "cpu_seconds": round(self.cpu_seconds, 3),
+            "cpu_seconds": round(worker.cpu_seconds, 3) if worker is not None else 0.0,
             "error": self.error,
-            **self._worker_stats,
+            **(worker.stats if worker is not None else {}),
         }
 
     def _state(self) -> str:
@@ -264,9 +257,13 @@ class HksvRecording:
 
     # -- loop side ---------------------------------------------------------------------------
 
+    def _put(self, item: object) -> None:
+        if self._worker is not None:
+            self._worker.put(item)
+
     def _forward(self, packet: VideoPacket) -> None:
         self._in_pts = packet.pts
-        self._inbox.put(packet)
+        self._put(packet)
 
     async def _pump(self) -> None:
         sub = self._subscription
@@ -283,7 +280,7 @@ class HksvRecording:
                     error = "the camera reconnected (its timestamps restarted)"
                     break
                 self._forward(packet)
-                done = self._done_pts
+                done = self._worker.done_pts if self._worker is not None else None
                 if done is not None and packet.pts - done > self._max_lag:
                     # Hopeless (this machine cannot keep up): stop now, not after the backlog.
                     self._fail(f"the {self.mode} worker is {packet.pts - done:.0f} s behind")
@@ -299,7 +296,7 @@ class HksvRecording:
         if error is not None and not (self._finishing or self._closed):
             self._finishing = True
             sub.close()
-            self._inbox.put(_End(RecordingFailed(error)))
+            self._put(End(RecordingFailed(error)))
 
     def _stop_input(self) -> None:
         if self._subscription is not None:
@@ -308,11 +305,11 @@ class HksvRecording:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    def _deliver(self, item: RecordingChunk | _End) -> None:
+    def _deliver(self, item: RecordingChunk | End) -> None:
         """On the loop: a chunk (or the end) from the worker."""
         if self._closed or self._end is not None:
             return
-        if isinstance(item, _End):
+        if isinstance(item, End):
             if item.error is not None:
                 self.error = str(item.error)
                 log.warning("camera %r: HKSV recording failed: %s", self.name, item.error)
@@ -333,14 +330,13 @@ class HksvRecording:
         log.warning("camera %r: HKSV recording failed: %s", self.name, reason)
         self._chunks.clear()
         self._pending_bytes = 0
-        self._end = _End(RecordingFailed(reason))
+        self._end = End(RecordingFailed(reason))
         self._finishing = True
         self._stop_input()
-        self._inbox.put(_STOP)
+        self._put(STOP)
 
-    # -- worker thread -----------------------------------------------------------------------
-
-    def _send(self, item: RecordingChunk | _End) -> bool:
+    def _send(self, item: RecordingChunk | End) -> bool:
+        """From the worker thread: hand a chunk (or the end) to the loop."""
         loop = self._loop
         assert loop is not None
         try:
@@ -348,94 +344,3 @@ class HksvRecording:
         except RuntimeError:  # the loop is gone (shutdown): nobody is listening
             return False
         return True
-
-    def _work(self) -> None:
-        started = time.thread_time()
-        try:
-            end = self._produce()
-        except Exception as exc:
-            log.exception("camera %r: HKSV media failed", self.name)
-            end = _End(RecordingFailed(f"media failure: {exc}"))
-        finally:
-            self.cpu_seconds = time.thread_time() - started
-        if end is not None:
-            self._send(end)
-
-    def _produce(self) -> _End | None:
-        """The worker's loop; every codec lives (and dies) in here. None: closed."""
-        info, request = self._info, self.request
-        assert info is not None
-        transcoder: RecordingTranscoder | None = None
-        width, height, fps = info.width, info.height, info.fps
-        if self.mode == "transcode":
-            transcoder = RecordingTranscoder(request, info.fps, preset=self._preset)
-            width, height, fps = transcoder.width, transcoder.height, transcoder.fps
-        audio = AacTrack(
-            request.audio_sample_rate,
-            request.audio_channels,
-            request.audio_bitrate_kbps,
-            self._audio if request.audio_active else None,
-        )
-        writer = FragmentWriter(width, height, fps, audio)
-        # GOPs (the camera's, or ours of min(I-frame interval, fragment length)) grouped up
-        # to the fragment length.
-        fragmenter = Fragmenter(request.fragment_ms / 1000, frame_tolerance(fps))
-        started = time.thread_time()
-
-        def emit(fragments: list[tuple[list[VideoPacket], float | None]]) -> bool:
-            for packets, end_pts in fragments:
-                if self._closed or self._end is not None:
-                    return False
-                fragment = writer.write(packets, end_pts)
-                if self._first_pts is None:
-                    self._first_pts = fragment.start
-                    assert writer.init is not None
-                    self._send(RecordingChunk("init", writer.init, 1))
-                self.fragments += 1
-                self.media_seconds += fragment.duration
-                chunk = RecordingChunk("fragment", fragment.data, self.fragments + 1,
-                                       fragment.duration)
-                if not self._send(chunk):
-                    return False
-            return True
-
-        while True:
-            self.cpu_seconds = time.thread_time() - started
-            self._worker_stats = _worker_stats(transcoder, fragmenter, writer)
-            item = self._inbox.get()
-            if item is _STOP or self._closed:
-                return None
-            if isinstance(item, VideoPacket):
-                packets = [item] if transcoder is None else transcoder.push(item)
-                self._done_pts = item.pts
-                for packet in packets:
-                    if not emit(fragmenter.push(packet)):
-                        return None
-                continue
-            assert isinstance(item, _End)
-            tail = transcoder.flush() if transcoder is not None else []
-            out: list[tuple[list[VideoPacket], float | None]] = []
-            for packet in tail:
-                out += fragmenter.push(packet)
-            out += fragmenter.flush(1.0 / fps if fps > 0 else 1 / 30)
-            emit(out)
-            self._worker_stats = _worker_stats(transcoder, fragmenter, writer)
-            return item
-
-
-def _worker_stats(
-    transcoder: RecordingTranscoder | None, fragmenter: Fragmenter, writer: FragmentWriter
-) -> dict[str, Any]:
-    stats: dict[str, Any] = {
-        "size": f"{writer.width}x{writer.height}",
-        "long_fragments": fragmenter.long_fragments,
-        "moov_changes": writer.moov_changes,
-    }
-    if transcoder is not None:
-        stats.update(
-            frames_decoded=transcoder.frames_decoded,
-            frames_encoded=transcoder.frames_encoded,
-            frames_skipped=transcoder.frames_skipped,
-            decode_errors=transcoder.decode_errors,
-        )
-    return stats
