@@ -13,6 +13,7 @@ import io
 import itertools
 import struct
 import threading
+import time
 from dataclasses import dataclass, replace
 from fractions import Fraction
 
@@ -27,6 +28,8 @@ from bridge.media.fanout import PacketFanout, PacketSubscription
 from bridge.media.packet import StreamInfo, VideoPacket
 from bridge.media.prebuffer import Prebuffer
 from bridge.record.hksv import HksvRecording
+from bridge.sources.base import CameraSource
+from bridge.sources.demo import DemoInput
 
 W, H, FPS = 640, 360, 15
 FRAME = 1 / FPS
@@ -509,6 +512,37 @@ async def test_a_camera_that_is_down_cannot_record(gop2: Stream) -> None:
     with pytest.raises(RecordingFailed, match="not streaming"):
         await rec.__anext__()
     await rec.close()
+
+
+async def test_demo_camera_in_real_time() -> None:
+    """The real CameraSource (its prebuffer, fan-out and demux thread) with the demo camera."""
+    source = CameraSource(
+        "demo", lambda: DemoInput(320, 240, 10.0), display_url="demo:", prebuffer_seconds=5.0
+    )
+    request = replace(REQUEST, width=320, height=240, fps=10)
+    source.start()
+    try:
+        async with asyncio.timeout(15):
+            while source.prebuffer.duration < 4.6:  # noqa: ASYNC110 - a camera, polled
+                await asyncio.sleep(0.05)
+        rec = HksvRecording(source, request, name="demo")
+        opened = time.monotonic()
+        rec.start()
+        assert rec.mode == "copy", rec.mode_reason
+        chunks = await take(rec, 2)
+        latency = time.monotonic() - opened
+        chunks += await take(rec, 1, timeout=10)  # a live one, in real time
+        rec.finish()
+        chunks += await drain(rec)
+        await rec.close()
+    finally:
+        await source.stop()
+    check(chunks, request)
+    assert latency < 1.0  # the prebuffer's fragment at once
+    stats = rec.stats()
+    assert stats["prebuffer_seconds"] >= 4.0 and stats["dropped"] == 0
+    assert stats["first_fragment_started_at"] <= stats["opened_at"] - 4.0 + 0.2
+    assert len(source.fanout) == 0
 
 
 # -- cost ------------------------------------------------------------------------------------
