@@ -505,6 +505,17 @@ async def test_the_camera_going_away_ends_with_what_was_recorded(gop2: Stream) -
     assert rec.stats()["error"] == "the camera disconnected"
 
 
+async def test_a_media_failure_ends_the_recording_and_releases_the_camera(gop2: Stream) -> None:
+    cam = Camera(gop2)
+    await cam.until(8.0)
+    rec = HksvRecording(cam, replace(REQUEST, audio_sample_rate=22050))  # not a HomeKit rate
+    with pytest.raises(RecordingFailed, match=r"media failure.*22050"):
+        await take(rec, 10)
+    assert len(cam.fanout) == 0 and rec.stats()["state"] == "failed"
+    await rec.close()
+    assert not worker_threads()
+
+
 async def test_a_camera_that_is_down_cannot_record(gop2: Stream) -> None:
     cam = Camera(gop2)
     cam.info = None

@@ -309,11 +309,12 @@ class HksvRecording:
         """On the loop: a chunk (or the end) from the worker."""
         if self._closed or self._end is not None:
             return
-        if isinstance(item, End):
+        if isinstance(item, End):  # the worker has returned: nothing more to forward
             if item.error is not None:
                 self.error = str(item.error)
                 log.warning("camera %r: HKSV recording failed: %s", self.name, item.error)
             self._end = item
+            self._stop_input()
         else:
             self._chunks.append(item)
             self._pending_bytes += len(item.data)
