@@ -268,9 +268,13 @@ async def test_copy_starts_with_the_prebuffer_at_once_and_follows_live(gop2: Str
     # The prebuffer's complete GOPs come at once: nothing new is published meanwhile.
     first = await take(rec, 2, timeout=5)
     assert [c.kind for c in first] == ["init", "fragment"]
+    # A live fragment goes out with the keyframe that completes it (8.0 .. 12.0 at 12.0).
+    await cam.until(12.0)
+    live = await take(rec, 1, timeout=5)
+    assert live[0].duration == pytest.approx(4.0)
     await cam.until(19.0)
     rec.finish()
-    chunks = first + await drain(rec)
+    chunks = first + live + await drain(rec)
     await rec.close()
     whole = check(chunks)
     assert (whole.width, whole.height) == (W, H)
