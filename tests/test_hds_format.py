@@ -8,12 +8,9 @@ output is canonical, to hand-written bytes where docs/hds.md §5.3 deliberately 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
 import struct
 import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,13 +28,8 @@ from accessories.hds.format import (
     decode,
     encode,
 )
+from tests.hds_vectors import load_vectors
 
-VECTORS = Path(
-    os.environ.get(
-        "OBSCURA_HDS_VECTORS",
-        Path(__file__).resolve().parent / "data/hds/hds-vectors-dev.json",
-    )
-)
 WRAPPERS: dict[str, Any] = {
     "Int8": Int8,
     "Int16": Int16,
@@ -47,13 +39,6 @@ WRAPPERS: dict[str, Any] = {
     "Float64": Float64,
     "SecondsSince2001": SecondsSince2001,
 }
-
-
-def load_vectors() -> dict[str, Any]:
-    if not VECTORS.exists():
-        pytest.fail(f"HDS reference vectors not found at {VECTORS} (set OBSCURA_HDS_VECTORS)")
-    result: dict[str, Any] = json.loads(VECTORS.read_text())
-    return result
 
 
 def pattern(length: int) -> bytes:

@@ -8,10 +8,7 @@ re-encodes to the same bytes). Plus: wrong keys, tampering, replay and garbage.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,20 +30,7 @@ from accessories.hds.frames import (
     parse_frame_header,
     session_keys,
 )
-
-VECTORS = Path(
-    os.environ.get(
-        "OBSCURA_HDS_VECTORS",
-        Path(__file__).resolve().parent / "data/hds/hds-vectors-dev.json",
-    )
-)
-
-
-def load_vectors() -> dict[str, Any]:
-    if not VECTORS.exists():
-        pytest.fail(f"HDS reference vectors not found at {VECTORS} (set OBSCURA_HDS_VECTORS)")
-    result: dict[str, Any] = json.loads(VECTORS.read_text())
-    return result
+from tests.hds_vectors import load_vectors
 
 
 def value_of(desc: dict[str, Any], hap_nodejs: bool = False) -> object:

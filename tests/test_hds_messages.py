@@ -8,10 +8,7 @@ docs/hds.md §9 says we write a shorter integer than HAP-NodeJS.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,20 +45,7 @@ from accessories.hds.messages import (
     parse_header,
     parse_incoming,
 )
-
-VECTORS = Path(
-    os.environ.get(
-        "OBSCURA_HDS_VECTORS",
-        Path(__file__).resolve().parent / "data/hds/hds-vectors-dev.json",
-    )
-)
-
-
-def load_vectors() -> dict[str, Any]:
-    if not VECTORS.exists():
-        pytest.fail(f"HDS reference vectors not found at {VECTORS} (set OBSCURA_HDS_VECTORS)")
-    result: dict[str, Any] = json.loads(VECTORS.read_text())
-    return result
+from tests.hds_vectors import load_vectors
 
 
 def pattern(length: int) -> bytes:

@@ -137,7 +137,7 @@ class Fmp4Writer:
                 self.skipped += 1
                 return
             self._origin = packet.pts
-            packet = _one_of_each_parameter_set(packet)
+            packet = one_of_each_parameter_set(packet)
         ticks = round((packet.pts - self._origin) * TIMESCALE)
         sample = _Sample(packet.data, ticks, packet.keyframe)
         if packet.keyframe and self._gop:
@@ -219,13 +219,14 @@ class Fmp4Writer:
         self._end_ticks = max(self._end_ticks, dts + duration)
 
 
-def _one_of_each_parameter_set(packet: VideoPacket) -> VideoPacket:
+def one_of_each_parameter_set(packet: VideoPacket) -> VideoPacket:
     """The first keyframe with one SPS and one PPS, in a canonical Annex B form.
 
     FFmpeg builds the `avcC` of the `moov` from the first packet's parameter sets, every copy
     included; our keyframes carry the source's own copies plus the ones the bridge puts in front.
     With exactly one of each, every part of an event gets the same `moov`, which joining parts
-    into one MP4 requires (bridge.media.mp4boxes.EventJoiner)."""
+    into one MP4 requires (bridge.media.mp4boxes.EventJoiner), and every HKSV fragment's muxer
+    writes the same `moov` (record/hksv_mux.py)."""
     kept: list[bytes] = []
     seen: set[int] = set()
     for nal in split_annexb(packet.data):

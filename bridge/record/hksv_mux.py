@@ -32,9 +32,9 @@ import av
 import av.container
 
 from bridge.media.aac import AacPacket, AacTrack
-from bridge.media.h264 import NAL_PPS, NAL_SPS, join_annexb, nal_type, split_annexb
 from bridge.media.mp4boxes import Mp4Error, TopLevelBoxes, rebase_moof
 from bridge.media.packet import VideoPacket
+from bridge.record.fmp4 import one_of_each_parameter_set
 
 TIMESCALE = 90000
 TIME_BASE = Fraction(1, TIMESCALE)
@@ -95,7 +95,7 @@ class FragmentWriter:
             raise ValueError("a fragment must start with a keyframe")
         if self._origin is None:
             self._origin = packets[0].pts
-        first = _canonical_keyframe(packets[0])
+        first = one_of_each_parameter_set(packets[0])
         samples: list[_Sample] = []
         gops = _split_gops([first, *packets[1:]])
         for i, gop in enumerate(gops):
@@ -228,20 +228,3 @@ def _split_gops(packets: list[VideoPacket]) -> list[list[VideoPacket]]:
             gops.append([])
         gops[-1].append(packet)
     return gops
-
-
-def _canonical_keyframe(packet: VideoPacket) -> VideoPacket:
-    """The keyframe with one SPS and one PPS: the muxer builds the `avcC` from the first
-    packet's parameter sets, every copy included (our keyframes carry the camera's own copies
-    plus the ones the bridge puts in front); with exactly one of each, every fragment's muxer
-    writes the same `moov`."""
-    kept: list[bytes] = []
-    seen: set[int] = set()
-    for nal in split_annexb(packet.data):
-        kind = nal_type(nal)
-        if kind in (NAL_SPS, NAL_PPS):
-            if kind in seen:
-                continue
-            seen.add(kind)
-        kept.append(nal)
-    return VideoPacket(join_annexb(kept), packet.pts, packet.keyframe, packet.epoch)
