@@ -21,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..backend import RecordingChunk, RecordingFailed, RecordingStream
-from .messages import CloseReason, MediaPacket, chunk_media, close_event, data_event
+from .messages import (
+    MEDIA_FRAGMENT,
+    CloseReason,
+    MediaPacket,
+    chunk_media,
+    close_event,
+    data_event,
+)
 from .session import DataStreamSession
 
 logger = logging.getLogger(__name__)
@@ -85,6 +92,7 @@ class RecordingSender:
         self._max_timer: asyncio.TimerHandle | None = None
         self._finishing = False
         self._acked = asyncio.Event()
+        self._sequence = 0  # the last dataSequenceNumber sent
         self._task: asyncio.Task[None] | None = None
         self.result = RecordingResult(started_at=time.time(), mode=stream.mode)
         self._opened = time.monotonic()
@@ -140,8 +148,10 @@ class RecordingSender:
                     await self._send(held, end_of_stream=False)
                 held = chunk
             if held is None:
-                # Finished between two fragments: an empty last event still ends the stream.
-                await self.session.send(*data_event(self.stream_id, [], end_of_stream=True))
+                # Finished right between two fragments: an empty last fragment carries the end
+                # (the form homebridge's HKSV plugins send through HAP-NodeJS).
+                empty = MediaPacket(b"", MEDIA_FRAGMENT, self._sequence + 1, 1, True, 0)
+                await self.session.send(*data_event(self.stream_id, [empty], end_of_stream=True))
             else:
                 await self._send(held, end_of_stream=True)
             try:
@@ -166,6 +176,7 @@ class RecordingSender:
 
     async def _send(self, chunk: RecordingChunk, *, end_of_stream: bool) -> None:
         packets = chunk_media(chunk.data, DATA_TYPES[chunk.kind], chunk.sequence)
+        self._sequence = chunk.sequence
         for index, packet in enumerate(packets):
             last = end_of_stream and index == len(packets) - 1
             await self.session.send(*data_event(self.stream_id, [packet], end_of_stream=last))
@@ -207,6 +218,3 @@ class RecordingSender:
     @property
     def done(self) -> bool:
         return self._task is not None and self._task.done()
-
-
-__all__ = ["MediaPacket", "RecordingResult", "RecordingSender"]
