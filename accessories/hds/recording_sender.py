@@ -132,8 +132,7 @@ class RecordingSender:
 
     def hub_closed(self, reason: CloseReason | int) -> None:
         self._end("hub_closed", f"reason {int(reason)}")
-        if self._task is not None and not self._task.done():
-            self._task.cancel()  # the finally clause closes the producer
+        self._cancel()  # the finally clause closes the producer
 
     # ---- the stream ----
 
@@ -170,9 +169,11 @@ class RecordingSender:
             self._end(self.result.reason if self.result.reason != "running" else "cancelled", "")
             raise
         finally:
-            await self._stream.close()
-            self._cancel_timers()
-            self._on_done(self)
+            try:
+                await self._stream.close()
+            finally:  # even if cancelled again meanwhile: the camera must not stay busy
+                self._cancel_timers()
+                self._on_done(self)
 
     async def _send(self, chunk: RecordingChunk, *, end_of_stream: bool) -> None:
         packets = chunk_media(chunk.data, DATA_TYPES[chunk.kind], chunk.sequence)
@@ -212,8 +213,15 @@ class RecordingSender:
             self.session.send_soon(*close_event(self.stream_id, close))
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
-            task.cancel()
+            self._cancel()
             await asyncio.wait([task], timeout=3.0)
+
+    def _cancel(self) -> None:
+        """Cancel the task once: a second cancel (the hub closes, then its connection drops)
+        would interrupt the finally clause that closes the producer."""
+        task = self._task
+        if task is not None and not task.done() and not task.cancelling():
+            task.cancel()
 
     @property
     def done(self) -> bool:
