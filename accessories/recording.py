@@ -267,9 +267,16 @@ class CameraRecording:
             raise ReadRefused("no recording configuration selected yet")
 
     def _write_selected(self, value: Any, sender_client_addr: ClientAddr | None = None) -> None:
-        raw = unb64(value, "SelectedCameraRecordingConfiguration")
-        selected = parse_selected_recording_config(raw)  # TLVError (a ValueError): -70410
-        check_selected(selected, self.caps)
+        try:
+            raw = unb64(value, "SelectedCameraRecordingConfiguration")
+            selected = parse_selected_recording_config(raw)  # TLVError (a ValueError): -70410
+            check_selected(selected, self.caps)
+        except ValueError:
+            # HAP-python stored the refused value before calling us: reads must go on
+            # returning the last valid choice (or failing, when there is none).
+            previous = "" if self.selected is None else b64(self.selected.raw)
+            self._selected_char.set_value(previous, should_notify=False)
+            raise
         self.selected = selected
         self.settings.selected = b64(raw)
         self.settings.fingerprint = self._fingerprint()
@@ -344,8 +351,8 @@ class CameraRecording:
         return CloseReason.NORMAL, start
 
     def _refusal(self, request: DataSendOpen) -> tuple[CloseReason, str] | None:
-        if request.type != RECORDING_TYPE:
-            return CloseReason.UNSUPPORTED, f"type {request.type!r}"
+        if not request.is_recording:
+            return CloseReason.UNSUPPORTED, f"type {request.type!r}, target {request.target!r}"
         if not self.homekit_active:
             return CloseReason.NOT_ALLOWED, "HomeKit camera is off"
         if not self.settings.recording_active:
@@ -369,9 +376,13 @@ class CameraRecording:
             sender.ack(message.end_of_stream)
 
     def close_stream(self, session: DataStreamSession, message: DataSendClose) -> None:
-        sender = self._sender_of(session, message.stream_id)
-        if sender is not None:
+        sender = self.sender
+        sid = message.stream_id
+        if sender is not None and sender.session is session and sender.stream_id == sid:
             sender.hub_closed(message.reason)
+        else:  # ignored (docs/hds.md §6): answering a close with a close could bounce forever
+            logger.info("%s: dataSend/close for stream %d, which is not ours", self.name,
+                        message.stream_id)  # fmt: skip
 
     def _sender_of(self, session: DataStreamSession, stream_id: int) -> RecordingSender | None:
         sender = self.sender
