@@ -71,13 +71,14 @@ async def hksv_bridge(
     *,
     keep: bool = False,
     detect: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[Env, BenchHub]]:
-    """`running_bridge`, with its controller playing the home hub."""
+    """`running_bridge` (same arguments), with its controller playing the home hub."""
     capture_pair_verify_secrets()
-    async with running_bridge(specs, cameras, keep=keep, detect=detect) as env:
-        hub = await BenchHub.adopt(env)
+    async with running_bridge(specs, cameras, keep=keep, detect=detect, env=env) as bench:
+        hub = await BenchHub.adopt(bench)
         try:
-            yield env, hub
+            yield bench, hub
         finally:
             await hub.close()
 

@@ -16,11 +16,15 @@ endOfStream. All times are time.monotonic() in the hub's process: the EVENT's ar
 aiohomekit decrypted it), the open response, the init segment and the first mediaFragment
 (first chunk and last chunk; the latency is to the last: the fragment is usable then).
 
-The first fragment's *lead*: how long before the event its first frame was filmed. Media time
-maps to the hub's clock through the live fragments: a fragment is complete when the camera's
-next keyframe arrives, so min(arrival - media end) over a recording's fragments is the offset
-(camera -> bridge -> hub delay included, so the lead is underestimated by that delay, a few ms
-in copy mode). lead = event - (offset + first fragment's first pts).
+The first fragment's *lead*: how long before the event its first frame reached the bridge.
+Media time maps to the hub's clock through the recording's end: the bridge finishes the
+recording `post_roll` after MotionDetected went false (the hub sees that EVENT within a ms), it
+stops taking camera packets then, and the last fragment ends one frame after the last packet
+taken. So the recording's media end is at (last false EVENT + post_roll) on the hub's clock, to
+within a frame, however far behind a transcoder runs. lead = event - (that offset + first pts).
+A second estimate, from the live fragments (a fragment is complete when the camera's next
+keyframe arrives: offset = min(arrival - media end)), agrees in copy mode and is printed as a
+check; it is wrong when a transcoder lags behind the camera.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import argparse
 import asyncio
 import io
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +45,7 @@ from bench._common import (
     CAM_WIDTH,
     Summary,
     add_common_args,
+    cpu_seconds,
     describe_machine,
     emit_json,
     fmt,
@@ -54,6 +60,7 @@ from tests.peers.hds_recording import Recording
 
 CAMERA = "Yard"
 LOOP_S = 10.0
+POST_ROLL_S = 1.0
 GOAL_P50_S = 0.5
 HUB_PATIENCE_S = 5.0  # hubs cancel a recording whose data does not come within ~5 s
 
@@ -72,13 +79,31 @@ def media_spans(init: bytes, fragments: list[bytes]) -> list[tuple[float, float]
     return spans
 
 
-def timings(t_event: float, rec: Recording) -> dict[str, Any]:
-    """Seconds from the event to each step of one recording, and the first fragment's lead."""
+def finish_trigger(
+    motion: list[tuple[float, Any]], opened: float, post_roll: float
+) -> float | None:
+    """The false MotionDetected EVENT whose post-roll finished the recording opened at `opened`:
+    the first one after it that no true EVENT follows within `post_roll`."""
+    after = [(t, bool(v)) for t, v in motion if t >= opened]
+    for i, (t, on) in enumerate(after):
+        if not on and not any(v and u <= t + post_roll for u, v in after[i + 1 :]):
+            return t
+    return None
+
+
+def timings(
+    t_event: float, rec: Recording, motion: list[tuple[float, Any]], post_roll: float
+) -> dict[str, Any]:
+    """Seconds from the event to each step of one recording, and the first fragment's lead
+    (`motion`: the hub's MotionDetected EVENTs, (time, value))."""
     assert rec.response is not None and rec.init is not None and rec.media
+    assert rec.ended_at is not None
     first = rec.media[0]
     spans = media_spans(rec.init.data, [f.data for f in rec.media])
-    offset = min(f.completed_at - end for f, (_, end) in zip(rec.media, spans, strict=True))
-    filmed = offset + spans[0][0]  # the first frame, on the hub's clock
+    t_off = finish_trigger(motion, rec.opened_at, post_roll)
+    offset = None if t_off is None else t_off + post_roll - spans[-1][1]
+    live = min(f.completed_at - end for f, (_, end) in zip(rec.media, spans, strict=True))
+    filmed = (offset if offset is not None else live) + spans[0][0]  # on the hub's clock
     return {
         "open_sent": rec.opened_at - t_event,
         "open_response": rec.response.at - t_event,
@@ -87,6 +112,8 @@ def timings(t_event: float, rec: Recording) -> dict[str, Any]:
         "first_fragment": first.completed_at - t_event,
         "lead_before_event": t_event - filmed,
         "lead_before_open": rec.opened_at - filmed,
+        "lead_live_estimate": t_event - (live + spans[0][0]),
+        "lead_from": "end" if offset is not None else "live fragments",
         "first_fragment_seconds": spans[0][1] - spans[0][0],
         "fragments": len(rec.media),
         "media_seconds": spans[-1][1] - spans[0][0],
@@ -98,7 +125,7 @@ def timings(t_event: float, rec: Recording) -> dict[str, Any]:
 async def run(args: argparse.Namespace, clip: Path) -> dict[str, Any]:
     cam = rtsp_camera(gop=args.gop, mount="/yard")
     cam.file = clip
-    spec = hksv_spec(CAMERA, "rtsp:#0", post_roll=1.0, detect={"hold_seconds": 1.0})
+    spec = hksv_spec(CAMERA, "rtsp:#0", post_roll=POST_ROLL_S, detect={"hold_seconds": 1.0})
     detect = {"enabled": True, "fps": 5}
     out: list[dict[str, Any]] = []
     async with hksv_bridge([spec], [cam], keep=args.keep, detect=detect) as (env, hub):
@@ -109,15 +136,24 @@ async def run(args: argparse.Namespace, clip: Path) -> dict[str, Any]:
         log(f"hub ready; waiting for {args.events} events ({LOOP_S:g} s loop)")
         while len(out) < args.events:
             t_event = await recorder.camera.wait_motion(True, timeout_s=3 * LOOP_S, after=after)
+            cpu0 = cpu_seconds(env.pid)
             rec = await recorder.open()
+            await rec.wait_fragments(1, 60.0)
+            cpu = {"bridge_cpu_to_first": cpu_seconds(env.pid) - cpu0}
+            cpu["bridge_share_to_first"] = cpu["bridge_cpu_to_first"] / (time.monotonic() - t_event)
             await rec.wait_end(60.0)
             after = len(hub.events.events)  # motion during this recording belongs to it
             last = (await hksv_status(env, CAMERA))["last_recording"] or {}
-            row = timings(t_event, rec) | {
-                "bridge_mode": last.get("mode"),
-                "bridge_ended": last.get("ended"),
-                "bridge_first_fragment_after": last.get("first_fragment_after"),
-            }
+            motion = recorder.camera.motion_events()
+            row = (
+                timings(t_event, rec, motion, POST_ROLL_S)
+                | cpu
+                | {
+                    "bridge_mode": last.get("mode"),
+                    "bridge_ended": last.get("ended"),
+                    "bridge_first_fragment_after": last.get("first_fragment_after"),
+                }
+            )
             out.append(row)
             log(
                 f"event {len(out)}: first fragment after {row['first_fragment'] * 1000:.0f} ms, "
@@ -158,6 +194,9 @@ def report(args: argparse.Namespace, info: dict[str, Any], result: dict[str, Any
     for key, label in (
         ("lead_before_event", "first fragment's first frame, before the event"),
         ("lead_before_open", "… before the hub's open"),
+        ("lead_live_estimate", "… before the event, live-fragment estimate (check)"),
+        ("bridge_cpu_to_first", "bridge CPU time, event to first fragment"),
+        ("bridge_share_to_first", "… as a share of one core"),
         ("first_fragment_seconds", "first fragment's length"),
         ("media_seconds", "recording length (media)"),
     ):
