@@ -392,7 +392,11 @@ async def test_a_long_gop_is_transcoded_with_an_idr_every_fragment(gop10: Stream
     assert (whole.width, whole.height) == (W, H)
     # IDRs forced every 4 s from the first frame, not where the camera put its own.
     assert [c.duration for c in chunks[1:-1]] == pytest.approx([4.0] * (len(chunks) - 2))
-    assert rec.stats()["frames_encoded"] == whole.video_frames
+    stats = rec.stats()
+    assert stats["frames_encoded"] == whole.video_frames
+    # The output starts at the prebuffer (4 s before the open), not at the camera's keyframe
+    # 11 s back: the frames before it are only decoded, so the hub's window is not spent on them.
+    assert stats["prebuffer_seconds"] == pytest.approx(4.0, abs=FRAME + 1e-3)
 
 
 async def test_another_size_is_transcoded_to_the_selected_one(gop2: Stream) -> None:

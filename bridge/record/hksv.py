@@ -146,16 +146,16 @@ class HksvRecording:
         self._wall_offset = self._opened_at - newest
         self._open_pts = newest
         log.info("camera %r: HKSV recording (%s: %s)", self.name, self.mode, self.mode_reason)
+        target = newest - self.request.prebuffer_ms / 1000
         self._worker = MediaWorker(
             self.name, info, self.request, self.mode, send=self._send,
             stopped=lambda: self._closed or self._end is not None,
-            audio=self._audio, preset=self._preset,
+            audio=self._audio, preset=self._preset, start_at=target,
         )
         self._worker.start()
         # From the newest keyframe at least the prebuffer before the newest packet (or the
         # oldest one) up to the subscription's backlog, which starts at the newest keyframe.
         if keys:
-            target = newest - self.request.prebuffer_ms / 1000
             chosen = max((i for i in keys if buffered[i].pts <= target), default=keys[0])
             for packet in buffered[chosen : keys[-1]]:
                 self._forward(packet)

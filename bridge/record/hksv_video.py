@@ -127,7 +127,12 @@ class RecordingTranscoder:
     `interval` seconds. Codec contexts are not thread-safe: one thread only."""
 
     def __init__(
-        self, request: RecordingRequest, source_fps: float, *, preset: str = "veryfast"
+        self,
+        request: RecordingRequest,
+        source_fps: float,
+        *,
+        preset: str = "veryfast",
+        start_at: float | None = None,
     ) -> None:
         self.width = max(2, request.width // 2 * 2)  # 4:2:0 needs even sizes
         self.height = max(2, request.height // 2 * 2)
@@ -144,6 +149,9 @@ class RecordingTranscoder:
         self._last_ticks = -1
         self._last_idr: float | None = None
         self._next_due: float | None = None
+        # Frames before this source pts are decoded (they are references) but not encoded: the
+        # output starts with an IDR at the prebuffer's start, not at the camera's keyframe.
+        self._start_at = start_at
         self.frames_decoded = self.frames_encoded = self.frames_skipped = 0
         self.decode_errors = 0
 
@@ -185,6 +193,9 @@ class RecordingTranscoder:
             if info is None:
                 continue
             pts, epoch = info
+            if self._start_at is not None and pts < self._start_at - 0.5 / max(self.fps, 1.0):
+                self.frames_skipped += 1
+                continue
             if not self._due(pts):
                 self.frames_skipped += 1
                 continue

@@ -52,14 +52,18 @@ class MediaWorker:
         stopped: Callable[[], bool],
         audio: AudioInput | None = None,
         preset: str = "veryfast",
+        start_at: float | None = None,
     ) -> None:
         """`send` hands a chunk (or the end) to the loop, False when it is gone; `stopped()`
-        is True once nothing more is wanted (closed, or failed on the loop side)."""
+        is True once nothing more is wanted (closed, or failed on the loop side). `start_at`:
+        a transcode outputs frames from this source pts on (it still decodes from the
+        keyframe before it), so a long-GOP camera gives the hub its prebuffer, not the GOP."""
         self.name = name
         self._info, self._request, self._mode = info, request, mode
         self._send, self._stopped = send, stopped
         self._audio = audio if request.audio_active else None  # None: silence
         self._preset = preset
+        self._start_at = start_at
         self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"hksv:{name}", daemon=True)
         # read by the loop (stats, lag)
@@ -97,7 +101,9 @@ class MediaWorker:
         transcoder: RecordingTranscoder | None = None
         width, height, fps = info.width, info.height, info.fps
         if self._mode == "transcode":
-            transcoder = RecordingTranscoder(request, info.fps, preset=self._preset)
+            transcoder = RecordingTranscoder(
+                request, info.fps, preset=self._preset, start_at=self._start_at
+            )
             width, height, fps = transcoder.width, transcoder.height, transcoder.fps
         audio = AacTrack(
             request.audio_sample_rate,
