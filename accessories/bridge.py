@@ -379,9 +379,11 @@ class HomeKitBridge:
 
     async def start(self) -> None:
         for driver in self.drivers:
-            await driver.data_streams.start()
             await driver.async_start()
             self._started.append(driver)
+            # After HAP's bind: the listener's ephemeral port must never take a configured
+            # HAP port that is not bound yet (a restart then failed with "port in use").
+            await driver.data_streams.start()
 
     async def stop(self) -> None:
         """Stop serving; HAP-python then calls each camera's stop(), ending its sessions."""
