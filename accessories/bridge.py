@@ -377,12 +377,19 @@ class HomeKitBridge:
                     total[key] = total.get(key, 0) + value
         return total
 
-    async def start(self) -> None:
+    async def start(self, *, data_streams: bool = True) -> None:
+        """Serve HAP, then (unless ``data_streams`` is False: call ``start_data_streams()``
+        once every configured port is bound) the HDS listeners."""
         for driver in self.drivers:
             await driver.async_start()
             self._started.append(driver)
-            # After HAP's bind: the listener's ephemeral port must never take a configured
-            # HAP port that is not bound yet (a restart then failed with "port in use").
+        if data_streams:
+            await self.start_data_streams()
+
+    async def start_data_streams(self) -> None:
+        # Ephemeral ports: bound after every configured port (HAP, status), so the listener
+        # can never take one of them first (a restart then failed with "port in use").
+        for driver in self._started:
             await driver.data_streams.start()
 
     async def stop(self) -> None:

@@ -82,7 +82,7 @@ class BridgeService:
         for source in self.sources:
             source.start()
         with bind_errors(config, "hap"):  # taken since the preflight: exit 2, naming the key
-            await self.homekit.start()
+            await self.homekit.start(data_streams=False)
         await self.detection.start()
         await self._start_recording()
         self.heap.start()
@@ -95,6 +95,7 @@ class BridgeService:
                     # The owner's shares and deletions, each proven with an owner identity.
                     lambda app: add_owner_routes(app, lambda: self.vault),
                 )
+        await self.homekit.start_data_streams()  # ephemeral ports: after every fixed one
         log.info(
             "%s is running: HomeKit on %s:%d, %d camera(s)%s",
             config.name,
