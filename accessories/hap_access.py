@@ -222,9 +222,13 @@ class CheckedAccessDriver(AccessoryDriver):
             lambda: defaultdict(dict)
         )
         for write in writes:
+            previous = write.char.value
             try:
                 response = write.char.client_update_value(write.value, client_addr)
             except ValueError as exc:
+                # HAP-python stores the value before calling the setter: a refused value
+                # must not stay readable (e.g. a malformed SelectedRTPStreamConfiguration).
+                write.char.value = previous
                 write.row["status"] = int(Status.INVALID_VALUE)
                 logger.warning(
                     "%s: rejected a malformed write to %s: %s",
