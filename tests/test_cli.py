@@ -52,6 +52,9 @@ def test_doctor_reports_each_camera_and_the_dead_one(bridge: BridgeProcess) -> N
     assert "'Garage' (rtsp://***@127.0.0.1:9/live): RETRYING" in out
     assert "refused" in out.lower() and "next try in" in out
     assert "pa55word" not in out
+    # HKSV is offered on every camera; no hub has set it up here.
+    assert out.count("HomeKit Secure Video: offered; not set up by a home hub yet") == 2
+    assert "0 data stream(s)" in out
 
 
 def test_doctor_without_a_running_bridge(tmp_path: Path) -> None:
@@ -71,6 +74,9 @@ def test_metrics_are_prometheus_text(bridge: BridgeProcess) -> None:
     assert 'obscura_camera_up{camera="Demo"} 1' in text
     assert 'obscura_camera_up{camera="Garage"} 0' in text
     assert "# TYPE obscura_camera_packets_total counter" in text
+    assert 'obscura_hksv_recordings_total{camera="Demo"} 0' in text
+    assert 'obscura_hksv_sessions{camera="Garage"} 0' in text
+    assert "# TYPE obscura_hksv_recording_ends_total counter" in text
 
 
 def test_pair_prints_qr_setup_uri_and_code(bridge: BridgeProcess) -> None:
