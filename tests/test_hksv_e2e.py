@@ -36,7 +36,10 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +51,7 @@ from av.video.frame import PictureType
 
 from accessories.bridge import camera_files
 from tests.peers import recording_tlv_peer as rt
-from tests.peers.bridge_process import BridgeProcess, CameraSpec
+from tests.peers.bridge_process import ROOT, BridgeProcess, CameraSpec
 from tests.peers.camera_tlv import VideoSelection
 from tests.peers.hds_hub import HubCamera, TestHub
 from tests.peers.hds_recording import (
@@ -380,6 +383,12 @@ async def test_copy_recording_of_a_person_walking_by(rig: Rig) -> None:
         )
         assert last["ended"] == "end_of_stream" and "no ack" not in last["detail"], last
         assert last["mode"] == "copy" and last["fragments"] == len(media), last
+        # What the owner sees: doctor and /metrics say how the recording ended.
+        doctor, metrics = await asyncio.to_thread(_doctor_and_metrics, rig)
+        assert "HomeKit Secure Video: recording 640x360" in doctor, doctor
+        assert "ended by end of stream" in doctor, doctor
+        ends = 'obscura_hksv_recording_ends_total{camera="Porch",reason="end_of_stream"}'
+        assert ends in metrics, metrics
         first = rec.media[0]
         print(
             f"\ncopy: motion->first fragment {first.completed_at - t_motion:.3f} s, open answered "
@@ -387,6 +396,16 @@ async def test_copy_recording_of_a_person_walking_by(rig: Rig) -> None:
             f"fragments {[round(m.seconds, 3) for m in media]}, motion clear->end "
             f"{tail:.2f} s, {whole.video_seconds:.1f} s video / {whole.audio_seconds:.1f} s audio"
         )
+
+
+def _doctor_and_metrics(rig: Rig) -> tuple[str, str]:
+    doctor = subprocess.run(
+        [sys.executable, "-m", "bridge", "doctor", "--config", str(rig.bridge.config)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{rig.bridge.status_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return doctor.stdout, response.read().decode()
 
 
 async def _last_if_idle(rig: Rig, camera: str) -> dict[str, Any] | None:
