@@ -17,7 +17,9 @@ MotionDetected is false) and closed by the hub (dataSend/close). Steps, each hel
 2. one recording (camera 1);
 3. four recordings at once (held longer: the prebuffers go out, then live fragments);
 4. all closed;
-then steps 3-4 again for each further round (does a second round of recordings grow memory?).
+then steps 3-4 again for each further round (does a second round of recordings grow memory?);
+with --after-trim, once more after the bridge's next heap trim (bridge/heap_trim.py, once a
+minute: is what the recordings left behind free heap that glibc kept?).
 Reported: MiB per step, the ratio to idle (this run's and BENCHMARKS.md's 105.1 MiB) and MiB
 per recording.
 """
@@ -72,6 +74,7 @@ async def step(
         ),
         "heap_trims": (status.get("memory") or {}).get("heap_trims"),
         "fragments_received": sum(len(r.media) for r in recs),
+        "heap_released_MiB": (status.get("memory") or {}).get("heap_released_mib"),
     }
 
 
@@ -118,6 +121,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             problems = sorted({p for rec in recs for p in rec.problems})
             if problems:
                 log(f"hub problems: {problems}")
+        if args.after_trim:
+            trims = rows[-1]["heap_trims"]
+            log("waiting for the bridge's next heap trim (once a minute)")
+            async with asyncio.timeout(90):  # polling the status API: no event to wait on
+                while (await env.status())["memory"]["heap_trims"] == trims:  # noqa: ASYNC110
+                    await asyncio.sleep(1.0)
+            await step(env, "after the next heap trim", hold, rows, [])
     return report(args, info, rows)
 
 
@@ -153,7 +163,8 @@ def report(args: argparse.Namespace, info: dict[str, Any], rows: list[dict[str, 
         f"{peak['VmRSS_MiB'] / idle['VmRSS_MiB']:.2f}x this run's idle "
         f"({fmt(idle['VmRSS_MiB'])} MiB), {peak['VmRSS_MiB'] / IDLE_MIB_BENCHMARK_4:.2f}x "
         f"benchmark 4's idle ({IDLE_MIB_BENCHMARK_4} MiB); {per_rec:.1f} MiB per recording "
-        f"(VmRSS over idle / {n}); heap trims so far: {rows[-1]['heap_trims']}"
+        f"(VmRSS over idle / {n}); heap trims so far: {rows[-1]['heap_trims']}, "
+        f"{rows[-1]['heap_released_MiB']} MiB released"
     )
     return {
         "benchmark": "hksv_memory",
@@ -175,6 +186,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=0, help="rounds of N recordings (2)")
     parser.add_argument(
         "--gop", type=int, default=CAM_GOP, help=f"camera GOP in frames ({CAM_GOP}: copy)"
+    )
+    parser.add_argument(
+        "--after-trim",
+        action="store_true",
+        help="at the end, wait for the bridge's next malloc_trim and sample again (<= 60 s)",
     )
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 2)
