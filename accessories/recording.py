@@ -10,10 +10,10 @@ configurations (recording_tlv.py), writes its selection (refused with -70410 whe
 one we offered; reading it before a write fails with -70402, as hubs expect), sets the
 operating mode, then sets up a data stream (SetupDataStreamTransport, answered in the write
 response with a port and salt from hds/server.py) and, when MotionDetected goes true, opens a
-dataSend stream. ``open_stream`` decides: refused while HomeKitCameraActive or recording Active
-is off (not allowed), without a selection (invalid configuration), or while another recording
-of this camera runs (busy); otherwise the backend's RecordingStream is sent by a
-RecordingSender that follows MotionDetected (post-roll, then endOfStream).
+dataSend stream, served by recording_streams.py: refused while HomeKitCameraActive or
+recording Active is off (not allowed), without a selection (invalid configuration), or while
+another recording of this camera runs (busy); otherwise the backend's RecordingStream is sent
+by a RecordingSender that follows MotionDetected (post-roll, then endOfStream).
 
 HomeKitCameraActive off also means no live view and no snapshots, and the motion sensor's
 StatusActive follows it (a hub that sees them disagree turns the camera back on or off).
@@ -21,22 +21,19 @@ StatusActive follows it (a hub that sees them disagree turns the camera back on 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .backend import CameraUnavailable, RecordingBackend, VideoCapabilities
+from .backend import RecordingBackend, RecordingRequest, VideoCapabilities
 from .hap_requests import ReadRefused
-from .hds.messages import CloseReason, DataSendAck, DataSendClose, DataSendOpen, close_event
-from .hds.recording_sender import RecordingResult, RecordingSender
+from .hds.messages import CloseReason
 from .hds.server import DataStreamServer
-from .hds.session import DataStreamSession
 from .recording_state import load_settings, save_settings
+from .recording_streams import RecordingStreams
 from .recording_tlv import (
     SUPPORTED_DATA_STREAM_CONFIG,
     SelectedRecordingConfig,
@@ -58,9 +55,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-RECORDING_TYPE = "ipcamera.recording"
-
-
 @dataclass(frozen=True, slots=True)
 class RecordingOptions:
     """The camera's `[cameras.hksv]` settings that shape what we offer and how we record."""
@@ -72,7 +66,7 @@ class RecordingOptions:
 
 
 class CameraRecording:
-    """The HKSV services of one camera accessory; implements hds.session.DataSendHandler."""
+    """The HKSV services of one camera accessory (the data streams: ``self.streams``)."""
 
     def __init__(
         self,
@@ -90,11 +84,9 @@ class CameraRecording:
         read_guards: dict[int, Callable[[], None]],
     ) -> None:
         self.name = accessory.display_name or "camera"
-        self._backend = backend
         self._streams = data_streams
         self._path = state_path
         self._options = options
-        self._trigger = trigger
         self._on_mode_change = on_mode_change
         self._connection_for = connection_for
         self.settings = load_settings(state_path)
@@ -103,12 +95,10 @@ class CameraRecording:
             caps = replace(caps, native_width=width, native_height=height, native_fps=fps)
         self.caps = caps
         self.selected: SelectedRecordingConfig | None = None
-        self.sender: RecordingSender | None = None
-        self.last: RecordingResult | None = None
-        self.recordings = 0
-        self.ends: Counter[str] = Counter()
-        self.refusals: Counter[str] = Counter()
-        self._sessions: set[DataStreamSession] = set()
+        self.streams = RecordingStreams(
+            self.name, backend, post_roll=options.post_roll, max_seconds=options.max_seconds,
+            trigger=trigger, refusal=self._refusal, request=self._request,
+        )  # fmt: skip
         self._setup_response = b64(setup_data_stream_response(SetupDataStreamStatus.GENERIC_ERROR))
 
         mode = accessory.add_preload_service(
@@ -302,7 +292,7 @@ class CameraRecording:
         try:
             port, salt = self._streams.prepare(
                 derive=derive, controller_salt=request.controller_salt,
-                owner=sender_client_addr, handler=self, name=f"{self.name} hds",
+                owner=sender_client_addr, handler=self.streams, name=f"{self.name} hds",
             )  # fmt: skip
         except ConnectionError as exc:
             logger.warning("%s: data stream refused: %s", self.name, exc)
@@ -314,112 +304,31 @@ class CameraRecording:
         )
         return self._setup_response
 
-    def open_stream(
-        self, session: DataStreamSession, request: DataSendOpen
-    ) -> tuple[CloseReason, Callable[[], None] | None]:
-        self._sessions.add(session)
-        refusal = self._refusal(request)
-        if refusal is not None:
-            reason, why = refusal
-            self.refusals[reason.name.lower()] += 1
-            logger.info("%s: recording refused (%s): %s", self.name, reason.name.lower(), why)
-            return reason, None
-        assert self.selected is not None
-        try:
-            stream = self._backend.open_recording(
-                self.selected.to_request(bool(self.settings.audio_active))
-            )
-        except CameraUnavailable as exc:
-            self.refusals["unexpected_failure"] += 1
-            logger.info("%s: recording refused: %s", self.name, exc)
-            return CloseReason.UNEXPECTED_FAILURE, None
-        sender = RecordingSender(
-            session, request.stream_id, stream,
-            post_roll=self._options.post_roll, max_seconds=self._options.max_seconds,
-            on_done=self._sender_done, name=f"{self.name} recording {request.stream_id}",
-        )  # fmt: skip
-        self.sender = sender
-        self.recordings += 1
-        session.streams_open += 1
-        logger.info("%s: recording %d opened (%s)", self.name, request.stream_id, request.reason)
+    def set_trigger(self, active: bool) -> None:
+        self.streams.set_trigger(active)
 
-        def start() -> None:
-            if self.sender is sender and not session.closed:
-                sender.start()
-                sender.set_trigger(self._trigger())
+    def _stop_recording(self, why: str, close: CloseReason) -> None:
+        self.streams.stop_recording(why, close)
 
-        return CloseReason.NORMAL, start
+    async def stop(self) -> None:
+        await self.streams.stop()
 
-    def _refusal(self, request: DataSendOpen) -> tuple[CloseReason, str] | None:
-        if not request.is_recording:
-            return CloseReason.UNSUPPORTED, f"type {request.type!r}, target {request.target!r}"
+    def _refusal(self) -> tuple[CloseReason, str] | None:
+        """Why the Home app's choices forbid a recording now (None: allowed)."""
         if not self.homekit_active:
             return CloseReason.NOT_ALLOWED, "HomeKit camera is off"
         if not self.settings.recording_active:
             return CloseReason.NOT_ALLOWED, "recording is off"
         if self.selected is None:
             return CloseReason.INVALID_CONFIGURATION, "no configuration selected"
-        if self.sender is not None:
-            return CloseReason.BUSY, "a recording is running"
         return None
 
-    def _sender_done(self, sender: RecordingSender) -> None:
-        sender.session.streams_open = max(0, sender.session.streams_open - 1)
-        if self.sender is sender:
-            self.sender = None
-        self.last = sender.result
-        self.ends[sender.result.reason] += 1
-
-    def ack(self, session: DataStreamSession, message: DataSendAck) -> None:
-        sender = self._sender_of(session, message.stream_id)
-        if sender is not None:
-            sender.ack(message.end_of_stream)
-
-    def close_stream(self, session: DataStreamSession, message: DataSendClose) -> None:
-        sender = self.sender
-        sid = message.stream_id
-        if sender is not None and sender.session is session and sender.stream_id == sid:
-            sender.hub_closed(message.reason)
-        else:  # ignored (docs/hds.md §6): answering a close with a close could bounce forever
-            logger.info("%s: dataSend/close for stream %d, which is not ours", self.name,
-                        message.stream_id)  # fmt: skip
-
-    def _sender_of(self, session: DataStreamSession, stream_id: int) -> RecordingSender | None:
-        sender = self.sender
-        if sender is not None and sender.session is session and sender.stream_id == stream_id:
-            return sender
-        logger.info("%s: dataSend for stream %d, which is not ours", self.name, stream_id)
-        session.send_soon(*close_event(stream_id, CloseReason.PROTOCOL_ERROR))
-        return None
-
-    def session_closed(self, session: DataStreamSession) -> None:
-        self._sessions.discard(session)
-        sender = self.sender
-        if sender is not None and sender.session is session:
-            self._spawn(sender.stop("connection_lost"))
-
-    def set_trigger(self, active: bool) -> None:
-        if self.sender is not None:
-            self.sender.set_trigger(active)
-
-    def _stop_recording(self, why: str, close: CloseReason) -> None:
-        sender = self.sender
-        if sender is not None:
-            logger.info("%s: recording stopped: %s", self.name, why)
-            self._spawn(sender.stop("turned_off", close))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-
-    async def stop(self) -> None:
-        sender = self.sender
-        if sender is not None:
-            await sender.stop("bridge_stopping", CloseReason.CANCELLED)
+    def _request(self) -> RecordingRequest:
+        assert self.selected is not None
+        return self.selected.to_request(bool(self.settings.audio_active))
 
     def status(self) -> dict[str, Any]:
         selected = self.selected
-        sender = self.sender
         return {
             "configured": selected is not None,
             "selected": None if selected is None else {
@@ -437,10 +346,6 @@ class CameraRecording:
                 "event_snapshots": bool(self.settings.event_snapshots),
                 "periodic_snapshots": bool(self.settings.periodic_snapshots),
             },
-            "hds_sessions": sum(1 for s in self._sessions if not s.closed),
-            "recording": None if sender is None else sender.result.as_dict(),
-            "last_recording": None if self.last is None else self.last.as_dict(),
-            "recordings": self.recordings,
-            "ended": dict(self.ends),
-            "refused": dict(self.refusals),
+            "hds_sessions": sum(1 for s in self._streams.sessions if s.handler is self.streams),
+            **self.streams.status(),
         }  # fmt: skip

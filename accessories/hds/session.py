@@ -111,6 +111,10 @@ class DataStreamSession:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def handler(self) -> DataSendHandler:
+        return self._handler
+
     def start(self, first_payload: bytes) -> None:
         self._task = asyncio.get_running_loop().create_task(
             self._run(first_payload), name=f"{self.name} reader"
