@@ -67,9 +67,17 @@ def doctor(config: Config, url: str | None) -> int:
             f"recipient(s) in {storage['bucket']}; {up['pending_count']} waiting to upload"
         )
         print(line)
-        if up.get("last_error") and up["pending_count"]:
+        # The uploads' error while they fail (consecutive_failures: 0 again once one succeeds
+        # or the bucket answers: an error from an outage that is over is not "failing").
+        failing = up.get("last_error") if up.get("consecutive_failures") else None
+        if up.get("unreachable_since"):  # a probe finds it down: say so, and why
             problems += 1
-            print(f"          upload failing: {up['last_error']}")
+            why = failing or storage.get("last_error") or "no answer"  # else the head's error
+            print(f"          bucket UNREACHABLE for {_ago(up['unreachable_since'])}, probed "
+                  f"every few seconds (clips wait in the spool): {why}")
+        elif failing:
+            problems += 1
+            print(f"          upload failing: {failing}")
         spool = storage.get("spool") or {}
         if spool.get("disk_full"):
             problems += 1
