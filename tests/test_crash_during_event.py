@@ -35,17 +35,37 @@ KILLS = 10
 LOSS_BOUND = 5.0  # seconds: what a SIGKILL may lose of the event it interrupts
 
 
-def _recording(bridge: BridgeProcess) -> bool:
+def _state(bridge: BridgeProcess) -> tuple[bool, int] | None:
+    """From one status read: whether the camera records, and how many events ended (their
+    last part sealed) since the start; None when the bridge does not answer."""
     try:
-        return bool(bridge.camera_status(CAMERA).get("recording", {}).get("recording"))
-    except (OSError, StopIteration):
-        return False
+        status = bridge.status()
+    except OSError:
+        return None
+    camera = next((c for c in status["cameras"] if c["name"] == CAMERA), {})
+    recording = bool((camera.get("recording") or {}).get("recording"))
+    return recording, int((status.get("storage") or {}).get("events_sealed", 0))
 
 
-def _kill(bridge: BridgeProcess) -> None:
+def _kill_mid_event(bridge: BridgeProcess, hold: float) -> tuple[float, float]:
+    """SIGKILL once one event has been recorded for `hold` s; (recording seen since, killed
+    at). The event is watched all along and re-checked right before the kill: one that ended
+    meanwhile (the person left, then another event began) would make the kill test nothing,
+    so the count starts again with the next event."""
     assert bridge.proc is not None
-    bridge.proc.send_signal(signal.SIGKILL)
-    bridge.proc.wait(10)
+    for _ in range(5):
+        deadline = time.monotonic() + 60
+        while (state := _state(bridge)) is None or not state[0]:
+            assert time.monotonic() < deadline, "no event being recorded"
+            time.sleep(0.1)
+        since, ended = time.time(), state[1]
+        while _state(bridge) == (True, ended):  # still recording, and no event has ended
+            if (killed := time.time()) - since >= hold:
+                bridge.proc.send_signal(signal.SIGKILL)
+                bridge.proc.wait(10)
+                return since, killed
+            time.sleep(0.2)
+    raise AssertionError(f"no event lasted {hold:.1f} s in 5 tries")
 
 
 def _frames(path: Path) -> int:
@@ -73,17 +93,9 @@ def test_sigkill_during_events_loses_at_most_the_last_seconds(tmp_path: Path) ->
         try:
             for _ in range(KILLS):
                 bridge.start()
-                wait(lambda: _recording(bridge), 60, "an event being recorded")
-                since = time.time()
                 # Mostly well into an event; now and then just after it started.
-                time.sleep(rng.uniform(5.5, 9.0) if rng.random() < 0.8 else rng.uniform(0.2, 3))
-                if not _recording(bridge):  # the person left: this kill would test nothing
-                    wait(lambda: _recording(bridge), 60, "an event being recorded")
-                    since = time.time()
-                    time.sleep(rng.uniform(5.5, 8.0))
-                killed = time.time()
-                _kill(bridge)
-                kills.append((since, killed))
+                hold = rng.uniform(5.5, 9.0) if rng.random() < 0.8 else rng.uniform(0.2, 3)
+                kills.append(_kill_mid_event(bridge, hold))
             bridge.start()  # recovers, uploads what was sealed before the last kill
             wait(lambda: bridge.status()["storage"]["uploads"]["pending_count"] == 0, 60,
                  "uploads after the last restart")
