@@ -2,9 +2,9 @@
 
 The recording follows its trigger: while it is active the fragments go out as the producer
 finishes them (the prebuffer's at once, then live); when it ends a post-roll runs, and if the
-trigger does not come back the producer is asked to finish. Fragments that arrive after that
-request are held one behind, so the last one can carry ``endOfStream``; the hub then answers
-with an ack (or we close after ACK_TIMEOUT). A recording also ends at ``max_seconds``.
+trigger does not come back the producer is asked to finish: it flushes the fragment in
+progress, and an empty last fragment carries ``endOfStream``; the hub then answers with an ack
+(or we close after ACK_TIMEOUT). A recording also ends at ``max_seconds``.
 
 Pacing comes from the session: every frame waits for the socket to drain (session.py), so the
 hub is never sent more than TCP holds for it; the producer keeps what is not yet sent, bounded,
@@ -137,22 +137,14 @@ class RecordingSender:
     # ---- the stream ----
 
     async def _run(self) -> None:
-        held: RecordingChunk | None = None
         try:
             async for chunk in self._stream:
-                if not self._finishing:
-                    await self._send(chunk, end_of_stream=False)
-                    continue
-                if held is not None:
-                    await self._send(held, end_of_stream=False)
-                held = chunk
-            if held is None:
-                # Finished right between two fragments: an empty last fragment carries the end
-                # (the form homebridge's HKSV plugins send through HAP-NodeJS).
-                empty = MediaPacket(b"", MEDIA_FRAGMENT, self._sequence + 1, 1, True, 0)
-                await self.session.send(*data_event(self.stream_id, [empty], end_of_stream=True))
-            else:
-                await self._send(held, end_of_stream=True)
+                await self._send(chunk, end_of_stream=False)
+            # An empty last fragment carries the end (the form homebridge's HKSV plugins send
+            # through HAP-NodeJS): holding each fragment back until the next one, so the last
+            # could carry it, delayed a slow transcoder's fragments by a whole fragment each.
+            empty = MediaPacket(b"", MEDIA_FRAGMENT, self._sequence + 1, 1, True, 0)
+            await self.session.send(*data_event(self.stream_id, [empty], end_of_stream=True))
             try:
                 async with asyncio.timeout(ACK_TIMEOUT):
                     await self._acked.wait()

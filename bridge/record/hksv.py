@@ -150,7 +150,7 @@ class HksvRecording:
         self._worker = MediaWorker(
             self.name, info, self.request, self.mode, send=self._send,
             stopped=lambda: self._closed or self._end is not None,
-            audio=self._audio, preset=self._preset, start_at=target,
+            audio=self._audio, preset=self._preset, start_at=target, catch_up_until=newest,
         )
         self._worker.start()
         # From the newest keyframe at least the prebuffer before the newest packet (or the

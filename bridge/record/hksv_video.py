@@ -63,6 +63,9 @@ def choose_mode(
     return "copy", f"H.264 {info.width}x{info.height}, keyframes every {gop:.1f} s or less"
 
 
+CATCH_UP_GOP = 1.0  # s: the IDR interval while a transcode catches up through the prebuffer
+
+
 class Fragmenter:
     """Groups access units into fragments of whole GOPs, at most `limit` s each (+ tolerance).
 
@@ -70,8 +73,12 @@ class Fragmenter:
     that follows it (None after the last one).
     """
 
-    def __init__(self, limit: float, tolerance: float) -> None:
+    def __init__(self, limit: float, tolerance: float, *, eager_until: float | None = None) -> None:
+        """`eager_until`: GOPs that end by this pts go out one per fragment at once (a
+        transcode's catch-up through the prebuffer, in short GOPs: the hub's first data comes
+        after one short GOP's work instead of a whole fragment's)."""
         self.limit = limit + tolerance
+        self._eager_until = None if eager_until is None else eager_until + tolerance
         self._fragment: list[VideoPacket] = []  # complete GOPs
         self._gop: list[VideoPacket] = []  # the GOP in progress
         self.skipped = 0  # packets before the first keyframe
@@ -111,6 +118,9 @@ class Fragmenter:
         if self._fragment and end - self._fragment[0].pts > self.limit:
             out.append(self._emit(gop[0].pts))  # the prediction was wrong: a longer GOP
         self._fragment += gop
+        if self._eager_until is not None and end <= self._eager_until:
+            out.append(self._emit(end))
+            return out
         if end - self._fragment[0].pts + length > self.limit:
             if end - self._fragment[0].pts > self.limit:
                 self.long_fragments += 1
@@ -133,6 +143,7 @@ class RecordingTranscoder:
         *,
         preset: str = "veryfast",
         start_at: float | None = None,
+        catch_up_until: float | None = None,
     ) -> None:
         self.width = max(2, request.width // 2 * 2)  # 4:2:0 needs even sizes
         self.height = max(2, request.height // 2 * 2)
@@ -152,6 +163,9 @@ class RecordingTranscoder:
         # Frames before this source pts are decoded (they are references) but not encoded: the
         # output starts with an IDR at the prebuffer's start, not at the camera's keyframe.
         self._start_at = start_at
+        # Frames before this source pts (the prebuffer, encoded as fast as possible at the
+        # open) get an IDR every CATCH_UP_GOP s, so fragments reach the hub early (Fragmenter).
+        self._catch_up_until = catch_up_until
         self.frames_decoded = self.frames_encoded = self.frames_skipped = 0
         self.decode_errors = 0
 
@@ -226,7 +240,10 @@ class RecordingTranscoder:
         scaled.pts = ticks
         scaled.time_base = Fraction(1, TICKS)
         half_frame = 0.5 / self.fps
-        if self._last_idr is None or pts - self._last_idr >= self.interval - half_frame:
+        interval = self.interval
+        if self._catch_up_until is not None and pts < self._catch_up_until - half_frame:
+            interval = min(interval, CATCH_UP_GOP)
+        if self._last_idr is None or pts - self._last_idr >= interval - half_frame:
             scaled.pict_type = PictureType.I  # with forced-idr: an IDR
         else:
             scaled.pict_type = PictureType.NONE  # not the camera's own type: x264 decides

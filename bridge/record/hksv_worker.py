@@ -53,6 +53,7 @@ class MediaWorker:
         audio: AudioInput | None = None,
         preset: str = "veryfast",
         start_at: float | None = None,
+        catch_up_until: float | None = None,
     ) -> None:
         """`send` hands a chunk (or the end) to the loop, False when it is gone; `stopped()`
         is True once nothing more is wanted (closed, or failed on the loop side). `start_at`:
@@ -64,6 +65,7 @@ class MediaWorker:
         self._audio = audio if request.audio_active else None  # None: silence
         self._preset = preset
         self._start_at = start_at
+        self._catch_up_until = catch_up_until  # the open: before it, short GOPs (transcode)
         self.inbox: queue.SimpleQueue[object] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"hksv:{name}", daemon=True)
         # read by the loop (stats, lag)
@@ -102,8 +104,9 @@ class MediaWorker:
         width, height, fps = info.width, info.height, info.fps
         if self._mode == "transcode":
             transcoder = RecordingTranscoder(
-                request, info.fps, preset=self._preset, start_at=self._start_at
-            )
+                request, info.fps, preset=self._preset, start_at=self._start_at,
+                catch_up_until=self._catch_up_until,
+            )  # fmt: skip
             width, height, fps = transcoder.width, transcoder.height, transcoder.fps
         audio = AacTrack(
             request.audio_sample_rate,
@@ -114,7 +117,10 @@ class MediaWorker:
         writer = FragmentWriter(width, height, fps, audio)
         # GOPs (the camera's, or ours of min(I-frame interval, fragment length)) grouped up
         # to the fragment length.
-        fragmenter = Fragmenter(request.fragment_ms / 1000, frame_tolerance(fps))
+        fragmenter = Fragmenter(
+            request.fragment_ms / 1000, frame_tolerance(fps),
+            eager_until=self._catch_up_until if transcoder is not None else None,
+        )  # fmt: skip
         while True:
             self.cpu_seconds = time.thread_time() - started
             self.stats = _stats(transcoder, fragmenter, writer)
