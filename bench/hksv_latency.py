@@ -98,13 +98,15 @@ def timings(
 ) -> dict[str, Any]:
     """Seconds from the event to each step of one recording, and the first fragment's lead
     (`motion`: the hub's MotionDetected EVENTs, (time, value))."""
-    assert rec.response is not None and rec.init is not None and rec.media
+    # The recording's last fragment may be the empty one that only carries endOfStream.
+    media = [f for f in rec.media if f.data]
+    assert rec.response is not None and rec.init is not None and media
     assert rec.ended_at is not None
-    first = rec.media[0]
-    spans = media_spans(rec.init.data, [f.data for f in rec.media])
+    first = media[0]
+    spans = media_spans(rec.init.data, [f.data for f in media])
     t_off = finish_trigger(motion, rec.opened_at, post_roll)
     offset = None if t_off is None else t_off + post_roll - spans[-1][1]
-    live = min(f.completed_at - end for f, (_, end) in zip(rec.media, spans, strict=True))
+    live = min(f.completed_at - end for f, (_, end) in zip(media, spans, strict=True))
     filmed = (offset if offset is not None else live) + spans[0][0]  # on the hub's clock
     return {
         "open_sent": rec.opened_at - t_event,
@@ -117,7 +119,7 @@ def timings(
         "lead_live_estimate": t_event - (live + spans[0][0]),
         "lead_from": "end" if offset is not None else "live fragments",
         "first_fragment_seconds": spans[0][1] - spans[0][0],
-        "fragments": len(rec.media),
+        "fragments": len(media),
         "media_seconds": spans[-1][1] - spans[0][0],
         "end": rec.end,
         "problems": list(rec.problems),
