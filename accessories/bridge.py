@@ -27,13 +27,13 @@ import hashlib
 import ipaddress
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import ifaddr  # zeroconf's own dependency: lists interface addresses without any traffic
 from pyhap.accessory import Accessory, Bridge
-from pyhap.const import CATEGORY_BRIDGE, CATEGORY_CAMERA, STANDALONE_AID
+from pyhap.const import CATEGORY_BRIDGE, CATEGORY_CAMERA, CATEGORY_VIDEO_DOOR_BELL, STANDALONE_AID
 
 from .backend import CameraBackend, RecordingBackend
 from .camera import CameraAccessory, firmware_revision
@@ -277,9 +277,11 @@ def pairing_uris(
     camera_names: Sequence[str],
     *,
     standalone: bool = False,
+    doorbells: Collection[str] = (),
 ) -> list[tuple[str, str]]:
     """(label, X-HM:// URI) per HAP server, for `obscura pair`; works whether or not the
-    service runs (setup ids are created on first use and shared with the drivers)."""
+    service runs (setup ids are created on first use and shared with the drivers).
+    ``doorbells``: cameras whose standalone server is a Video Doorbell (its category)."""
     path = Path(state_dir)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     if not standalone:
@@ -288,7 +290,7 @@ def pairing_uris(
     return [
         (cam, setup_uri(setup_code, load_setup_id(path / f"{camera_files(cam)}.setup-id"), cat))
         for cam in camera_names
-        for cat in [CATEGORY_CAMERA]
+        for cat in [CATEGORY_VIDEO_DOOR_BELL if cam in doorbells else CATEGORY_CAMERA]
     ]
 
 

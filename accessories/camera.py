@@ -6,7 +6,8 @@ the order services are added and controllers remember services by IID, so only e
 AccessoryInformation, [HAPProtocolInformation when standalone], MotionSensor,
 CameraRTPStreamManagement x max(2, max_streams), Microphone (only with audio), then any
 OccupancySensor added with ``add_occupancy_sensor``, then HomeKit Secure Video's services when
-``enable_recording`` is called (recording.py).
+``enable_recording`` is called (recording.py), then the Doorbell service when
+``enable_doorbell`` is called (doorbell.py).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from pyhap.accessory import Accessory
-from pyhap.const import CATEGORY_CAMERA
+from pyhap.const import CATEGORY_CAMERA, CATEGORY_VIDEO_DOOR_BELL
 
 from .backend import CameraBackend, CameraUnavailable, RecordingBackend
 from .camera_tlv import supported_audio_config, supported_rtp_config, supported_video_config
+from .doorbell import RING_HOLD, DoorbellService, RingHold
 from .streams import PENDING_TIMEOUT, ClientAddr, StreamManagement, b64
 
 if TYPE_CHECKING:
@@ -73,6 +75,8 @@ class CameraAccessory(Accessory):
         self._address = address
         self._camera_up = True
         self.recording: CameraRecording | None = None
+        self.doorbell: DoorbellService | None = None
+        self._ring_hold = RingHold(RING_HOLD, self._trigger_changed)
         self._snapshot_timeout = snapshot_timeout
         caps = backend.capabilities()
         serial = hashlib.sha256(backend.name.encode()).hexdigest()[:12].upper()
@@ -133,13 +137,36 @@ class CameraAccessory(Accessory):
             self, backend, self.backend.capabilities(),
             data_streams=data_streams, state_path=state_path, options=options,
             linked=[self._motion_service] + [s.service for s in self.streams],
-            trigger=lambda: self.motion_detected,
+            trigger=self._recording_trigger,
             on_mode_change=self._mode_changed,
             connection_for=lambda addr: connections.get(addr) if addr else None,
             read_guards=getattr(self.driver, "read_guards", {}),
         )  # fmt: skip
         self._refresh_status_active()
         return self.recording
+
+    def enable_doorbell(self) -> DoorbellService:
+        """Make this camera a Video Doorbell (after every other service, HKSV's included:
+        IIDs follow the order). A doorbell's HKSV options must say so too (205's trigger bits)."""
+        self.doorbell = DoorbellService(self)
+        self.category = CATEGORY_VIDEO_DOOR_BELL  # a standalone server advertises it
+        return self.doorbell
+
+    def ring(self) -> None:
+        """The doorbell was pressed: the iPhone's ring notification now, and an HKSV recording's
+        trigger on for a few seconds (doorbell.py says why)."""
+        if self.doorbell is None:
+            raise ValueError(f"{self.display_name} is not a doorbell")
+        self.doorbell.ring()
+        self._ring_hold.start()
+        self._trigger_changed()
+
+    def _recording_trigger(self) -> bool:
+        return self.motion_detected or self._ring_hold.active
+
+    def _trigger_changed(self) -> None:
+        if self.recording is not None:
+            self.recording.set_trigger(self._recording_trigger())
 
     def _streaming_allowed(self) -> bool:
         return self._camera_up and (self.recording is None or self.recording.homekit_active)
@@ -186,8 +213,7 @@ class CameraAccessory(Accessory):
 
     def set_motion(self, detected: bool) -> None:
         self._set_now(self._motion, bool(detected))
-        if self.recording is not None:
-            self.recording.set_trigger(bool(detected))
+        self._trigger_changed()  # a ring's hold keeps it on (doorbell.py)
 
     @property
     def motion_detected(self) -> bool:
@@ -265,6 +291,7 @@ class CameraAccessory(Accessory):
 
     async def stop(self) -> None:
         """HAP-python calls this when its driver stops."""
+        self._ring_hold.cancel()
         if self.recording is not None:
             await self.recording.stop()
         await self.stop_all_sessions()

@@ -36,6 +36,7 @@ from .recording_state import load_settings, save_settings
 from .recording_streams import RecordingStreams
 from .recording_tlv import (
     SUPPORTED_DATA_STREAM_CONFIG,
+    EventTrigger,
     SelectedRecordingConfig,
     SetupDataStreamStatus,
     check_selected,
@@ -63,6 +64,7 @@ class RecordingOptions:
     max_seconds: float = 180.0  # a recording ends here even if the trigger lasts
     prebuffer_ms: int = 4000
     fragment_ms: int = 4000
+    doorbell: bool = False  # a Video Doorbell: 205 offers the doorbell trigger too (bit 2)
 
 
 class CameraRecording:
@@ -199,7 +201,10 @@ class CameraRecording:
     def _set_supported(self, caps: VideoCapabilities, *, initial: bool = False) -> bool:
         values = {
             "SupportedCameraRecordingConfiguration": supported_camera_recording_config(
-                prebuffer_ms=self._options.prebuffer_ms, fragment_ms=self._options.fragment_ms
+                prebuffer_ms=self._options.prebuffer_ms, fragment_ms=self._options.fragment_ms,
+                triggers=EventTrigger.MOTION | (
+                    EventTrigger.DOORBELL if self._options.doorbell else EventTrigger(0)
+                ),
             ),
             "SupportedVideoRecordingConfiguration": supported_video_recording_config(caps),
             "SupportedAudioRecordingConfiguration": supported_audio_recording_config(),

@@ -1,4 +1,4 @@
-"""The `obscura` command: init, run, pair, doctor, camera probe."""
+"""The `obscura` command: init, run, pair, doctor, ring, camera probe."""
 
 from __future__ import annotations
 
@@ -59,6 +59,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor(_load(args, allow_demo=True), args.url)
 
 
+def cmd_ring(args: argparse.Namespace) -> int:
+    from bridge.doorbell_api import ring_camera
+
+    return ring_camera(_load(args, allow_demo=False), args.camera, args.url)
+
+
 def cmd_camera(args: argparse.Namespace) -> int:
     from bridge.probe import probe_camera
 
@@ -110,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doc.add_argument("--url", help="status API address (default: from the configuration)")
     doc.set_defaults(func=cmd_doctor)
+
+    ring = with_config(
+        sub.add_parser("ring", help="ring a doorbell camera on the running bridge")
+    )
+    ring.add_argument("camera", metavar="CAMERA", help="the camera's name (`doorbell = true`)")
+    ring.add_argument("--url", help="status API address (default: from the configuration)")
+    ring.set_defaults(func=cmd_ring)
 
     cam = sub.add_parser("camera", help="camera tools")
     cam_sub = cam.add_subparsers(dest="camera_command", required=True, metavar="ACTION")

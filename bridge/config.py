@@ -95,6 +95,7 @@ class CameraConfig:
     input_format: str | None = None  # v4l2: mjpeg | yuyv422 | h264
     live_mode: str = "auto"  # auto | copy | transcode
     enabled: bool = True
+    doorbell: bool = False  # a Video Doorbell: rung by `obscura ring` / POST .../ring
     detect: CameraDetect = field(default_factory=_camera_detect_default)
     hksv: HksvConfig = field(default_factory=_hksv_default)
 
@@ -417,6 +418,7 @@ def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> 
         input_format=_choice_opt(r, "input_format", ("mjpeg", "yuyv422", "h264")),
         live_mode=_choice(r, "live_mode", "auto", ("auto", "copy", "transcode")),
         enabled=r.get("enabled", bool, True),
+        doorbell=r.get("doorbell", bool, False),
         detect=parse_camera_detect(path, r.prefix, r, detect_defaults),
         hksv=parse_camera_hksv(path, r.prefix, r),
     )

@@ -111,7 +111,20 @@ def doctor(config: Config, url: str | None) -> int:
                 f"{det['detector_calls']} detector runs, {det['events']} event(s){last}"
             )
         _print_hksv(cam.get("hksv"))
+        _print_doorbell(cam.get("doorbell"), config)
     return 1 if problems else 0
+
+
+def _print_doorbell(doorbell: dict[str, Any] | None, config: Config) -> None:
+    if doorbell is None:
+        return
+    last = doorbell["last_ring_at"]
+    when = f", last {_ago(last)} ago" if last else ""
+    suppressed = ""
+    if doorbell["suppressed"]:
+        suppressed = f", {doorbell['suppressed']} suppressed (rang again within 2 s)"
+    print(f"          doorbell: {doorbell['rings']} ring(s){when}{suppressed}; "
+          f"ring with `obscura ring` (token: {config.state_dir / 'doorbell.token'})")
 
 
 def _print_hksv(hksv: dict[str, Any] | None) -> None:

@@ -47,6 +47,7 @@ def print_pairing(config: Config) -> int:
         config.state_dir,
         [c.name for c in config.cameras if c.enabled],
         standalone=config.hap.standalone,
+        doorbells=[c.name for c in config.cameras if c.enabled and c.doorbell],
     )
     for label, uri in uris:
         qr = qrcode.QRCode(border=2)

@@ -41,6 +41,7 @@ class BridgeService:
         self.vault: Any = None
         self.storage_error: str | None = None
         self.recorders: list[Any] = []
+        self.doorbells: Any = None  # bridge.doorbell.Doorbells, once HomeKit is built
         self._status_runner: Any = None
         self.media: MediaExecutor | None = None
         self.heap = HeapTrimmer.from_env()  # RSS follows the heap in use (heap_trim.py says why)
@@ -79,6 +80,7 @@ class BridgeService:
         self.detection = DetectionService(config, self.cameras, self.homekit.cameras)
         self.detection.add_sensors()
         self._enable_hksv()  # after the sensors: HomeKit remembers services by IID order
+        self._enable_doorbells()  # after HKSV's services, for the same reason
         for source in self.sources:
             source.start()
         with bind_errors(config, "hap"):  # taken since the preflight: exit 2, naming the key
@@ -87,13 +89,17 @@ class BridgeService:
         await self._start_recording()
         self.heap.start()
         if config.status.enabled:
+            from bridge.doorbell_api import add_ring_route
             from bridge.owner.owner_api import add_owner_routes
+
+            def extend(app: Any) -> None:
+                # The owner's shares and deletions, each proven with an owner identity.
+                add_owner_routes(app, lambda: self.vault)
+                add_ring_route(app, lambda: self.doorbells)  # POST /cameras/{name}/ring
 
             with bind_errors(config, "status"):
                 self._status_runner = await start_status_server(
-                    self.status, config.status.address, config.status.port,
-                    # The owner's shares and deletions, each proven with an owner identity.
-                    lambda app: add_owner_routes(app, lambda: self.vault),
+                    self.status, config.status.address, config.status.port, extend
                 )
         await self.homekit.start_data_streams()  # ephemeral ports: after every fixed one
         log.info(
@@ -121,8 +127,25 @@ class BridgeService:
                 )  # fmt: skip
             self.homekit.enable_recording(
                 index, camera,
-                RecordingOptions(post_roll=hksv.post_roll_seconds, max_seconds=hksv.max_seconds),
+                RecordingOptions(post_roll=hksv.post_roll_seconds, max_seconds=hksv.max_seconds,
+                                 doorbell=camera.config.doorbell),
             )  # fmt: skip
+
+    def _enable_doorbells(self) -> None:
+        from bridge.doorbell import Doorbell, Doorbells, load_or_create_token
+
+        assert self.homekit is not None
+        # Created on the first start whether or not a camera is a doorbell yet (0600).
+        self.doorbells = Doorbells(
+            load_or_create_token(self.config.state_dir), (c.name for c in self.cameras)
+        )
+        for camera, accessory in zip(self.cameras, self.homekit.cameras, strict=True):
+            if camera.config.doorbell:
+                accessory.enable_doorbell()
+                self.doorbells.add(Doorbell(camera.name, accessory, frames=camera.source.frames))
+        if len(self.doorbells) and not self.config.status.enabled:
+            log.warning("doorbell cameras cannot be rung: [status] enabled = false turns off "
+                        "the local API that `obscura ring` and buttons use")  # fmt: skip
 
     async def _start_recording(self) -> None:
         storage = self.config.storage
@@ -132,6 +155,7 @@ class BridgeService:
                 "(run `obscura keys generate`, then `obscura keys add-recipient`)"
             )
             return
+        from bridge.doorbell import DOORBELL_SUBJECT
         from bridge.record import Recorder, RecordSettings
         from bridge.store.config import NO_RECIPIENTS
         from bridge.store.vault import ClipVault
@@ -158,7 +182,8 @@ class BridgeService:
         )
         assert self.detection is not None
         for camera in self.cameras:
-            if not camera.config.detect.enabled:
+            doorbell = self.doorbells.get(camera.name) if self.doorbells else None
+            if not camera.config.detect.enabled and doorbell is None:
                 continue
             if storage.pre_roll_seconds > camera.config.prebuffer_seconds:
                 # The pre-roll comes from the live prebuffer: it cannot reach further back.
@@ -168,18 +193,26 @@ class BridgeService:
                     camera.name, storage.pre_roll_seconds, camera.config.prebuffer_seconds,
                     camera.config.prebuffer_seconds,
                 )
+            subjects = tuple(camera.config.detect.subjects) if camera.config.detect.enabled else ()
+            if doorbell is not None:  # rings are recorded as events of their own subject
+                subjects += (DOORBELL_SUBJECT,)
             recorder = Recorder(
                 camera.source, self.vault.sink_factory, settings,
                 pad=lambda n: mp4_free_box(mp4_padding(n)),
-                subjects=camera.config.detect.subjects,
+                subjects=subjects,
             )
-            self.detection.add_listener(recorder.on_event)
+            if camera.config.detect.enabled:
+                self.detection.add_listener(recorder.on_event)
+            if doorbell is not None:
+                doorbell.recorder = recorder.on_event
             self.recorders.append(recorder)
 
     async def stop(self) -> None:
         await self.heap.stop()
         if self._status_runner is not None:
             await self._status_runner.cleanup()
+        if self.doorbells is not None:
+            self.doorbells.stop()  # no ring's event ends after the recorders stopped
         if self.detection is not None:
             await self.detection.stop()  # ends open tracks: recorders start their post-roll
         await asyncio.gather(*(r.stop() for r in self.recorders), return_exceptions=True)
@@ -224,6 +257,8 @@ class BridgeService:
             status["recording"] = recorder.status()
         if self.detection is not None:
             status["detection"] = self.detection.status(camera.name)
+        doorbell = self.doorbells.get(camera.name) if self.doorbells is not None else None
+        status["doorbell"] = doorbell.status() if doorbell is not None else None
         return status
 
 
