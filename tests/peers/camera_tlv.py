@@ -46,15 +46,16 @@ def f32(v: float) -> bytes:
     return struct.pack("<f", v)
 
 
-def tlv8_encode(items: Iterable[tuple[int, TlvValue]]) -> bytes:
+def tlv8_encode(items: Iterable[tuple[int, TlvValue]], separator: int = SEPARATOR) -> bytes:
     """Encode (type, value) items in order. bytes as is, int as one byte, str as UTF-8, a list
     as a nested TLV8. Values over 255 bytes are fragmented; consecutive items of the same type
-    get a 0xFF separator so that readers do not merge them."""
+    get a separator so that readers do not merge them (0xFF in the camera TLVs, 0x00 in the
+    recording ones)."""
     out = bytearray()
     prev: int | None = None
     for tag, value in items:
         if isinstance(value, list):
-            data = tlv8_encode(value)
+            data = tlv8_encode(value, separator)
         elif isinstance(value, str):
             data = value.encode()
         elif isinstance(value, int):
@@ -62,7 +63,7 @@ def tlv8_encode(items: Iterable[tuple[int, TlvValue]]) -> bytes:
         else:
             data = bytes(value)
         if tag == prev:
-            out += bytes((SEPARATOR, 0))
+            out += bytes((separator, 0))
         chunks = [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
         for chunk in chunks:
             out += bytes((tag, len(chunk))) + chunk
@@ -70,7 +71,7 @@ def tlv8_encode(items: Iterable[tuple[int, TlvValue]]) -> bytes:
     return bytes(out)
 
 
-def tlv8_decode(data: bytes | str) -> list[tuple[int, bytes]]:
+def tlv8_decode(data: bytes | str, separator: int = SEPARATOR) -> list[tuple[int, bytes]]:
     """Decode one level into (type, value) items, order and repeats kept. A fragment of exactly
     255 bytes continues into the next item of the same type; separators are dropped."""
     if isinstance(data, str):
@@ -88,7 +89,7 @@ def tlv8_decode(data: bytes | str) -> list[tuple[int, bytes]]:
         i += 2 + length
         if continues and items and items[-1][0] == tag:
             items[-1] = (tag, items[-1][1] + value)
-        elif tag == SEPARATOR and length == 0:
+        elif tag == separator and length == 0:
             pass
         else:
             items.append((tag, value))

@@ -6,7 +6,7 @@ docs/hksv-protocol.md (cross-checked with HAP-NodeJS's RecordingManagement and
 DataStreamManagement). Parsers take raw bytes: aiohomekit gives TLV8 values as base64 and its
 decoded views keep only the last of repeated entries.
 
-TLV8 here: integers little-endian; items of a list (same type repeated) are separated by an
+TLV8 here (the TLV8 of tests/peers/camera_tlv.py with the 00 separator): integers little-endian; items of a list (same type repeated) are separated by an
 empty item of type 0 (00 00); a value longer than 255 bytes is split into 255-byte pieces of
 the same type, and a piece of exactly 255 bytes continues into the next item of its type.
 """
@@ -17,6 +17,8 @@ import base64
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from tests.peers.camera_tlv import tlv8_decode, tlv8_encode
 
 TlvValue = bytes | list[tuple[int, "TlvValue"]]
 
@@ -50,41 +52,12 @@ def b64(raw: bytes) -> str:
 def tlv_encode(items: Iterable[tuple[int, TlvValue]]) -> bytes:
     """(type, value) items in order; a list value is a nested TLV8. Consecutive items of one
     type get a 00 00 separator; values over 255 bytes are split."""
-    out = bytearray()
-    prev: int | None = None
-    for tag, value in items:
-        data = tlv_encode(value) if isinstance(value, list) else bytes(value)
-        if tag == prev:
-            out += bytes((SEPARATOR, 0))
-        for i in range(0, max(len(data), 1), 255):
-            piece = data[i : i + 255]
-            out += bytes((tag, len(piece))) + piece
-        prev = tag
-    return bytes(out)
+    return tlv8_encode(items, SEPARATOR)
 
 
 def tlv_decode(data: bytes) -> list[tuple[int, bytes]]:
     """One level of (type, value) items, order and repeats kept, separators dropped."""
-    items: list[tuple[int, bytes]] = []
-    i = 0
-    continues = False
-    while i < len(data):
-        if i + 2 > len(data):
-            raise ValueError(f"truncated TLV8 item at byte {i}")
-        tag, length = data[i], data[i + 1]
-        value = data[i + 2 : i + 2 + length]
-        if len(value) != length:
-            raise ValueError(f"truncated TLV8 value of type {tag} at byte {i}")
-        i += 2 + length
-        if continues and items and items[-1][0] == tag:
-            items[-1] = (tag, items[-1][1] + value)
-        elif tag == SEPARATOR and length == 0:
-            continues = False
-            continue
-        else:
-            items.append((tag, value))
-        continues = length == 255
-    return items
+    return tlv8_decode(data, SEPARATOR)
 
 
 def first(items: Sequence[tuple[int, bytes]], tag: int, what: str) -> bytes:
