@@ -6,9 +6,10 @@ docs/hksv-protocol.md (cross-checked with HAP-NodeJS's RecordingManagement and
 DataStreamManagement). Parsers take raw bytes: aiohomekit gives TLV8 values as base64 and its
 decoded views keep only the last of repeated entries.
 
-TLV8 here (the TLV8 of tests/peers/camera_tlv.py with the 00 separator): integers little-endian; items of a list (same type repeated) are separated by an
-empty item of type 0 (00 00); a value longer than 255 bytes is split into 255-byte pieces of
-the same type, and a piece of exactly 255 bytes continues into the next item of its type.
+TLV8 here (tests/peers/camera_tlv.py's, with the 00 separator): integers little-endian;
+items of a list (same type repeated) are separated by an empty item of type 0 (00 00); a value
+longer than 255 bytes is split into 255-byte pieces of the same type, and a piece of exactly
+255 bytes continues into the next item of its type.
 """
 
 from __future__ import annotations
