@@ -154,8 +154,9 @@ class Doorbell:
         if self.recorder is not None:
             self.recorder(self._event("end", time.time(), start))
 
-    def _event(self, kind: Literal["start", "end"], now: float, start: TrackEvent | None = None
-               ) -> TrackEvent:
+    def _event(
+        self, kind: Literal["start", "end"], now: float, start: TrackEvent | None = None
+    ) -> TrackEvent:
         frame = self._poster_frame()
         whole = Box(0.0, 0.0, 1.0, 1.0)
         return TrackEvent(

@@ -116,7 +116,8 @@ def ring_camera(config: Config, camera: str, url: str | None = None) -> int:
         print(
             f"obscura: cannot read the ring token {token_path(config.state_dir)} "
             f"({exc.strerror or exc}): has `obscura run` started with this configuration, and "
-            "may this user read its state directory?", file=sys.stderr,
+            "may this user read its state directory?",
+            file=sys.stderr,
         )
         return 1
     target = ring_url(url or status_url(config), camera)
@@ -138,10 +139,14 @@ def ring_camera(config: Config, camera: str, url: str | None = None) -> int:
         return 1
     except (OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
-        print(f"obscura: the bridge is not reachable at {target} ({reason}): is `obscura run` "
-              "running with this configuration, and its [status] server on? (or pass --url)",
-              file=sys.stderr)
+        print(
+            f"obscura: the bridge is not reachable at {target} ({reason}): is `obscura run` "
+            "running with this configuration, and its [status] server on? (or pass --url)",
+            file=sys.stderr,
+        )
         return 1
-    print(f"rang {answer.get('camera', camera)!r} ({answer.get('rings', '?')} ring(s) since the "
-          "bridge started)")
+    print(
+        f"rang {answer.get('camera', camera)!r} ({answer.get('rings', '?')} ring(s) since the "
+        "bridge started)"
+    )
     return 0
