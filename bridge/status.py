@@ -172,6 +172,7 @@ def prometheus_text(status: dict[str, Any]) -> str:
         for cam in status["cameras"]:
             lines.append(f'obscura_{metric}{{camera="{_label(cam["name"])}"}} {get(cam)}')
     lines.extend(_hksv_metrics(status["cameras"]))
+    lines.extend(_doorbell_metrics(status["cameras"]))
     return "\n".join(lines) + "\n"
 
 
@@ -209,6 +210,18 @@ def _hksv_metrics(cameras: list[dict[str, Any]]) -> list[str]:
         *(f'obscura_hksv_recording{{camera="{n}"}} {int(bool(h["recording"]))}' for n, h in hksv),
     ]
     return lines
+
+
+def _doorbell_metrics(cameras: list[dict[str, Any]]) -> list[str]:
+    bells = [(_label(c["name"]), c["doorbell"]) for c in cameras if c.get("doorbell")]
+    return [
+        "# HELP obscura_doorbell_rings_total Doorbell rings sent to HomeKit.",
+        "# TYPE obscura_doorbell_rings_total counter",
+        *(f'obscura_doorbell_rings_total{{camera="{n}"}} {d["rings"]}' for n, d in bells),
+        "# HELP obscura_doorbell_suppressed_total Rings within 2 s of the last one, not sent.",
+        "# TYPE obscura_doorbell_suppressed_total counter",
+        *(f'obscura_doorbell_suppressed_total{{camera="{n}"}} {d["suppressed"]}' for n, d in bells),
+    ]
 
 
 async def start_status_server(

@@ -95,6 +95,12 @@ async def apost(url: str, token: str | None = None, scheme: str = "Bearer") -> A
     return await asyncio.to_thread(post, url, token, scheme)
 
 
+def metrics_text(bell: Bell) -> str:
+    url = f"http://127.0.0.1:{bell.bridge.status_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return str(response.read().decode())
+
+
 def doorbell_status(bell: Bell, camera: str = DOOR) -> dict[str, Any]:
     return bell.bridge.camera_status(camera)["doorbell"]
 
@@ -195,6 +201,9 @@ async def test_rings_reach_the_controller(bell: Bell) -> None:
             obscura, "doctor", "--config", str(bell.bridge.config), check=None
         )
         assert "doorbell: 2 ring(s)" in doctor.stdout, doctor.stdout
+        metrics = await asyncio.to_thread(metrics_text, bell)
+        assert f'obscura_doorbell_rings_total{{camera="{DOOR}"}} 2' in metrics, metrics
+        assert f'obscura_doorbell_rings_total{{camera="{YARD}"}}' not in metrics
 
 
 async def test_a_ring_keeps_an_hksv_recording_going(bell: Bell) -> None:
