@@ -132,6 +132,16 @@ def test_config_doorbell_must_be_a_boolean(tmp_path: Path) -> None:
     assert not (tmp_path / "state").exists()  # nothing started
 
 
+def test_a_standalone_doorbell_pairs_as_a_video_doorbell(tmp_path: Path) -> None:
+    from accessories.bridge import pairing_uris
+
+    uris = dict(pairing_uris("B", "482-91-375", tmp_path, ["Door", "Yard"], standalone=True,
+                             doorbells=["Door"]))  # fmt: skip
+    # X-HM:// + 9 base-36 digits: category in bits 31-38 of the payload (HAP spec, setup payload)
+    category = {name: int(uri[7:16], 36) >> 31 & 0xFF for name, uri in uris.items()}
+    assert category == {"Door": 18, "Yard": 17}
+
+
 def test_token_file_is_private(bell: Bell) -> None:
     path = bell.bridge.workdir / "state" / "doorbell.token"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
