@@ -94,6 +94,9 @@ class CameraConfig:
     fps: float | None = None
     input_format: str | None = None  # v4l2: mjpeg | yuyv422 | h264
     live_mode: str = "auto"  # auto | copy | transcode
+    # The camera's sound: "auto" (carried when the source has it; a Microphone service when
+    # the camera has usable sound at start), "on" (always a Microphone), "off" (video only).
+    audio: str = "auto"
     enabled: bool = True
     doorbell: bool = False  # a Video Doorbell: rung by `obscura ring` / POST .../ring
     detect: CameraDetect = field(default_factory=_camera_detect_default)
@@ -417,6 +420,7 @@ def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> 
         fps=fps,
         input_format=_choice_opt(r, "input_format", ("mjpeg", "yuyv422", "h264")),
         live_mode=_choice(r, "live_mode", "auto", ("auto", "copy", "transcode")),
+        audio=_audio(r),
         enabled=r.get("enabled", bool, True),
         doorbell=r.get("doorbell", bool, False),
         detect=parse_camera_detect(path, r.prefix, r, detect_defaults),
@@ -426,6 +430,16 @@ def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> 
         cam = replace(cam, detect=replace(cam.detect, motion_sensor=cam.hksv.trigger))
     r.check_unknown()
     return cam
+
+
+def _audio(r: TableReader) -> str:
+    """`audio = "auto" | true | false` -> "auto" | "on" | "off"."""
+    value = r.get("audio", (str, bool), "auto")
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value != "auto":
+        raise r.fail("audio", f'must be "auto", true or false; got {value!r}')
+    return value
 
 
 def _choice_opt(r: TableReader, name: str, choices: tuple[str, ...]) -> str | None:

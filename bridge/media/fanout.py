@@ -3,6 +3,11 @@
 The source's demux thread hands packets to the event loop once; every consumer (live view,
 recorder) gets its own bounded queue. A consumer that falls behind loses packets up to the next
 keyframe instead of stalling the camera or growing memory without bound.
+
+Audio has its own fan-out with another drop policy: there are no keyframes (every packet
+decodes on its own) and for live sound latency matters more than completeness, so a consumer
+whose queue is full loses its OLDEST packet, counted, and the newest goes in. Audio and video
+queues are separate: a slow audio consumer never costs the video a packet.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 
-from bridge.media.packet import VideoPacket
+from bridge.media.packet import AudioPacket, VideoPacket
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +129,105 @@ class PacketFanout:
         self._subs.clear()
 
     def _remove(self, sub: PacketSubscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    def __len__(self) -> int:
+        return len(self._subs)
+
+
+class AudioSubscription:
+    """An async iterator of AudioPacket for one consumer; full queue: the oldest is dropped.
+
+    Raises SourceEnded when the camera disconnects; close it when done (`async with` does).
+    """
+
+    def __init__(self, fanout: AudioFanout, maxsize: int) -> None:
+        self._fanout = fanout
+        self._queue: asyncio.Queue[object] = asyncio.Queue(maxsize)
+        self.dropped = 0
+        self.closed = False
+
+    def _offer(self, item: AudioPacket | object) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(item)
+                return
+            except asyncio.QueueFull:
+                self._queue.get_nowait()
+                if item is not _END:  # packets left behind at the end are no loss
+                    self.dropped += 1
+                    self._fanout.dropped += 1
+
+    def __aiter__(self) -> AsyncIterator[AudioPacket]:
+        return self
+
+    async def __anext__(self) -> AudioPacket:
+        if self.closed:
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is _END:
+            self.close()
+            raise SourceEnded("camera disconnected")
+        assert isinstance(item, AudioPacket)
+        return item
+
+    def get_nowait(self) -> AudioPacket | None:
+        """The next queued packet, or None when none is queued (SourceEnded at the end)."""
+        if self.closed or self._queue.empty():
+            return None
+        item = self._queue.get_nowait()
+        if item is _END:
+            self.close()
+            raise SourceEnded("camera disconnected")
+        assert isinstance(item, AudioPacket)
+        return item
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._fanout._remove(self)
+            while not self._queue.empty():
+                self._queue.get_nowait()
+
+    async def __aenter__(self) -> AudioSubscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AudioFanout:
+    """Distributes audio packets; all methods run on the event loop. `dropped` counts every
+    packet any consumer lost since the start (for /status)."""
+
+    def __init__(self) -> None:
+        self._subs: list[AudioSubscription] = []
+        self.dropped = 0
+
+    def subscribe(
+        self, backlog: Iterable[AudioPacket] = (), maxsize: int = 250
+    ) -> AudioSubscription:
+        sub = AudioSubscription(self, maxsize)
+        for packet in backlog:
+            sub._offer(packet)
+        self._subs.append(sub)
+        return sub
+
+    def publish(self, packet: AudioPacket) -> None:
+        for sub in self._subs:
+            sub._offer(packet)
+
+    def end_all(self) -> None:
+        """The source went down: every current consumer's iteration ends with SourceEnded."""
+        for sub in list(self._subs):
+            sub._offer(_END)
+        self._subs.clear()
+
+    def _remove(self, sub: AudioSubscription) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
 

@@ -2,13 +2,22 @@
 
 Live view starts from its newest keyframe (a picture at once instead of waiting for the next
 GOP); the recorder (#4) takes the whole buffer as pre-roll.
+
+The camera's audio packets are kept beside the video over the same time window: whatever the
+video trim drops (whole GOPs from the front), the audio before the new first frame goes too, so a
+recording's pre-roll has sound from its first picture on. Audio arriving while no video is
+buffered is dropped (nothing could play it), and audio is capped on its own clock too
+(`seconds` + `AUDIO_SLACK`), so a camera whose video stalls while its audio flows stays bounded.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-from bridge.media.packet import VideoPacket
+from bridge.media.packet import AudioPacket, VideoPacket
+
+#: Audio is also trimmed to this much more than `seconds` behind the newest audio packet.
+AUDIO_SLACK = 30.0
 
 
 class Prebuffer:
@@ -18,6 +27,8 @@ class Prebuffer:
         self._packets: deque[VideoPacket] = deque()
         self._keyframes: deque[VideoPacket] = deque()  # the keyframes among _packets, in order
         self._bytes = 0
+        self._audio: deque[AudioPacket] = deque()
+        self._audio_bytes = 0
 
     def append(self, packet: VideoPacket) -> None:
         if not self._packets and not packet.keyframe:
@@ -44,11 +55,28 @@ class Prebuffer:
             self._keyframes.popleft()
             while self._packets[0] is not second:
                 self._bytes -= len(self._packets.popleft().data)
+            self._trim_audio(second.pts)
+
+    def append_audio(self, packet: AudioPacket) -> None:
+        """Keep an audio packet with the video it plays over (dropped while no video is)."""
+        if not self._packets or packet.epoch != self._packets[-1].epoch:
+            return
+        self._audio.append(packet)
+        self._audio_bytes += len(packet.data)
+        self._trim_audio(max(self._packets[0].pts, packet.pts - self.seconds - AUDIO_SLACK))
+
+    def _trim_audio(self, start: float) -> None:
+        # A packet that still sounds at `start` stays (its end is after it).
+        audio = self._audio
+        while audio and audio[0].pts + audio[0].duration <= start:
+            self._audio_bytes -= len(audio.popleft().data)
 
     def clear(self) -> None:
         self._packets.clear()
         self._keyframes.clear()
         self._bytes = 0
+        self._audio.clear()
+        self._audio_bytes = 0
 
     def packets(self) -> list[VideoPacket]:
         """Everything buffered, oldest first (starts at a keyframe)."""
@@ -66,6 +94,19 @@ class Prebuffer:
         out.reverse()
         return out
 
+    def audio_packets(self, since: float | None = None) -> list[AudioPacket]:
+        """The buffered audio, oldest first; with `since`, only what still sounds from then on
+        (e.g. the pts of the keyframe a video consumer starts at)."""
+        if since is None:
+            return list(self._audio)
+        return [p for p in self._audio if p.pts + p.duration > since]
+
+    @property
+    def audio_duration(self) -> float:
+        if not self._audio:
+            return 0.0
+        return self._audio[-1].pts + self._audio[-1].duration - self._audio[0].pts
+
     @property
     def duration(self) -> float:
         if not self._packets:
@@ -75,6 +116,10 @@ class Prebuffer:
     @property
     def nbytes(self) -> int:
         return self._bytes
+
+    @property
+    def audio_nbytes(self) -> int:
+        return self._audio_bytes
 
     def __len__(self) -> int:
         return len(self._packets)

@@ -14,6 +14,14 @@ after the first packet and the open takes 0.06-0.25 s, with the same size, SPS/P
 fps (measured at 5, 10, 15, 25 and 30 fps). A camera whose SDP/SPS lack any of these is opened
 again with the default probing, so a fast open never costs correctness, only one more
 connection for such cameras.
+
+Sound (`audio=True`): the camera's first audio stream is demuxed with the video and its packets
+copied as they are (audio_stream.py says which codecs are carried). Both streams' pts come from
+one timeline (FFmpeg's RTSP demuxer starts each stream at its RTP-Info time of the PLAY and maps
+both through the RTCP sender reports once they arrive), and both are rebased by the same amount
+(the first video frame's pts): an audio packet and the frame shown at the same instant get the
+same pts. Audio before that first frame is dropped (nothing plays before it). A camera whose
+audio cannot be carried streams its video alone; `audio_problem` says why, once per open.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import av
+import av.audio.stream
 import av.container
 import av.video.stream
 
@@ -34,7 +43,9 @@ from bridge.media.h264 import (
     nal_type,
     parameter_sets_from_extradata,
 )
-from bridge.media.packet import StreamInfo
+from bridge.media.h264_sps import sps_size
+from bridge.media.packet import AudioInfo, AudioPacket, StreamInfo
+from bridge.sources.audio_stream import audio_info_of, needs_analysis, packet_seconds
 
 # Demuxer options for a fast open: stop probing after the first packet (see the docstring).
 FAST_PROBE = {"probesize": "32"}
@@ -52,6 +63,11 @@ class AVInputOptions:
     loop: bool = False  # files: start again at the end
     realtime: bool = False  # files: pace packets to their timestamps like a camera
     encode_bitrate_kbps: int = 2000  # for non-H.264 inputs
+    audio: bool = False  # also demux (copy) the camera's audio stream
+
+
+#: What `packets()` yields: a video access unit (Annex B, pts, keyframe) or an audio packet.
+Item = tuple[bytes, float, bool] | AudioPacket
 
 
 class AVInput:
@@ -63,11 +79,14 @@ class AVInput:
         self._encoder: H264Encoder | None = None
         self._fps = 15.0
         self.fast_opened = False  # the stream was described without FFmpeg's analysis
+        self._audio: av.audio.stream.AudioStream | None = None
+        self.audio_info: AudioInfo | None = None  # the audio carried, if any
+        self.audio_problem: str | None = None  # why the camera's audio is not carried
 
     def open(self) -> StreamInfo:
         if self.opts.fast_options:
             container = self._open_container({**self.opts.options, **self.opts.fast_options})
-            if fully_described(container):
+            if fully_described(container, audio=self.opts.audio):
                 self.fast_opened = True
                 return self._start(container)
             container.close()
@@ -87,6 +106,11 @@ class AVInput:
             raise RuntimeError("no video stream")
         stream = container.streams.video[0]
         self._stream = stream
+        if self.opts.audio and container.streams.audio:
+            self._audio = container.streams.audio[0]
+            self.audio_info, self.audio_problem = audio_info_of(self._audio)
+            if self.audio_info is None:
+                self._audio = None
         ctx = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         self._fps = float(rate) if rate else 15.0
@@ -99,6 +123,9 @@ class AVInput:
                 # RTSP without sprop-parameter-sets: SPS/PPS come with the first keyframe.
                 self._prime_parameter_sets()
             width, height = ctx.width, ctx.height
+            if not width or not height:
+                # Analysis stopped at an audio packet: the SPS (from the SDP) says the size.
+                width, height = _sps_size(ctx.extradata) or (0, 0)
             if not width or not height:
                 raise RuntimeError("H.264 stream without a known size")
             return StreamInfo(
@@ -138,13 +165,16 @@ class AVInput:
             if len(self._primed) > 300:
                 raise RuntimeError("no SPS/PPS in the first 300 packets")
 
-    def packets(self) -> Iterator[tuple[bytes, float, bool]]:
+    def packets(self) -> Iterator[Item]:
         return _merge_split_keyframes(self._timed_packets())
 
-    def _timed_packets(self) -> Iterator[tuple[bytes, float, bool]]:
+    def _timed_packets(self) -> Iterator[Item]:
         assert self._container is not None and self._stream is not None
         stream = self._stream
         tb = float(stream.time_base or 0) or 1 / 90000
+        audio, audio_info = self._audio, self.audio_info
+        streams = [stream] if audio is None else [stream, audio]
+        atb = float(audio.time_base or 0) if audio is not None else 0.0
         offset = 0.0  # added on every loop of a file so timestamps keep increasing
         frame_dur = 1.0 / self._fps
         wall_start: float | None = None
@@ -153,9 +183,21 @@ class AVInput:
         pending = list(getattr(self, "_primed", []))
         self._primed = []
         while True:
-            demuxed = self._container.demux(stream)
+            demuxed = self._container.demux(*streams)
             for packet in _chain(pending, demuxed):
                 if packet.size == 0:
+                    continue
+                if audio is not None and packet.stream is audio:
+                    assert audio_info is not None
+                    raw = packet.pts if packet.pts is not None else packet.dts
+                    if first_pts is None or raw is None or not atb:
+                        continue  # before the first frame anchors the clock: nothing to play
+                    pts = raw * atb - first_pts + offset
+                    if wall_start is not None:
+                        _pace(wall_start, pts)
+                    data = bytes(packet)
+                    seconds = (packet.duration or 0) * atb or packet_seconds(audio_info, data)
+                    yield AudioPacket(data, pts, seconds)
                     continue
                 raw = packet.pts if packet.pts is not None else packet.dts
                 if raw is None and first_pts is None:
@@ -173,9 +215,7 @@ class AVInput:
                 if self.opts.realtime:
                     if wall_start is None:
                         wall_start = time.monotonic() - pts
-                    delay = wall_start + pts - time.monotonic()
-                    if delay > 0:
-                        time.sleep(min(delay, 1.0))
+                    _pace(wall_start, pts)
                 yield from self._convert(packet, pts)
             pending = []
             if not self.opts.loop:
@@ -199,19 +239,38 @@ class AVInput:
             self._container = None
 
 
-def fully_described(container: av.container.InputContainer) -> bool:
-    """An H.264 video stream whose size, SPS/PPS and frame rate are known without analysis."""
+def fully_described(container: av.container.InputContainer, *, audio: bool = False) -> bool:
+    """An H.264 video stream whose size, SPS/PPS and frame rate are known without analysis
+    (and, with `audio`, an audio stream's rate and channels when its codec is known)."""
     if not container.streams.video:
+        return False
+    if audio and container.streams.audio and needs_analysis(container.streams.audio[0]):
         return False
     stream = container.streams.video[0]
     ctx = stream.codec_context
-    if ctx.name != "h264" or not ctx.width or not ctx.height:
+    if ctx.name != "h264":
         return False
     params, _ = parameter_sets_from_extradata(ctx.extradata)
     if not {NAL_SPS, NAL_PPS} <= {nal_type(nal) for nal in params}:
         return False
+    if not (ctx.width and ctx.height) and _sps_size(ctx.extradata) is None:
+        return False
     rate = stream.average_rate
     return rate is not None and 1.0 <= float(rate) <= 120.0
+
+
+def _sps_size(extradata: bytes | None) -> tuple[int, int] | None:
+    """The size the stream's SPS declares: FFmpeg reports 0x0 when its analysis, cut to the
+    first packet, saw only an audio packet (a camera with sound)."""
+    params, _ = parameter_sets_from_extradata(extradata)
+    return next((size for n in params if nal_type(n) == NAL_SPS if (size := sps_size(n))), None)
+
+
+def _pace(wall_start: float, pts: float) -> None:
+    """A file played like a camera: wait until `pts` is due (at most 1 s at a time)."""
+    delay = wall_start + pts - time.monotonic()
+    if delay > 0:
+        time.sleep(min(delay, 1.0))
 
 
 def _chain(first: list[av.Packet], rest: Iterator[av.Packet]) -> Iterator[av.Packet]:
@@ -219,9 +278,7 @@ def _chain(first: list[av.Packet], rest: Iterator[av.Packet]) -> Iterator[av.Pac
     yield from rest
 
 
-def _merge_split_keyframes(
-    packets: Iterator[tuple[bytes, float, bool]],
-) -> Iterator[tuple[bytes, float, bool]]:
+def _merge_split_keyframes(packets: Iterator[Item]) -> Iterator[Item]:
     """Join the pieces of one access unit that FFmpeg hands over as separate packets.
 
     Cameras that repeat SPS/PPS in front of every IDR slice make FFmpeg's parser split a
@@ -235,7 +292,11 @@ def _merge_split_keyframes(
     hold = True
     clean = 0  # keyframes in a row that turned out whole
     last_key_pts: float | None = None
-    for data, pts, key in packets:
+    for item in packets:
+        if isinstance(item, AudioPacket):
+            yield item  # audio is never split or held (a held keyframe keeps its own pts)
+            continue
+        data, pts, key = item
         if held is not None:
             if pts == held[1]:
                 held = (held[0] + data, pts, True)

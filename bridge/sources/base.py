@@ -11,6 +11,12 @@ with jitter, so a half-dead camera is not hammered either. Probes that only time
 that is off looks like one behind a slow link) let a full open through once per backoff `cap`.
 An outage is logged once and the recovery once; what happens in between only every few minutes
 (and always in /status).
+
+Sound: an input may also yield AudioPacket (its `audio_info` says what they are). They reach
+the loop through the same thread hand-over as the video, on the video's clock, go into the
+prebuffer beside it and out through their own fan-out (`subscribe_audio`, drop-oldest queues),
+so a slow audio consumer never touches the video. A camera whose audio cannot be carried
+(`audio_problem`) streams video alone, with one warning per source, not one per reconnect.
 """
 
 from __future__ import annotations
@@ -27,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from accessories.backend import CameraUnavailable
-from bridge.media.fanout import PacketFanout, PacketSubscription
+from bridge.media.fanout import AudioFanout, AudioSubscription, PacketFanout, PacketSubscription
 from bridge.media.frames import FrameTap
-from bridge.media.packet import StreamInfo, VideoPacket
+from bridge.media.packet import AudioInfo, AudioPacket, StreamInfo, VideoPacket
 from bridge.media.prebuffer import Prebuffer
 from bridge.sources.liveness import Probe
 
@@ -41,12 +47,18 @@ STOP_WAIT_SECONDS = 1.5
 
 
 class Input(Protocol):
-    """One connection to a camera; every method blocks and runs in the camera's thread."""
+    """One connection to a camera; every method blocks and runs in the camera's thread.
+
+    Inputs with sound also have `audio_info: AudioInfo | None` (set by open()) and yield
+    AudioPacket among the video tuples; `audio_problem: str | None` says why a camera's audio
+    is not carried. Both are read with getattr: a video-only input needs neither.
+    """
 
     def open(self) -> StreamInfo: ...
 
-    def packets(self) -> Iterator[tuple[bytes, float, bool]]:
-        """(Annex B access unit, pts seconds, keyframe) until the connection ends or fails."""
+    def packets(self) -> Iterator[tuple[bytes, float, bool] | AudioPacket]:
+        """(Annex B access unit, pts seconds, keyframe) until the connection ends or fails,
+        and AudioPacket (pts on the same clock) when the input has sound."""
 
     def close(self) -> None: ...
 
@@ -121,8 +133,13 @@ class CameraSource:
         self.retry = retry or RetryPolicy()
         self.prebuffer = Prebuffer(prebuffer_seconds)
         self.fanout = PacketFanout()
+        self.audio_fanout = AudioFanout()
         self.frames = FrameTap(name, self.prebuffer.from_latest_keyframe)
         self.info: StreamInfo | None = None
+        self.audio_info: AudioInfo | None = None  # the sound carried (None: video alone)
+        self.audio_problem: str | None = None  # why the camera's sound is not carried
+        self.audio_packets = 0
+        self.audio_bytes = 0
         self.state = "starting"
         self.last_error: str | None = None
         self.connected_since: float | None = None
@@ -159,6 +176,19 @@ class CameraSource:
             raise CameraUnavailable(f"camera {self.name!r} is {self.state}")
         backlog = self.prebuffer.from_latest_keyframe() if from_prebuffer else ()
         return self.fanout.subscribe(backlog, maxsize)
+
+    def subscribe_audio(
+        self, *, from_prebuffer: bool = True, maxsize: int = 250, since: float | None = None
+    ) -> AudioSubscription:
+        """Audio packets (bounded queue, the oldest dropped when full); CameraUnavailable when
+        the camera is down or has no sound. `from_prebuffer`: first the buffered audio (the
+        prebuffer's whole window, or what still sounds from pts `since` on)."""
+        if not self.available:
+            raise CameraUnavailable(f"camera {self.name!r} is {self.state}")
+        if self.audio_info is None:
+            raise CameraUnavailable(f"camera {self.name!r} has no audio")
+        backlog = self.prebuffer.audio_packets(since) if from_prebuffer else ()
+        return self.audio_fanout.subscribe(backlog, maxsize)
 
     def on_availability(self, callback: Callable[[bool], None]) -> None:
         """callback(True/False) on the loop whenever the camera comes up or goes down."""
@@ -311,6 +341,7 @@ class CameraSource:
                 return
             self.epoch += 1
             self.info = info
+            self._note_audio(source_input)
             self.state = "streaming"
             self.connected_since = time.time()
             self.next_retry_at = None
@@ -347,11 +378,23 @@ class CameraSource:
             else:
                 await asyncio.to_thread(source_input.close)
 
+    def _note_audio(self, source_input: Input) -> None:
+        self.audio_info = getattr(source_input, "audio_info", None)
+        problem = getattr(source_input, "audio_problem", None)
+        if problem is not None and problem != self.audio_problem:
+            log.warning("camera %r: its sound is %s: streaming video alone", self.name, problem)
+        self.audio_problem = problem
+
     def _pump(self, source_input: Input, loop: asyncio.AbstractEventLoop) -> None:
         epoch = self.epoch
-        for data, pts, keyframe in source_input.packets():
+        for item in source_input.packets():
             if self._stopping:
                 return
+            if isinstance(item, AudioPacket):
+                sound = AudioPacket(item.data, item.pts, item.duration, epoch)
+                loop.call_soon_threadsafe(self._publish_audio, sound)
+                continue
+            data, pts, keyframe = item
             packet = VideoPacket(data, pts, keyframe, epoch)
             loop.call_soon_threadsafe(self._publish, packet)
 
@@ -364,12 +407,22 @@ class CameraSource:
         self.fanout.publish(packet)
         self.frames.feed(packet)
 
+    def _publish_audio(self, packet: AudioPacket) -> None:
+        if packet.epoch != self.epoch or self.state != "streaming":
+            return
+        self.audio_packets += 1
+        self.audio_bytes += len(packet.data)
+        self.prebuffer.append_audio(packet)
+        self.audio_fanout.publish(packet)
+
     def _went_down(self) -> None:
         was_up = self.state == "streaming"
         self.info = None
+        self.audio_info = None
         self.connected_since = None
         self.prebuffer.clear()
         self.fanout.end_all()
+        self.audio_fanout.end_all()
         self.frames.reset()
         if was_up:
             self.reconnects += 1
@@ -404,6 +457,23 @@ class CameraSource:
                 "profile": info.profile,
             },
             "decoding": self.frames.active,
+            "audio": self._audio_status(),
+            "audio_problem": self.audio_problem,
+        }
+
+    def _audio_status(self) -> dict[str, Any] | None:
+        info = self.audio_info
+        if info is None:
+            return None
+        return {
+            "codec": info.codec,
+            "sample_rate": info.sample_rate,
+            "channels": info.channels,
+            "packets": self.audio_packets,
+            "bytes": self.audio_bytes,
+            "dropped": self.audio_fanout.dropped,
+            "consumers": len(self.audio_fanout),
+            "prebuffer_seconds": round(self.prebuffer.audio_duration, 2),
         }
 
 

@@ -1,4 +1,9 @@
-"""`demo:` — a synthetic camera (a moving scene with a clock) that works out of the box."""
+"""`demo:` — a synthetic camera (a moving scene with a clock, and a beep) that works out of the box.
+
+Its sound (demo_sound.py) is on the video's clock like a camera's: AAC frame `k` has pts
+k x 1024 / 16000 s, frame `n` of the video n / fps, both from the same start, and each audio
+packet is handed over with the video frame during which it is due.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,21 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from bridge.media.encoder import H264Encoder
-from bridge.media.packet import StreamInfo
+from bridge.media.packet import AudioInfo, AudioPacket, StreamInfo
+from bridge.sources.demo_sound import DemoSound
 
 
 class DemoInput:
-    def __init__(self, width: int = 1280, height: int = 720, fps: float = 15.0) -> None:
+    def __init__(
+        self, width: int = 1280, height: int = 720, fps: float = 15.0, *, audio: bool = True
+    ) -> None:
         self.width, self.height, self.fps = width, height, fps
         self._encoder: H264Encoder | None = None
         self._closed = False
+        self._audio = audio
+        self._sound: DemoSound | None = None
+        self.audio_info: AudioInfo | None = None
+        self.audio_problem: str | None = None
 
     def open(self) -> StreamInfo:
         self._encoder = H264Encoder(self.width, self.height, self.fps, bitrate_kbps=1500)
@@ -28,6 +40,9 @@ class DemoInput:
             [(40 + 60 * y + 0 * x), (70 + 80 * y + 0 * x), (120 + 60 * (1 - y) + 0 * x)], axis=-1
         ).astype(np.uint8)
         self._font = ImageFont.load_default(size=max(16, self.height // 12))
+        if self._audio:
+            self._sound = DemoSound()
+            self.audio_info = self._sound.info
         self._start = time.monotonic()
         # Encode the first frame now so the stream's SPS/PPS are known when we report it.
         self._first = self._encoder.encode(self._render(0.0), 0.0)
@@ -56,11 +71,12 @@ class DemoInput:
         draw.text((w // 40, h // 30), stamp, fill=(255, 255, 255), font=self._font)
         return av.video.frame.VideoFrame.from_image(image)
 
-    def packets(self) -> Iterator[tuple[bytes, float, bool]]:
+    def packets(self) -> Iterator[tuple[bytes, float, bool] | AudioPacket]:
         assert self._encoder is not None
         start = self._start
         yield from self._first
         n = 1
+        k = 0  # the next audio frame
         while not self._closed:
             pts = n / self.fps
             delay = start + pts - time.monotonic()
@@ -70,6 +86,12 @@ class DemoInput:
                 # We fell behind (a busy machine): skip frames instead of drifting from real time.
                 n = int((time.monotonic() - start) * self.fps)
                 pts = n / self.fps
+            if self._sound is not None:
+                step = self._sound.frame_seconds
+                k = max(k, int((pts - 1.0) / step))  # skipped frames: skip their sound too
+                while k * step < pts:
+                    yield AudioPacket(self._sound.packet(k), k * step, step)
+                    k += 1
             yield from self._encoder.encode(self._render(pts), pts)
             n += 1
 

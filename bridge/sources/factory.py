@@ -16,10 +16,11 @@ from bridge.sources.liveness import probe_for
 
 def input_factory(cam: CameraConfig) -> Callable[[], Input]:
     scheme = cam.source.split(":", 1)[0].lower()
+    sound = cam.audio != "off"  # "auto" and "on" carry what the camera has
     if scheme == "demo":
         width, height = cam.width or 1280, cam.height or 720
         fps = cam.fps or 15.0
-        return lambda: DemoInput(width, height, fps)
+        return lambda: DemoInput(width, height, fps, audio=sound)
     if scheme in ("rtsp", "rtsps"):
         opts = AVInputOptions(
             url=cam.source,
@@ -28,11 +29,13 @@ def input_factory(cam: CameraConfig) -> Callable[[], Input]:
                 # Don't buffer a second of packets before handing them over (latency).
                 "fflags": "nobuffer",
                 "max_delay": "500000",
-                "allowed_media_types": "video",
+                # No SETUP of metadata (ONVIF) streams; of audio only when it is wanted.
+                "allowed_media_types": "video+audio" if sound else "video",
             },
             # Size, SPS/PPS and fps from the SDP and SPS: no seconds of stream analysis (see
             # av_input.py); cameras that do not describe themselves get the full probe.
             fast_options=FAST_PROBE,
+            audio=sound,
         )
         return lambda: AVInput(opts)
     if scheme == "v4l2":
@@ -48,7 +51,7 @@ def input_factory(cam: CameraConfig) -> Callable[[], Input]:
         return lambda: AVInput(v4l2)
     if scheme == "file":
         path = Path(unquote(urlsplit(cam.source).path))
-        file_opts = AVInputOptions(url=str(path), loop=True, realtime=True)
+        file_opts = AVInputOptions(url=str(path), loop=True, realtime=True, audio=sound)
         return lambda: AVInput(file_opts)
     raise ValueError(f"unsupported source scheme {scheme!r}")
 

@@ -9,6 +9,11 @@ not in the venv), so it is always a child process:
         cam.kill()      # SIGKILL: the camera drops dead mid-stream
         cam.restart()   # same port and mount, a fresh encoder
 
+A camera with sound: `RtspCamera(audio="aac", tone_hz=440)` serves a sine tone as a second
+stream (pay1): "aac" (16 kHz unless `audio_rate`), "alaw" / "mulaw" (G.711, 8 kHz), "opus"
+(48 kHz), "mp3", or "siren" (a payload FFmpeg's RTSP demuxer does not know: a camera whose sound
+cannot be used).
+
 Without an explicit port the first start asks the server for port 0 and reads the bound port back
 from its READY line (no race with other tests for a "free" port); restarts reuse that port.
 """
@@ -80,6 +85,10 @@ class RtspCamera:
         file: str | os.PathLike[str] | None = None,
         loop_file: bool = True,
         protocols: Literal["tcp", "udp", "tcp+udp"] = "tcp",
+        audio: Literal["aac", "alaw", "mulaw", "opus", "mp3", "siren"] | None = None,
+        tone_hz: float = 440.0,
+        audio_rate: int = 16000,
+        audio_channels: int = 1,
         ready_timeout: float = 15.0,
         python: str = SYSTEM_PYTHON,
         stderr_lines: int = 500,
@@ -93,6 +102,8 @@ class RtspCamera:
         self.file = Path(file) if file is not None else None
         self.loop_file = loop_file
         self.protocols = protocols
+        self.audio, self.tone_hz = audio, tone_hz
+        self.audio_rate, self.audio_channels = audio_rate, audio_channels
         self.ready_timeout = ready_timeout
         self.python = python
         self._proc: subprocess.Popen[str] | None = None
@@ -148,6 +159,10 @@ class RtspCamera:
             self.protocols,
             "--exit-on-stdin-eof",
         ]
+        if self.audio is not None:
+            cmd += ["--audio", self.audio, "--tone-hz", f"{self.tone_hz:g}"]
+            cmd += ["--audio-rate", str(self.audio_rate)]
+            cmd += ["--audio-channels", str(self.audio_channels)]
         if self.file is not None:
             cmd += ["--file", str(self.file)]
             if not self.loop_file:

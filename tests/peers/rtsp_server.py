@@ -17,6 +17,13 @@ Sources:
   stays live (one timeline for every client) and never sees EOS, which gst-rtsp-server would
   otherwise turn into the end of every client's session.
 
+Sound (``--audio``): a second stream, ``pay1``, carries a sine tone of ``--tone-hz`` from
+``audiotestsrc`` (live, on the same pipeline clock as the video, so the RTP timestamps of both
+streams and their RTCP sender reports map to one timeline, as a camera's do), encoded as AAC
+(``avenc_aac`` + ``rtpmp4gpay``, mpeg4-generic), G.711 A-law or µ-law (``rtppcmapay`` /
+``rtppcmupay``, 8 kHz), Opus (``rtpopuspay``), MP3 (``rtpmpapay``) or a codec the bridge cannot
+use (``siren``: an RTP payload FFmpeg's RTSP demuxer does not know).
+
 The media is shared: one encoder for all clients, as a real camera has. ``config-interval=-1``
 repeats SPS/PPS before every IDR so a client that joins mid-stream can start at the next keyframe.
 """
@@ -59,6 +66,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "'smpte horizontal-speed=4' scrolls the bars and reaches --bitrate like a real camera",
     )
     p.add_argument("--file", help="serve this video file (looped) instead of a test pattern")
+    p.add_argument("--audio", choices=sorted(AUDIO_CHAINS), help="also serve a tone (pay1)")
+    p.add_argument("--tone-hz", type=float, default=440.0, help="the tone's frequency")
+    p.add_argument("--audio-rate", type=int, default=16000, help="sample rate (G.711: 8000)")
+    p.add_argument("--audio-channels", type=int, default=1)
     p.add_argument("--no-loop", action="store_true", help="with --file: hold the last frame")
     p.add_argument(
         "--protocols",
@@ -90,6 +101,30 @@ def encoder_chain(a: argparse.Namespace) -> str:
     )
 
 
+# Encoder + RTP payloader per --audio; the payloader is pay1 (pt 97 when dynamic).
+AUDIO_CHAINS = {
+    "aac": "avenc_aac ! rtpmp4gpay name=pay1 pt=97",
+    "alaw": "alawenc ! rtppcmapay name=pay1",
+    "mulaw": "mulawenc ! rtppcmupay name=pay1",
+    "opus": "opusenc ! rtpopuspay name=pay1 pt=97",
+    "mp3": "lamemp3enc ! rtpmpapay name=pay1",
+    "siren": "sirenenc ! rtpsirenpay name=pay1 pt=97",
+}
+
+
+def audio_chain(a: argparse.Namespace) -> str:
+    if not a.audio:
+        return ""
+    rate = 8000 if a.audio in ("alaw", "mulaw") else a.audio_rate
+    rate = 16000 if a.audio == "siren" else rate
+    rate = 48000 if a.audio == "opus" else rate
+    return (
+        f" audiotestsrc is-live=true wave=sine freq={a.tone_hz:g} volume=0.5 "
+        f"! audio/x-raw,rate={rate},channels={a.audio_channels} ! audioconvert "
+        f"! {AUDIO_CHAINS[a.audio]}"
+    )
+
+
 def raw_caps(a: argparse.Namespace) -> str:
     return f"video/x-raw,width={a.width},height={a.height},framerate={a.fps}/1"
 
@@ -99,9 +134,11 @@ def media_launch(a: argparse.Namespace) -> str:
         # intervideosrc is live and timestamps at the caps' rate; it repeats the last frame when
         # the producer stalls (e.g. during the loop seek) instead of stopping the stream.
         src = f"intervideosrc channel={INTER_CHANNEL} timeout=18446744073709551615"
-        return f"( {src} ! videoconvert ! {raw_caps(a)},format=I420 ! {encoder_chain(a)} )"
-    src = f"videotestsrc is-live=true pattern={a.pattern}"
-    return f"( {src} ! {raw_caps(a)} ! {encoder_chain(a)} )"
+        video = f"{src} ! videoconvert ! {raw_caps(a)},format=I420 ! {encoder_chain(a)}"
+    else:
+        src = f"videotestsrc is-live=true pattern={a.pattern}"
+        video = f"{src} ! {raw_caps(a)} ! {encoder_chain(a)}"
+    return f"( {video}{audio_chain(a)} )"
 
 
 class FileProducer:
