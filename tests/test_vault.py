@@ -210,6 +210,9 @@ async def test_state_that_cannot_be_saved_leaves_no_segment_behind(
     try:
         now = time.time()
         await seal(vault, meta("Before", now, 20_000), b"a" * 20_000)
+        # Its segment uploaded: a manifest item in the spool below can only be the failed one's
+        # (under load the earlier segment was sometimes still waiting there).
+        assert await vault.uploader.wait_idle(timeout=10)
         monkeypatch.setattr(vault_mod, "write_private", state_disk_full)
         with pytest.raises(OSError, match="No space"):
             await seal(vault, meta("During", now + 1, 20_000), b"b" * 20_000)
