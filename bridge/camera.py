@@ -1,9 +1,17 @@
-"""The bridge side of one camera accessory: source + snapshots + live-view sessions."""
+"""The bridge side of one camera accessory: source + snapshots + live-view sessions.
+
+Sound: the camera's audio flows whenever its config does not say `audio = false` (recordings
+use it). Whether the accessory has a Microphone service is decided before the accessory is
+built (HomeKit numbers services once): `audio = true` always, `false` never, `"auto"` (the
+default) when `decide_audio()` finds usable sound at start (sources/audio_probe.py says why a
+probe; `demo:` has its beep, so it always does).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from accessories.backend import (
@@ -16,6 +24,7 @@ from accessories.backend import (
 )
 from bridge.config import CameraConfig
 from bridge.live.session import H264LiveSession
+from bridge.media.camera_audio import CameraAudioInput
 from bridge.media.executor import MediaExecutor
 from bridge.media.snapshot import Snapshots
 from bridge.sources.base import CameraSource
@@ -41,8 +50,34 @@ class BridgeCamera:
         self.snapshots_served = 0
         self.snapshot_errors = 0
         self._snapshots = Snapshots(source.frames, media)  # renders on the bridge's media pool
+        # Until decide_audio(): what the config alone says (a demo always beeps).
+        demo = config.source.split(":", 1)[0].lower() == "demo"
+        self.has_audio = config.audio == "on" or (config.audio == "auto" and demo)
+        self.audio_reason = ""
         # Advertised before the camera first connects; refined once its stream is known.
-        self._caps = VideoCapabilities(native_width=1920, native_height=1080, native_fps=30)
+        self._caps = VideoCapabilities(
+            native_width=1920, native_height=1080, native_fps=30, has_audio=self.has_audio
+        )
+
+    async def decide_audio(self) -> bool:
+        """Whether the accessory gets a Microphone service; await it before it is built."""
+        mode = self.config.audio
+        if mode != "auto" or self.config.source.split(":", 1)[0].lower() == "demo":
+            self.audio_reason = {"on": "audio = true", "off": "audio = false"}.get(mode, "demo")
+        else:
+            from bridge.sources.audio_probe import probe_sound
+
+            info, self.audio_reason = await probe_sound(self.config)
+            self.has_audio = info is not None
+            # Without sound nothing changes from before: no line (/status says why).
+            log.log(
+                logging.INFO if self.has_audio else logging.DEBUG,
+                "camera %r: %s (%s)", self.name,
+                "sound: Microphone service" if self.has_audio else "no Microphone service",
+                self.audio_reason,
+            )  # fmt: skip
+        self._caps = replace(self._caps, has_audio=self.has_audio)
+        return self.has_audio
 
     def capabilities(self) -> VideoCapabilities:
         info = self.source.info
@@ -51,6 +86,7 @@ class BridgeCamera:
                 native_width=info.width,
                 native_height=info.height,
                 native_fps=max(1, round(info.fps)),
+                has_audio=self.has_audio,  # fixed when the accessory was built
             )
         return self._caps
 
@@ -86,9 +122,25 @@ class BridgeCamera:
             raise CameraUnavailable(f"camera {self.name!r} is {self.source.state}")
         from bridge.record.hksv import HksvRecording
 
-        recording = HksvRecording(self.source, request, name=self.name)
+        recording = HksvRecording(
+            self.source, request, name=self.name, audio=self._recording_audio(request)
+        )
         recording.start()  # now: the prebuffer is measured back from the hub's open
         return recording
+
+    def _recording_audio(self, request: RecordingRequest) -> CameraAudioInput | None:
+        """The camera's sound for an HKSV recording (None: the AAC track carries silence)."""
+        info = self.source.audio_info
+        if info is None or not request.audio_active:
+            return None
+        return CameraAudioInput(
+            info,
+            # From the prebuffer on: the recording starts there. Big enough for all of it.
+            lambda: self.source.subscribe_audio(from_prebuffer=True, maxsize=4000),
+            request.audio_sample_rate,
+            request.audio_channels,
+            name=self.name,
+        )
 
     def status(self) -> dict[str, Any]:
         status = self.source.status()
@@ -96,4 +148,6 @@ class BridgeCamera:
             s.stats() for s in self.sessions if not s.closed and s.mode is not None
         ]
         status["snapshots"] = {"served": self.snapshots_served, "errors": self.snapshot_errors}
+        status["microphone"] = self.has_audio
+        status["microphone_reason"] = self.audio_reason
         return status

@@ -110,9 +110,25 @@ def doctor(config: Config, url: str | None) -> int:
                 f"          detecting {subjects}: {det['frames_analysed']} frames analysed, "
                 f"{det['detector_calls']} detector runs, {det['events']} event(s){last}"
             )
+        _print_audio(cam)
         _print_hksv(cam.get("hksv"))
         _print_doorbell(cam.get("doorbell"), config)
     return 1 if problems else 0
+
+
+def _print_audio(cam: dict[str, Any]) -> None:
+    """One line: the camera's sound, whether HomeKit has a Microphone for it, losses."""
+    audio, mic = cam.get("audio"), cam.get("microphone")
+    microphone = "Microphone" if mic else "no Microphone"
+    if audio:
+        channels = {1: "mono", 2: "stereo"}.get(audio["channels"], f"{audio['channels']} ch")
+        dropped = f", {audio['dropped']} dropped by slow consumers" if audio["dropped"] else ""
+        print(f"          audio: {audio['codec']} {audio['sample_rate']} Hz {channels}, "
+              f"{audio['packets']} packets{dropped}; {microphone}")
+    elif cam.get("audio_problem"):
+        print(f"          audio: NOT carried, its sound is {cam['audio_problem']}; {microphone}")
+    elif cam.get("state") == "streaming":
+        print(f"          audio: none (the camera sends no sound); {microphone}")
 
 
 def _print_doorbell(doorbell: dict[str, Any] | None, config: Config) -> None:

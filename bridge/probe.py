@@ -10,7 +10,7 @@ from accessories.backend import CameraUnavailable
 from bridge.config import CameraConfig, ConfigError, source_problem
 from bridge.media.snapshot import snapshot_jpeg
 from bridge.redact import redact_url
-from bridge.sources.base import RetryPolicy
+from bridge.sources.base import CameraSource, RetryPolicy
 from bridge.sources.factory import make_source
 
 
@@ -34,6 +34,7 @@ async def _probe(source_url: str, snapshot: str | None, seconds: float) -> int:
         kbps = status["bytes"] * 8 / 1000 / max(seconds, 0.001)
         print(f"OK      {redact_url(source_url)}")
         print(f"  video     H.264 {info.profile}, {info.width}x{info.height} @ {info.fps:g} fps")
+        print(f"  audio     {_audio_line(source)}")
         print(f"  connect   {connect:.2f} s")
         print(f"  received  {status['packets']} packets, ~{kbps:.0f} kbit/s")
         print(f"  keyframes prebuffer holds {status['prebuffer_seconds']:.1f} s from a keyframe")
@@ -48,6 +49,14 @@ async def _probe(source_url: str, snapshot: str | None, seconds: float) -> int:
         return 0
     finally:
         await source.stop()
+
+
+def _audio_line(source: CameraSource) -> str:
+    audio = source.audio_info
+    if audio is None:
+        why = source.audio_problem
+        return f"not usable: {why} (video alone)" if why else "none"
+    return f"{audio.describe()}, {source.audio_packets} packets"
 
 
 def probe_camera(source: str, snapshot: str | None, seconds: float) -> int:

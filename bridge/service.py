@@ -59,6 +59,8 @@ class BridgeService:
             self.cameras.append(
                 BridgeCamera(cam, source, bind_address=config.hap.address, media=self.media)
             )
+        # Microphone or not is fixed when an accessory is built: ask the cameras first.
+        await asyncio.gather(*(camera.decide_audio() for camera in self.cameras))
         self.homekit = HomeKitBridge(
             name=config.name,
             address=config.hap.address,

@@ -5,19 +5,25 @@ GOP); the recorder (#4) takes the whole buffer as pre-roll.
 
 The camera's audio packets are kept beside the video over the same time window: whatever the
 video trim drops (whole GOPs from the front), the audio before the new first frame goes too, so a
-recording's pre-roll has sound from its first picture on. Audio arriving while no video is
-buffered is dropped (nothing could play it), and audio is capped on its own clock too
-(`seconds` + `AUDIO_SLACK`), so a camera whose video stalls while its audio flows stays bounded.
+recording's pre-roll has sound from its first picture on. One packet more is kept in front
+(pre-roll: an AAC decoder's first frame is only the second half of an overlap, so the packet
+sounding at the first picture decodes right only after the one before it). Audio may arrive
+before the first keyframe (a camera's keyframe is held while its pieces are joined): up to
+`AUDIO_EARLY` seconds of it wait for the video. Audio is capped on its own clock too (`seconds`
++ `AUDIO_SLACK`), so a camera whose video stalls while its audio flows stays bounded.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 from bridge.media.packet import AudioPacket, VideoPacket
 
 #: Audio is also trimmed to this much more than `seconds` behind the newest audio packet.
 AUDIO_SLACK = 30.0
+#: Audio kept while no video is buffered (waiting for the first keyframe), in seconds.
+AUDIO_EARLY = 1.0
 
 
 class Prebuffer:
@@ -34,13 +40,20 @@ class Prebuffer:
         if not self._packets and not packet.keyframe:
             return  # a buffer must start at a keyframe to be decodable
         if self._packets and packet.epoch != self._packets[-1].epoch:
+            audio = [a for a in self._audio if a.epoch == packet.epoch]  # the new epoch's
             self.clear()
+            for early in audio:
+                self.append_audio(early)
             if not packet.keyframe:
                 return
+        first = not self._packets
         self._packets.append(packet)
         if packet.keyframe:
             self._keyframes.append(packet)
         self._bytes += len(packet.data)
+        if first:
+            self._drop_audio(lambda a: a.epoch != packet.epoch)
+            self._trim_audio(packet.pts)
         self._trim(packet.pts)
 
     def _trim(self, newest_pts: float) -> None:
@@ -58,18 +71,28 @@ class Prebuffer:
             self._trim_audio(second.pts)
 
     def append_audio(self, packet: AudioPacket) -> None:
-        """Keep an audio packet with the video it plays over (dropped while no video is)."""
-        if not self._packets or packet.epoch != self._packets[-1].epoch:
-            return
+        """Keep an audio packet with the video it plays over."""
+        if self._packets:
+            if packet.epoch != self._packets[-1].epoch:
+                return  # late, from before a reconnect
+            start = max(self._packets[0].pts, packet.pts - self.seconds - AUDIO_SLACK)
+        else:
+            self._drop_audio(lambda a: a.epoch != packet.epoch)
+            start = packet.pts - AUDIO_EARLY  # waiting for the first keyframe
         self._audio.append(packet)
         self._audio_bytes += len(packet.data)
-        self._trim_audio(max(self._packets[0].pts, packet.pts - self.seconds - AUDIO_SLACK))
+        self._trim_audio(start)
 
     def _trim_audio(self, start: float) -> None:
-        # A packet that still sounds at `start` stays (its end is after it).
+        # Keep the packet that sounds at `start` and one before it (pre-roll).
         audio = self._audio
-        while audio and audio[0].pts + audio[0].duration <= start:
+        while len(audio) >= 2 and audio[1].pts + audio[1].duration <= start:
             self._audio_bytes -= len(audio.popleft().data)
+
+    def _drop_audio(self, stale: Callable[[AudioPacket], bool]) -> None:
+        if any(stale(a) for a in self._audio):
+            self._audio = deque(a for a in self._audio if not stale(a))
+            self._audio_bytes = sum(len(a.data) for a in self._audio)
 
     def clear(self) -> None:
         self._packets.clear()
@@ -95,11 +118,13 @@ class Prebuffer:
         return out
 
     def audio_packets(self, since: float | None = None) -> list[AudioPacket]:
-        """The buffered audio, oldest first; with `since`, only what still sounds from then on
-        (e.g. the pts of the keyframe a video consumer starts at)."""
+        """The buffered audio, oldest first (one packet of pre-roll before the first picture);
+        with `since`, what still sounds from then on and one packet before it."""
         if since is None:
             return list(self._audio)
-        return [p for p in self._audio if p.pts + p.duration > since]
+        packets = list(self._audio)
+        first = next((i for i, p in enumerate(packets) if p.pts + p.duration > since), None)
+        return [] if first is None else packets[max(0, first - 1) :]
 
     @property
     def audio_duration(self) -> float:

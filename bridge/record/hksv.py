@@ -132,6 +132,7 @@ class HksvRecording:
         # is then exactly the tail of this snapshot, and live packets follow it.
         subscription = self.source.subscribe(from_prebuffer=True, maxsize=1000)
         buffered = self.source.prebuffer.packets()
+        self._start_audio()  # the camera's sound, from the same prebuffer window
         self._started = True
         self._loop = asyncio.get_running_loop()
         self._subscription = subscription
@@ -241,6 +242,8 @@ class HksvRecording:
             "dropped": 0 if sub is None else sub.dropped - self._dropped_at_start,
             "cpu_seconds": round(worker.cpu_seconds, 3) if worker is not None else 0.0,
             "error": self.error,
+            # The camera's sound (received, decoded, late): None when the track is silence.
+            "audio": sound() if (sound := getattr(self._audio, "stats", None)) else None,
             **(worker.stats if worker is not None else {}),
         }
 
@@ -298,7 +301,22 @@ class HksvRecording:
             sub.close()
             self._put(End(RecordingFailed(error)))
 
+    def _start_audio(self) -> None:
+        # An input with a lifetime (bridge.media.camera_audio) subscribes now and stops with
+        # the recording's input; a plain AudioInput has neither.
+        start = getattr(self._audio, "start", None)
+        if start is None:
+            return
+        try:
+            start()
+        except CameraUnavailable as exc:
+            log.info("camera %r: HKSV recording without sound: %s", self.name, exc)
+            self._audio = None
+
     def _stop_input(self) -> None:
+        close_audio = getattr(self._audio, "close", None)
+        if close_audio is not None:
+            close_audio()
         if self._subscription is not None:
             self._subscription.close()
         task = self._pump_task

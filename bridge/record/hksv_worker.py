@@ -115,6 +115,11 @@ class MediaWorker:
             self._audio,
         )
         writer = FragmentWriter(width, height, fps, audio)
+        # A camera's sound (bridge.media.camera_audio) places its samples on the recording's
+        # timeline: sample 0 is the first video frame, whose pts the writer learns.
+        follow = getattr(self._audio, "follow_timeline", None)
+        if follow is not None:
+            follow(lambda: writer.origin)
         # GOPs (the camera's, or ours of min(I-frame interval, fragment length)) grouped up
         # to the fragment length.
         fragmenter = Fragmenter(

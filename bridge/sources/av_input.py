@@ -20,7 +20,8 @@ copied as they are (audio_stream.py says which codecs are carried). Both streams
 one timeline (FFmpeg's RTSP demuxer starts each stream at its RTP-Info time of the PLAY and maps
 both through the RTCP sender reports once they arrive), and both are rebased by the same amount
 (the first video frame's pts): an audio packet and the frame shown at the same instant get the
-same pts. Audio before that first frame is dropped (nothing plays before it). A camera whose
+same pts. Audio that arrives before that first frame waits for it (its pts needs the anchor)
+and goes out with it; the prebuffer keeps what sounds over its video. A camera whose
 audio cannot be carried streams its video alone; `audio_problem` says why, once per open.
 """
 
@@ -65,6 +66,9 @@ class AVInputOptions:
     encode_bitrate_kbps: int = 2000  # for non-H.264 inputs
     audio: bool = False  # also demux (copy) the camera's audio stream
 
+
+#: Audio packets held (at most) until the first video timestamp anchors the clock.
+EARLY_AUDIO = 50
 
 #: What `packets()` yields: a video access unit (Annex B, pts, keyframe) or an audio packet.
 Item = tuple[bytes, float, bool] | AudioPacket
@@ -180,6 +184,7 @@ class AVInput:
         wall_start: float | None = None
         last_pts = 0.0
         first_pts: float | None = None
+        early: list[tuple[float, bytes, float]] = []  # audio before first_pts: (s, data, s)
         pending = list(getattr(self, "_primed", []))
         self._primed = []
         while True:
@@ -190,13 +195,16 @@ class AVInput:
                 if audio is not None and packet.stream is audio:
                     assert audio_info is not None
                     raw = packet.pts if packet.pts is not None else packet.dts
-                    if first_pts is None or raw is None or not atb:
-                        continue  # before the first frame anchors the clock: nothing to play
+                    if raw is None or not atb:
+                        continue
+                    data = bytes(packet)
+                    seconds = (packet.duration or 0) * atb or packet_seconds(audio_info, data)
+                    if first_pts is None:  # the clock is anchored by the first video pts
+                        early = [*early[-EARLY_AUDIO + 1 :], (raw * atb, data, seconds)]
+                        continue
                     pts = raw * atb - first_pts + offset
                     if wall_start is not None:
                         _pace(wall_start, pts)
-                    data = bytes(packet)
-                    seconds = (packet.duration or 0) * atb or packet_seconds(audio_info, data)
                     yield AudioPacket(data, pts, seconds)
                     continue
                 raw = packet.pts if packet.pts is not None else packet.dts
@@ -210,6 +218,9 @@ class AVInput:
                     pts = raw * tb
                     if first_pts is None:
                         first_pts = pts
+                        for at, data, seconds in early:  # audio that came before it
+                            yield AudioPacket(data, at - first_pts + offset, seconds)
+                        early = []
                     pts = pts - first_pts + offset
                 last_pts = max(last_pts, pts)
                 if self.opts.realtime:

@@ -4,7 +4,8 @@ Encoded once when the demo opens (a few milliseconds) and then replayed packet b
 the demo costs no audio CPU while it runs, like a camera whose packets are only copied. The
 loop is 25 AAC frames (25 x 1024 samples = 1.6 s, in which 440 Hz makes exactly 704 cycles):
 three loops are encoded and the middle one kept, so the encoder's start-up (priming, its first
-rate decisions) is not in it and the packets join end to start without a click.
+rate decisions) is not in it and the packets join end to start without a click. The beep
+starts at every multiple of 1.6 s of the demo's clock (tests measure A/V offsets with it).
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ class DemoSound:
             frame.sample_rate = RATE
             frame.pts = i * FRAME
             packets += [bytes(p) for p in encoder.encode(frame)]
-        self._loop = packets[LOOP_FRAMES : 2 * LOOP_FRAMES]
+        # Packet j of an AAC encoder decodes to its input frame j - 1 (the priming frame comes
+        # first): packets 26..50 decode to frames 25..49, i.e. loop frames 0..24, so the k-th
+        # packet of the demo sounds the loop's k-th frame, at its pts.
+        self._loop = packets[LOOP_FRAMES + 1 : 2 * LOOP_FRAMES + 1]
         self.info = AudioInfo("aac", RATE, 1, bytes(encoder.extradata or b""), 32)
 
     def packet(self, k: int) -> bytes:
