@@ -185,6 +185,7 @@ class AVInput:
         last_pts = 0.0
         first_pts: float | None = None
         early: list[tuple[float, bytes, float]] = []  # audio before first_pts: (s, data, s)
+        audio_end = 0.0  # where the newest audio packet ends (a file's next loop starts after)
         pending = list(getattr(self, "_primed", []))
         self._primed = []
         while True:
@@ -205,6 +206,7 @@ class AVInput:
                     pts = raw * atb - first_pts + offset
                     if wall_start is not None:
                         _pace(wall_start, pts)
+                    audio_end = max(audio_end, pts + seconds)
                     yield AudioPacket(data, pts, seconds)
                     continue
                 raw = packet.pts if packet.pts is not None else packet.dts
@@ -232,7 +234,7 @@ class AVInput:
             if not self.opts.loop:
                 return
             self._container.seek(0, stream=stream)
-            offset = last_pts + frame_dur
+            offset = max(last_pts + frame_dur, audio_end)  # the next loop starts after both
             first_pts = None
 
     def _convert(self, packet: av.Packet, pts: float) -> Iterator[tuple[bytes, float, bool]]:
