@@ -39,6 +39,7 @@ import numpy as np
 
 from bridge.media.fanout import AudioSubscription, SourceEnded
 from bridge.media.packet import AudioInfo, AudioPacket
+from bridge.media.resample import Resampler
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class CameraAudioInput:
         self._epoch: int | None = None
         # worker-thread state
         self._decoder: av.audio.codeccontext.AudioCodecContext | None = None
-        self._resampler: av.audio.resampler.AudioResampler | None = None
+        self._resampler: Resampler | None = None
         self._pcm: collections.deque[tuple[int, np.ndarray]] = collections.deque()
         self._next: int | None = None  # where the next decoded sample goes
         # stats
@@ -91,10 +92,18 @@ class CameraAudioInput:
     # -- loop side -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Subscribe (from the prebuffer) and start forwarding; raises CameraUnavailable."""
+        """Subscribe (from the prebuffer) and start forwarding; raises CameraUnavailable.
+        The prebuffer's packets are in the inbox when this returns: a worker that reads before
+        the pump first runs (a clip's pre-roll, muxed at once) finds them."""
         if self._sub is not None:
             return
         self._sub = self._subscribe()
+        try:
+            while (packet := self._sub.get_nowait()) is not None and self._accept(packet):
+                pass
+        except SourceEnded:
+            self._end()
+            return
         self._task = asyncio.create_task(self._pump(), name=f"audio-input:{self.name}")
 
     def close(self) -> None:
@@ -116,22 +125,29 @@ class CameraAudioInput:
         assert sub is not None
         try:
             async for packet in sub:
-                if self._epoch is None:
-                    self._epoch = packet.epoch
-                elif packet.epoch != self._epoch:
-                    break  # the camera reconnected: its clock restarted
-                with self._cond:
-                    if len(self._inbox) == self._inbox.maxlen:
-                        self.dropped += 1
-                    self._inbox.append(packet)
-                    self._newest_end = packet.pts + packet.duration
-                    self._last_arrival = time.monotonic()
-                    self.received += 1
-                    self._cond.notify_all()
+                if not self._accept(packet):
+                    break
         except SourceEnded:
             pass
         finally:
             self._end()
+
+    def _accept(self, packet: AudioPacket) -> bool:
+        """Into the inbox; False (and not kept) once the camera reconnected: its clock
+        restarted."""
+        if self._epoch is None:
+            self._epoch = packet.epoch
+        elif packet.epoch != self._epoch:
+            return False
+        with self._cond:
+            if len(self._inbox) == self._inbox.maxlen:
+                self.dropped += 1
+            self._inbox.append(packet)
+            self._newest_end = packet.pts + packet.duration
+            self._last_arrival = time.monotonic()
+            self.received += 1
+            self._cond.notify_all()
+        return True
 
     def _end(self) -> None:
         with self._cond:
@@ -146,13 +162,18 @@ class CameraAudioInput:
         origin = self._origin()
         if origin is None:
             return None
-        self._wait_for(origin + (start + count) / self.sample_rate)
+        for packet in self.packets(origin + (start + count) / self.sample_rate):
+            self._decode(packet, origin)
+        return self._take(start, count)
+
+    def packets(self, until: float) -> list[AudioPacket]:
+        """Every packet that has arrived, as the camera encoded it (a clip copies AAC), once
+        sound has reached source pts `until` (waiting for it as `read` does)."""
+        self._wait_for(until)
         with self._cond:
             packets = list(self._inbox)
             self._inbox.clear()
-        for packet in packets:
-            self._decode(packet, origin)
-        return self._take(start, count)
+        return packets
 
     def _wait_for(self, pts: float) -> None:
         deadline = time.monotonic() + self._max_wait
@@ -172,12 +193,13 @@ class CameraAudioInput:
         assert isinstance(decoder, av.audio.codeccontext.AudioCodecContext)
         decoder.sample_rate = info.sample_rate
         decoder.layout = _LAYOUTS.get(info.channels, "stereo")
+        decoder.thread_count = 1  # a few ms per second of sound: no pool of FFmpeg threads
         if info.extradata:
             decoder.extradata = info.extradata
         decoder.open()
         self._decoder = decoder
         layout = "mono" if self.channels == 1 else "stereo"
-        self._resampler = av.audio.resampler.AudioResampler("fltp", layout, self.sample_rate)
+        self._resampler = Resampler("fltp", layout, self.sample_rate)
 
     def _decode(self, packet: AudioPacket, origin: float) -> None:
         if self._decoder is None:

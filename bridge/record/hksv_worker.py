@@ -94,6 +94,11 @@ class MediaWorker:
             end = End(RecordingFailed(f"media failure: {exc}"))
         finally:
             self.cpu_seconds = time.thread_time() - started
+            # Break the cycle audio input -> fragment writer -> its AAC track -> audio input:
+            # with it the codecs (and FFmpeg's threads) stayed until the cycle collector ran.
+            follow = getattr(self._audio, "follow_timeline", None)
+            if follow is not None:
+                follow(lambda: None)
         if end is not None:
             self._send(end)
 
