@@ -97,6 +97,9 @@ class CameraConfig:
     # The camera's sound: "auto" (carried when the source has it; a Microphone service when
     # the camera has usable sound at start), "on" (always a Microphone), "off" (video only).
     audio: str = "auto"
+    # Talk-back to the camera's ONVIF RTSP back channel: "auto" (a Speaker when the camera's
+    # SDP offers a back channel at start), "on" (always), "off" (never).
+    talkback: str = "auto"
     enabled: bool = True
     doorbell: bool = False  # a Video Doorbell: rung by `obscura ring` / POST .../ring
     detect: CameraDetect = field(default_factory=_camera_detect_default)
@@ -421,6 +424,7 @@ def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> 
         input_format=_choice_opt(r, "input_format", ("mjpeg", "yuyv422", "h264")),
         live_mode=_choice(r, "live_mode", "auto", ("auto", "copy", "transcode")),
         audio=_audio(r),
+        talkback=_talkback(r, source),
         enabled=r.get("enabled", bool, True),
         doorbell=r.get("doorbell", bool, False),
         detect=parse_camera_detect(path, r.prefix, r, detect_defaults),
@@ -440,6 +444,17 @@ def _audio(r: TableReader) -> str:
     if value != "auto":
         raise r.fail("audio", f'must be "auto", true or false; got {value!r}')
     return value
+
+
+def _talkback(r: TableReader, source: str) -> str:
+    """`talkback = "auto" | true | false` -> "auto" | "on" | "off"; only RTSP cameras have an
+    ONVIF back channel."""
+    value = r.get("talkback", (str, bool), "auto")
+    if isinstance(value, str) and value != "auto":
+        raise r.fail("talkback", f'must be "auto", true or false; got {value!r}')
+    if value is True and source.split(":", 1)[0].lower() not in ("rtsp", "rtsps"):
+        raise r.fail("talkback", "true needs an rtsp:// source (talk-back uses ONVIF over RTSP)")
+    return "auto" if value == "auto" else "on" if value else "off"
 
 
 def _choice_opt(r: TableReader, name: str, choices: tuple[str, ...]) -> str | None:

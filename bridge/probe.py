@@ -27,6 +27,7 @@ async def _probe(source_url: str, snapshot: str | None, seconds: float) -> int:
             print(f"FAILED  {redact_url(source_url)}: {source.last_error}")
             return 1
         connect = time.monotonic() - started
+        talkback = asyncio.create_task(_talkback_line(source_url))  # while we watch
         await asyncio.sleep(seconds)
         info = source.info
         assert info is not None
@@ -35,6 +36,7 @@ async def _probe(source_url: str, snapshot: str | None, seconds: float) -> int:
         print(f"OK      {redact_url(source_url)}")
         print(f"  video     H.264 {info.profile}, {info.width}x{info.height} @ {info.fps:g} fps")
         print(f"  audio     {_audio_line(source)}")
+        print(f"  talk-back {await talkback}")
         print(f"  connect   {connect:.2f} s")
         print(f"  received  {status['packets']} packets, ~{kbps:.0f} kbit/s")
         print(f"  keyframes prebuffer holds {status['prebuffer_seconds']:.1f} s from a keyframe")
@@ -57,6 +59,16 @@ def _audio_line(source: CameraSource) -> str:
         why = source.audio_problem
         return f"not usable: {why} (video alone)" if why else "none"
     return f"{audio.describe()}, {source.audio_packets} packets"
+
+
+async def _talkback_line(source_url: str) -> str:
+    """The camera's ONVIF back channel, from one DESCRIBE on a connection of its own."""
+    if source_url.split(":", 1)[0].lower() not in ("rtsp", "rtsps"):
+        return "none (talk-back needs an RTSP camera's ONVIF back channel)"
+    from bridge.sources.backchannel import probe_backchannel
+
+    info, why = await probe_backchannel(source_url)
+    return f"ONVIF back channel, {why}" if info else f"none: {why}"
 
 
 def probe_camera(source: str, snapshot: str | None, seconds: float) -> int:

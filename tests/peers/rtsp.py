@@ -14,6 +14,13 @@ stream (pay1): "aac" (16 kHz unless `audio_rate`), "alaw" / "mulaw" (G.711, 8 kH
 (48 kHz), "mp3", or "siren" (a payload FFmpeg's RTSP demuxer does not know: a camera whose sound
 cannot be used).
 
+A camera you can talk to: `RtspCamera(backchannel="pcmu", backchannel_file=path)` is an ONVIF
+camera whose back channel ("pcmu", "pcma" or "aac" at `backchannel_rate`) decodes what a client
+sends and appends it to `path` as raw S16LE mono (`read_backchannel()` returns it as int16).
+`user`/`password` (`auth="digest"` or "basic") make it ask for credentials; `log_requests=True`
+logs each RTSP request's method to its stderr ("rtsp_server: request TEARDOWN");
+`session_timeout` expires a session that many seconds after its last request.
+
 Without an explicit port the first start asks the server for port 0 and reads the bound port back
 from its READY line (no race with other tests for a "free" port); restarts reuse that port.
 """
@@ -33,6 +40,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, Self
+
+import numpy as np
 
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
 # videotestsrc settings: the default moving ball encodes to ~90 kbit/s at 720p (cheap for
@@ -89,6 +98,14 @@ class RtspCamera:
         tone_hz: float = 440.0,
         audio_rate: int = 16000,
         audio_channels: int = 1,
+        backchannel: Literal["pcmu", "pcma", "aac"] | None = None,
+        backchannel_file: str | os.PathLike[str] | None = None,
+        backchannel_rate: int = 16000,
+        user: str | None = None,
+        password: str = "",
+        auth: Literal["digest", "basic"] = "digest",
+        log_requests: bool = False,
+        session_timeout: int | None = None,
         ready_timeout: float = 15.0,
         python: str = SYSTEM_PYTHON,
         stderr_lines: int = 500,
@@ -104,6 +121,10 @@ class RtspCamera:
         self.protocols = protocols
         self.audio, self.tone_hz = audio, tone_hz
         self.audio_rate, self.audio_channels = audio_rate, audio_channels
+        self.backchannel, self.backchannel_rate = backchannel, backchannel_rate
+        self.backchannel_file = Path(backchannel_file) if backchannel_file is not None else None
+        self.user, self.password, self.auth = user, password, auth
+        self.log_requests, self.session_timeout = log_requests, session_timeout
         self.ready_timeout = ready_timeout
         self.python = python
         self._proc: subprocess.Popen[str] | None = None
@@ -163,6 +184,17 @@ class RtspCamera:
             cmd += ["--audio", self.audio, "--tone-hz", f"{self.tone_hz:g}"]
             cmd += ["--audio-rate", str(self.audio_rate)]
             cmd += ["--audio-channels", str(self.audio_channels)]
+        if self.backchannel is not None:
+            cmd += ["--backchannel", self.backchannel]
+            cmd += ["--backchannel-rate", str(self.backchannel_rate)]
+            if self.backchannel_file is not None:
+                cmd += ["--backchannel-file", str(self.backchannel_file)]
+        if self.user is not None:
+            cmd += ["--user", self.user, "--password", self.password, "--auth", self.auth]
+        if self.log_requests:
+            cmd.append("--log-requests")
+        if self.session_timeout is not None:
+            cmd += ["--session-timeout", str(self.session_timeout)]
         if self.file is not None:
             cmd += ["--file", str(self.file)]
             if not self.loop_file:
@@ -270,6 +302,13 @@ class RtspCamera:
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"RtspCamera({self.width}x{self.height}@{self.fps} port={self.port}, {state})"
+
+    def read_backchannel(self) -> np.ndarray:
+        """What the back channel heard so far: int16 samples (empty when nothing came)."""
+        if self.backchannel_file is None or not self.backchannel_file.exists():
+            return np.zeros(0, np.int16)
+        data = self.backchannel_file.read_bytes()
+        return np.frombuffer(data[: len(data) // 2 * 2], "<i2").astype(np.int16)
 
     # -- internals ----------------------------------------------------------------------------
     def _pump_stdout(self, stream: IO[str]) -> None:

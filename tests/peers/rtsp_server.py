@@ -24,8 +24,22 @@ streams and their RTCP sender reports map to one timeline, as a camera's do), en
 ``rtppcmupay``, 8 kHz), Opus (``rtpopuspay``), MP3 (``rtpmpapay``) or a codec the bridge cannot
 use (``siren``: an RTP payload FFmpeg's RTSP demuxer does not know).
 
-The media is shared: one encoder for all clients, as a real camera has. ``config-interval=-1``
-repeats SPS/PPS before every IDR so a client that joins mid-stream can start at the next keyframe.
+A camera you can talk to (``--backchannel pcmu|pcma|aac``): an ONVIF server
+(``RTSPOnvifServer`` + ``RTSPOnvifMediaFactory``) whose SDP also offers a back channel
+(``a=sendonly``) to clients that send ``Require: www.onvif.org/ver20/backchannel``. What
+arrives there is depayloaded, decoded and appended to ``--backchannel-file`` as raw S16LE mono at
+the back channel's rate (8 kHz for G.711, ``--backchannel-rate`` for AAC), so a test can check
+what the camera heard. Without a back channel a client's Require header gets gst-rtsp-server's
+551 Option not supported (its ONVIF server answers the same when it has no back channel).
+``--user``/``--password`` make the camera ask for credentials (``--auth digest`` or ``basic``).
+``--log-requests`` logs every RTSP request's method to stderr (``rtsp_server: request
+TEARDOWN``), so a test can see what a client sent. ``--session-timeout N`` expires a session N s
+after its last request.
+
+The media is shared: one encoder for all clients, as a real camera has (not with a back channel:
+each talking client gets its own media, as gst-rtsp-server's ONVIF example does).
+``config-interval=-1`` repeats SPS/PPS before every IDR so a client that joins mid-stream can
+start at the next keyframe.
 """
 
 from __future__ import annotations
@@ -70,6 +84,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tone-hz", type=float, default=440.0, help="the tone's frequency")
     p.add_argument("--audio-rate", type=int, default=16000, help="sample rate (G.711: 8000)")
     p.add_argument("--audio-channels", type=int, default=1)
+    p.add_argument(
+        "--backchannel", choices=sorted(BACKCHANNEL_CHAINS), help="offer an ONVIF back channel"
+    )
+    p.add_argument("--backchannel-file", help="append what the back channel hears (S16LE mono)")
+    p.add_argument("--backchannel-rate", type=int, default=16000, help="AAC back channel rate")
+    p.add_argument("--user", help="require these credentials (with --password)")
+    p.add_argument("--password", default="")
+    p.add_argument("--auth", choices=["digest", "basic"], default="digest")
+    p.add_argument("--log-requests", action="store_true", help="log each request's method")
+    p.add_argument(
+        "--session-timeout", type=int, help="sessions expire after this many idle seconds"
+    )
     p.add_argument("--no-loop", action="store_true", help="with --file: hold the last frame")
     p.add_argument(
         "--protocols",
@@ -125,6 +151,46 @@ def audio_chain(a: argparse.Namespace) -> str:
     )
 
 
+# RTP caps the back channel accepts + depayloader and decoder, per --backchannel. Only string
+# fields of the caps reach the SDP's fmtp line, hence the (string) casts.
+BACKCHANNEL_CHAINS = {
+    "pcmu": (
+        "application/x-rtp,media=audio,payload=0,clock-rate=8000,encoding-name=PCMU",
+        "rtppcmudepay ! mulawdec",
+    ),
+    "pcma": (
+        "application/x-rtp,media=audio,payload=8,clock-rate=8000,encoding-name=PCMA",
+        "rtppcmadepay ! alawdec",
+    ),
+    "aac": (
+        "application/x-rtp,media=audio,payload=96,clock-rate={rate},"
+        "encoding-name=MPEG4-GENERIC,mode=(string)AAC-hbr,config=(string){config},"
+        "sizelength=(string)13,indexlength=(string)3,indexdeltalength=(string)3,"
+        "streamtype=(string)5,profile-level-id=(string)1",
+        "rtpmp4gdepay ! avdec_aac",
+    ),
+}
+AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
+
+
+def backchannel_launch(a: argparse.Namespace) -> str:
+    caps, decode = BACKCHANNEL_CHAINS[a.backchannel]
+    # AudioSpecificConfig of AAC-LC mono at the rate: 5 bits object type 2, 4 bits rate index,
+    # 4 bits channel configuration 1, 3 bits zero.
+    asc = (2 << 11) | (AAC_RATES.index(a.backchannel_rate) << 7) | (1 << 3)
+    caps = caps.format(rate=a.backchannel_rate, config=f"{asc:04x}")
+    out = a.backchannel_file or "/dev/null"
+    location = out.replace("\\", "\\\\").replace('"', '\\"')
+    # async=false: the back channel has no data (so nothing prerolls) until the client talks.
+    # unbuffered: every buffer reaches the file as it is decoded, so a test reads it live.
+    return (
+        f'( capsfilter caps="{caps}" name=depay_backchannel ! {decode} ! audioconvert '
+        "! audio/x-raw,format=S16LE,channels=1 "
+        f'! filesink location="{location}" append=true buffer-mode=unbuffered '
+        "async=false sync=false )"
+    )
+
+
 def raw_caps(a: argparse.Namespace) -> str:
     return f"video/x-raw,width={a.width},height={a.height},framerate={a.fps}/1"
 
@@ -138,7 +204,13 @@ def media_launch(a: argparse.Namespace) -> str:
     else:
         src = f"videotestsrc is-live=true pattern={a.pattern}"
         video = f"{src} ! {raw_caps(a)} ! {encoder_chain(a)}"
-    return f"( {video}{audio_chain(a)} )"
+    launch = f"( {video}{audio_chain(a)} )"
+    if a.backchannel:
+        # A talking client may SETUP only the back channel (as ours does): the streams it did
+        # not set up stay unlinked, and a payloader's not-linked would otherwise stop the whole
+        # media (back channel included) as soon as its source pushes. The tees swallow it.
+        launch = launch.replace(" ! rtp", " ! tee allow-not-linked=true ! rtp")
+    return launch
 
 
 class FileProducer:
@@ -181,18 +253,74 @@ class FileProducer:
             self.mainloop.quit()
 
 
+def add_auth(
+    server: GstRtspServer.RTSPServer, factory: GstRtspServer.RTSPMediaFactory, a: argparse.Namespace
+) -> None:
+    """Only `--user` with `--password` may DESCRIBE/SETUP the media (Digest or Basic)."""
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "user")
+    if a.auth == "digest":
+        auth.add_digest(a.user, a.password, token)
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.DIGEST)
+    else:
+        auth.add_basic(GstRtspServer.RTSPAuth.make_basic(a.user, a.password), token)
+        auth.set_supported_methods(GstRtsp.RTSPAuthMethod.BASIC)
+    server.set_auth(auth)
+    role = "user, media.factory.access=(boolean)true, media.factory.construct=(boolean)true"
+    factory.add_role_from_structure(Gst.Structure.from_string(role)[0])
+
+
+REQUEST_SIGNALS = ("options", "describe", "setup", "play", "pause", "teardown", "get-parameter")
+
+
+def log_requests(_server: GstRtspServer.RTSPServer, client: GstRtspServer.RTSPClient) -> None:
+    for name in REQUEST_SIGNALS:
+        method = name.replace("-", "_").upper()
+        client.connect(f"{name}-request", lambda _c, _ctx, m=method: log(f"request {m}"))
+    client.connect("closed", lambda _c: log("client closed"))
+
+
+def expire_sessions(server: GstRtspServer.RTSPServer, seconds: int) -> None:
+    """Sessions time out after `seconds` without a request: gst-rtsp-server only announces the
+    timeout; expiring is the application's job (its examples run the cleanup every 2 s)."""
+    pool = server.get_session_pool()
+
+    def connected(_server: GstRtspServer.RTSPServer, client: GstRtspServer.RTSPClient) -> None:
+        client.connect("new-session", lambda _c, session: session.set_timeout(seconds))
+
+    def cleanup() -> bool:
+        if expired := pool.cleanup():
+            log(f"expired {expired} session(s)")
+        return GLib.SOURCE_CONTINUE
+
+    server.connect("client-connected", connected)
+    GLib.timeout_add(250, cleanup)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     Gst.init(None)
     loop = GLib.MainLoop()
 
-    server = GstRtspServer.RTSPServer()
+    onvif = a.backchannel is not None
+    server = GstRtspServer.RTSPOnvifServer() if onvif else GstRtspServer.RTSPServer()
     server.set_address("127.0.0.1")
     server.set_service(str(a.port))
 
-    factory = GstRtspServer.RTSPMediaFactory()
+    factory = GstRtspServer.RTSPOnvifMediaFactory() if onvif else GstRtspServer.RTSPMediaFactory()
     factory.set_launch(media_launch(a))
-    factory.set_shared(True)
+    factory.set_shared(a.backchannel is None)
+    if onvif:  # without its media type the ONVIF factory constructs no media (400 Bad Request)
+        factory.set_media_gtype(GstRtspServer.RTSPOnvifMedia)
+    if a.backchannel is not None:
+        factory.set_backchannel_launch(backchannel_launch(a))
+    if a.user:
+        add_auth(server, factory, a)
+    if a.log_requests:
+        server.connect("client-connected", log_requests)
+    if a.session_timeout:
+        expire_sessions(server, a.session_timeout)
     protocols = GstRtsp.RTSPLowerTrans(0)
     if "tcp" in a.protocols:
         protocols |= GstRtsp.RTSPLowerTrans.TCP
