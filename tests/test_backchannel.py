@@ -25,6 +25,7 @@ import pytest
 
 from bridge.config import CameraConfig, ConfigError, load_config
 from bridge.live.talkback import TalkBack
+from bridge.media.executor import MediaExecutor
 from bridge.sources.backchannel import (
     BackChannelError,
     NoBackChannel,
@@ -313,7 +314,10 @@ async def test_talkback_decodes_opus_opens_on_demand_and_closes_when_quiet(
         log_requests=True,
     )  # fmt: skip
     await cam.astart()
-    talkback = TalkBack("Door", lambda: OnvifBackChannel(cam.url), idle_close=0.5)
+    media = MediaExecutor(workers=1, backlog=4, name="test-media")  # as the bridge runs it
+    talkback = TalkBack(
+        "Door", lambda: OnvifBackChannel(cam.url, media=media), media=media, idle_close=0.5
+    )
     try:
         for talk_no in (1, 2):
             started = time.monotonic()
@@ -328,12 +332,14 @@ async def test_talkback_decodes_opus_opens_on_demand_and_closes_when_quiet(
             assert len(teardowns) == talk_no
         status = talkback.status()
         assert status["failures"] == 0 and status["codec"] == "PCMU/8000"
+        assert status["dropped_busy"] == 0 and media.status()["completed"] > 100
         assert status["frames_sent"] == 2 * len(payloads) - status["dropped_overflow"]
         got = cam.read_backchannel()
         assert 2.6 * 8000 <= len(got) <= 3.1 * 8000, len(got)
         assert abs(peak_hz(got[800:12000], 8000) - TONE) <= 0.02 * TONE
     finally:
         await talkback.stop()
+        await media.aclose()
         cam.stop()
 
 

@@ -112,6 +112,7 @@ class TalkBack:
         self.last_error: str | None = None
         self.frames_in = self.frames_sent = 0
         self.dropped_overflow = self.dropped_unavailable = self.dropped_muted = 0
+        self.dropped_busy = 0
         self.talks = self.failures = 0
 
     # -- input (from the loop) ----------------------------------------------------------------
@@ -157,7 +158,7 @@ class TalkBack:
             )
         except BackChannelError as exc:
             self._fail(str(exc))
-        except MediaBusy as exc:
+        except MediaBusy as exc:  # creating the decoder found no room
             self._fail(f"media pool busy ({exc})")
         except Exception as exc:  # a bug must end this talk, not the bridge
             log.exception("talk-back to %s failed", self.camera)
@@ -184,7 +185,11 @@ class TalkBack:
             self._queue.clear()
             if decoder is None and any(rate is None for _, rate in items):
                 decoder = await self._run(OpusDecoder)
-            chunks = await self._run(self._decode, decoder, items, self.volume)
+            try:
+                chunks = await self._run(self._decode, decoder, items, self.volume)
+            except MediaBusy:
+                self.dropped_busy += len(items)  # a moment of silence, the talk goes on
+                continue
             for pcm, rate in chunks:
                 await channel.send(pcm, rate)
             self.frames_sent += len(items)
@@ -247,6 +252,7 @@ class TalkBack:
             "dropped_overflow": self.dropped_overflow,
             "dropped_unavailable": self.dropped_unavailable,
             "dropped_muted": self.dropped_muted,
+            "dropped_busy": self.dropped_busy,
             "volume": self.volume,
             "muted": self.muted,
         }

@@ -43,7 +43,7 @@ from urllib.parse import urljoin
 import numpy as np
 
 from bridge.config import CameraConfig
-from bridge.media.executor import MediaExecutor
+from bridge.media.executor import MediaBusy, MediaExecutor
 from bridge.sources.backchannel_encode import SUPPORTED, BackChannelEncoder
 from bridge.sources.rtsp_client import RtspConnection, RtspError, RtspStatusError
 
@@ -266,6 +266,7 @@ class OnvifBackChannel:
         self.session: str | None = None
         self.session_timeout = DEFAULT_SESSION_TIMEOUT
         self.keepalives = 0
+        self.dropped_busy = 0  # chunks the media pool had no room for
         self._channel = 0
         self._encoder: BackChannelEncoder | None = None
         self._keepalive: asyncio.Task[None] | None = None
@@ -348,7 +349,7 @@ class OnvifBackChannel:
                 if method == "GET_PARAMETER":
                     method = "OPTIONS"  # listed but refused: OPTIONS keeps sessions alive too
                     continue
-                log.warning("back channel %s: keepalive refused: %s", self.display_url, exc)
+                log.debug("back channel %s: keepalive refused: %s", self.display_url, exc)
             except RtspError as exc:  # the connection has ended: the next send says why
                 log.debug("back channel %s: keepalive failed: %s", self.display_url, exc)
                 return
@@ -359,7 +360,11 @@ class OnvifBackChannel:
             raise BackChannelError(f"back channel {self.display_url} is not open")
         if self._conn.closed:
             raise BackChannelError(f"back channel {self.display_url}: {self.closed_reason}")
-        packets = await self._run(encoder.encode, pcm, rate, time.monotonic())
+        try:
+            packets = await self._run(encoder.encode, pcm, rate, time.monotonic())
+        except MediaBusy:
+            self.dropped_busy += 1  # a moment of silence beats ending the talk
+            return
         if packets:
             try:
                 await self._conn.send_interleaved(self._channel, packets)

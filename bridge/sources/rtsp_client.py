@@ -298,6 +298,10 @@ class RtspConnection:
             raise RtspError(f"{self.display_url}: {self.closed_reason}") from None
         finally:
             self._pending.pop(cseq, None)
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # retrieved: the caller has heard through the raise
 
     async def send_interleaved(self, channel: int, packets: list[bytes]) -> None:
         """RTP/RTCP packets on an interleaved channel, in one write; raises RtspError when the
