@@ -38,6 +38,11 @@ class StreamEndpoints:
     srtp_salt: bytes  # 14-byte master salt
     video_ssrc: int  # our SSRC for the video stream, reported back to the controller
     local_address: str  # the address the controller's packets arrive on (ours)
+    # Audio (only for a camera with a Microphone and AES_CM_128 audio SRTP; empty key: none).
+    # HomeKit keys audio apart from video: its own master key, port and SSRC.
+    audio_srtp_key: bytes = b""
+    audio_srtp_salt: bytes = b""
+    audio_ssrc: int = 0  # our SSRC for the audio stream, reported back to the controller
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,29 @@ class VideoRequest:
     level: str = "4.0"
 
 
+@dataclass(frozen=True, slots=True)
+class AudioRequest:
+    """The negotiated audio of SelectedRTPStreamConfiguration: Opus, as the controller wants it.
+
+    RTP time runs at `sample_rate` (HomeKit's clock for Opus, not RFC 7587's 48 kHz) and every
+    packet carries exactly `packet_time_ms` of sound (20 ms on Wi-Fi, 60 ms on cellular).
+    """
+
+    sample_rate: int  # 8000 | 16000 | 24000
+    packet_time_ms: int  # rtp_time: 10, 20, 40, 60...
+    channels: int = 1
+    payload_type: int = 110
+    max_bitrate_kbps: int = 24
+    variable_bitrate: bool = True
+    rtcp_interval: float = 5.0  # minimum RTCP interval in seconds
+    comfort_noise: bool = False
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples (per channel) in one packet: the RTP timestamp step."""
+        return self.sample_rate * self.packet_time_ms // 1000
+
+
 class LiveSession(Protocol):
     """One live-view stream to one controller; created by a LiveSessionFactory."""
 
@@ -64,7 +92,13 @@ class LiveSession(Protocol):
     def local_video_port(self) -> int:  # UDP port we send from / receive RTCP on
         ...
 
-    async def start(self, request: VideoRequest) -> None: ...
+    @property
+    def local_audio_port(self) -> int | None:
+        """Our audio UDP port, or None without audio (the response then echoes the
+        controller's own audio port, as HAP-NodeJS does for cameras without a microphone)."""
+
+    async def start(self, request: VideoRequest, audio: AudioRequest | None = None) -> None:
+        """Start streaming; `audio` is None when no sound is to be sent."""
 
     async def reconfigure(self, request: VideoRequest) -> None: ...
 

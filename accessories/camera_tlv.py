@@ -1,9 +1,11 @@
 """TLV8 payloads of the CameraRTPStreamManagement service (HAP spec, "IP Cameras").
 
 Builders for what we advertise and answer, parsers for what a controller writes. Parsers are
-strict about what the bridge uses (session id, address, ports, video SRTP, video parameters)
-and tolerant about what it ignores (audio parameters): malformed input raises TLVError
-(a ValueError) with a message naming the field. The controller address in SetupEndpoints must
+strict about what the bridge uses (session id, address, ports, SRTP, video parameters) and
+tolerant about what it ignores: malformed input raises TLVError (a ValueError) with a message
+naming the field. Audio is parsed in full (a camera with a Microphone sends Opus as selected),
+but an audio selection we cannot serve (`audio_request`) costs the stream its sound, not its
+picture. The controller address in SetupEndpoints must
 be one host's unicast address (not broadcast, multicast, unspecified or link-local): the
 bridge sends SRTP there.
 """
@@ -14,7 +16,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from enum import IntEnum
 
-from .backend import VideoCapabilities, VideoRequest
+from .backend import AudioRequest, VideoCapabilities, VideoRequest
 from .tlv8 import TLV, TLVError, encode, read_f32, u8, u16, u32
 
 
@@ -50,6 +52,9 @@ PROFILES = {0: "baseline", 1: "main", 2: "high"}
 LEVELS = {0: "3.1", 1: "3.2", 2: "4.0"}
 OPUS_CODEC = 3
 _SAMPLE_RATE_16K, _SAMPLE_RATE_24K = 1, 2
+SAMPLE_RATES = {0: 8000, _SAMPLE_RATE_16K: 16000, _SAMPLE_RATE_24K: 24000}
+# Opus packet durations libopus can produce in one packet (30 ms is not one of them).
+OPUS_PACKET_TIMES_MS = (10, 20, 40, 60, 80, 100, 120)
 _SRTP_KEY_SIZES = {
     SRTPSuite.AES_CM_128_HMAC_SHA1_80: (16, 14),
     SRTPSuite.AES_256_CM_HMAC_SHA1_80: (32, 14),
@@ -117,11 +122,11 @@ def supported_rtp_config() -> bytes:
 def supported_audio_config() -> bytes:
     """SupportedAudioStreamConfiguration.
 
-    iOS refuses to start a stream unless it finds an audio codec it knows, even for a camera
-    without a microphone, so a camera without audio still advertises Opus, mono, variable
-    bitrate, 16 and 24 kHz (what HAP-NodeJS advertises for video-only cameras; the Apple Watch
-    wants Opus at 16 kHz) and no comfort noise. The audio the controller then selects is
-    ignored; without a Microphone service no audio is expected.
+    Opus, mono, variable bitrate, 16 and 24 kHz, no comfort noise: what a camera with a
+    Microphone sends (bridge/live/audio.py). iOS refuses to start a stream unless it finds an
+    audio codec it knows, even for a camera without a microphone, so a camera without audio
+    advertises the same (as HAP-NodeJS does for video-only cameras; the Apple Watch wants Opus
+    at 16 kHz); without a Microphone service the audio the controller selects is ignored.
     """
     params = encode([(1, u8(1)), (2, u8(0)), (3, [u8(_SAMPLE_RATE_16K), u8(_SAMPLE_RATE_24K)])])
     codec = encode([(1, u8(OPUS_CODEC)), (2, params)])
@@ -228,7 +233,7 @@ def parse_setup_endpoints(data: bytes) -> SetupEndpointsRequest:
     video_port = _port(addr, 3, "video port")
     audio_port = addr.optional_uint(4, "audio port", 2) or video_port
     video_srtp = _parse_srtp(root.nested(4, "video srtp"))
-    # Audio is ignored, so its parameters only need to be echoed; absent means none.
+    # Echoed in any case; used only by a camera with a Microphone. Absent means none.
     audio = root.optional_nested(5, "audio srtp")
     audio_srtp = _parse_srtp(audio) if audio is not None else NO_SRTP
     return SetupEndpointsRequest(
@@ -302,11 +307,32 @@ class SelectedVideo:
 
 
 @dataclass(frozen=True, slots=True)
+class SelectedAudio:
+    """Selected audio parameters; fields are None where the write left them out."""
+
+    codec: int | None = None
+    channels: int | None = None
+    bitrate_mode: int | None = None  # 0 variable, 1 constant
+    sample_rate: int | None = None  # HAP code: 0 8 kHz, 1 16 kHz, 2 24 kHz
+    packet_time_ms: int | None = None  # rtp_time
+    payload_type: int | None = None
+    ssrc: int | None = None  # the controller's
+    max_bitrate_kbps: int | None = None
+    rtcp_interval: float | None = None
+    comfort_noise_payload_type: int | None = None
+    comfort_noise: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SelectedStreamConfig:
     session_id: bytes
     command: SessionCommand
     video: SelectedVideo | None
-    audio_present: bool  # audio parameters are parsed for shape only, then ignored
+    audio: SelectedAudio | None = None
+
+    @property
+    def audio_present(self) -> bool:
+        return self.audio is not None
 
 
 def parse_selected_stream_config(data: bytes) -> SelectedStreamConfig:
@@ -324,10 +350,68 @@ def parse_selected_stream_config(data: bytes) -> SelectedStreamConfig:
     video_tlv = root.optional_nested(2, "video")
     video = _parse_selected_video(video_tlv) if video_tlv is not None else None
     audio_tlv = root.optional_nested(3, "audio")
-    if audio_tlv is not None:
-        audio_tlv.optional_nested(2, "codec parameters")
-        audio_tlv.optional_nested(3, "rtp parameters")
-    return SelectedStreamConfig(session_id, command, video, audio_tlv is not None)
+    audio = _parse_selected_audio(audio_tlv) if audio_tlv is not None else None
+    return SelectedStreamConfig(session_id, command, video, audio)
+
+
+def _parse_selected_audio(audio: TLV) -> SelectedAudio:
+    params = audio.optional_nested(2, "codec parameters")
+    rtp = audio.optional_nested(3, "rtp parameters")
+    interval = None
+    if rtp is not None and (raw := rtp.first(4)) is not None:
+        interval = read_f32(raw, f"{rtp.what}.min rtcp interval")
+    noise = audio.optional_uint(4, "comfort noise", 1)
+    return SelectedAudio(
+        codec=audio.optional_uint(1, "codec", 1),
+        channels=params.optional_uint(1, "channels", 1) if params else None,
+        bitrate_mode=params.optional_uint(2, "bitrate mode", 1) if params else None,
+        sample_rate=params.optional_uint(3, "sample rate", 1) if params else None,
+        packet_time_ms=params.optional_uint(4, "rtp time", 1) if params else None,
+        payload_type=rtp.optional_uint(1, "payload type", 1) if rtp else None,
+        ssrc=rtp.optional_uint(2, "ssrc", 4) if rtp else None,
+        max_bitrate_kbps=rtp.optional_uint(3, "max bitrate", 2) if rtp else None,
+        rtcp_interval=interval,
+        comfort_noise_payload_type=rtp.optional_uint(6, "comfort noise payload type", 1)
+        if rtp
+        else None,
+        comfort_noise=bool(noise) if noise is not None else None,
+    )
+
+
+def audio_request(audio: SelectedAudio | None) -> AudioRequest | None:
+    """The Opus stream to send for a START (None: the controller selected no audio).
+
+    Raises TLVError naming the field when the selection is not one we can serve (another
+    codec, an unknown sample rate, a packet time Opus cannot have, more than two channels):
+    the caller then streams the picture alone.
+    """
+    if audio is None:
+        return None
+    what = "SelectedRTPStreamConfiguration.audio"
+    if audio.codec != OPUS_CODEC:
+        raise TLVError(f"{what}: codec {audio.codec} is not Opus ({OPUS_CODEC})")
+    rate = SAMPLE_RATES.get(audio.sample_rate if audio.sample_rate is not None else -1)
+    if rate is None:
+        raise TLVError(f"{what}: unknown sample rate {audio.sample_rate}")
+    ptime = audio.packet_time_ms or 20  # HAP's default when left out
+    if ptime not in OPUS_PACKET_TIMES_MS:
+        raise TLVError(f"{what}: rtp time {ptime} ms is not an Opus packet duration")
+    channels = audio.channels or 1
+    if channels not in (1, 2):
+        raise TLVError(f"{what}: {channels} channels (1 or 2)")
+    interval = audio.rtcp_interval
+    if interval is None or not 0 < interval < 3600:
+        interval = 5.0
+    return AudioRequest(
+        sample_rate=rate,
+        packet_time_ms=ptime,
+        channels=channels,
+        payload_type=audio.payload_type or 110,
+        max_bitrate_kbps=audio.max_bitrate_kbps or 24,
+        variable_bitrate=audio.bitrate_mode != 1,
+        rtcp_interval=interval,
+        comfort_noise=bool(audio.comfort_noise),
+    )
 
 
 def _parse_selected_video(video: TLV) -> SelectedVideo:

@@ -11,6 +11,13 @@ SetupEndpoints replaces it, and it is released if no start follows within PENDIN
 
 Session operations (start, reconfigure, stop) run as tasks, one after another per session, so
 a stop never overtakes the start it ends; a stop cancels a start still in progress first.
+
+Sound: for a camera with a Microphone (capabilities().has_audio) SetupEndpoints hands the
+controller's audio key, salt and port plus our audio SSRC to the session, which binds its own
+audio socket (local_audio_port, reported back); START passes the selected Opus parameters
+(AudioRequest). An audio selection we cannot serve costs the stream its sound, never its
+picture. Without a Microphone everything stays as it was: no audio socket, the controller's
+own audio port echoed back, no audio sent.
 """
 
 from __future__ import annotations
@@ -25,13 +32,22 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .backend import CameraBackend, CameraUnavailable, LiveSession, StreamEndpoints, VideoRequest
+from .backend import (
+    AudioRequest,
+    CameraBackend,
+    CameraUnavailable,
+    LiveSession,
+    StreamEndpoints,
+    VideoRequest,
+)
 from .camera_tlv import (
+    SelectedAudio,
     SessionCommand,
     SetupEndpointsRequest,
     SetupStatus,
     SRTPSuite,
     StreamingStatus,
+    audio_request,
     parse_selected_stream_config,
     parse_setup_endpoints,
     setup_endpoints_response,
@@ -184,6 +200,8 @@ class StreamManagement:
             ip = "IPv6" if request.ipv6 else "IPv4"
             logger.warning("%s: no local %s address to stream from", self.name, ip)
             return setup_endpoints_status(SetupStatus.ERROR, sid)
+        # Sound only from a camera with a Microphone, and only with the one suite we speak.
+        audio = self._has_audio() and request.audio_srtp.suite is SRTPSuite.AES_CM_128_HMAC_SHA1_80
         endpoints = StreamEndpoints(
             session_id=sid,
             controller_address=request.controller_address,
@@ -193,6 +211,9 @@ class StreamManagement:
             srtp_salt=request.video_srtp.salt,
             video_ssrc=random_ssrc(),
             local_address=local,
+            audio_srtp_key=request.audio_srtp.key if audio else b"",
+            audio_srtp_salt=request.audio_srtp.salt if audio else b"",
+            audio_ssrc=random_ssrc(),
         )
         live = _Live(session_id=sid, ipv6=request.ipv6, client_addr=client_addr)
         try:
@@ -218,10 +239,26 @@ class StreamManagement:
             request,
             local_address=local,
             video_port=live.session.local_video_port,
-            audio_port=request.audio_port,
+            audio_port=live.session.local_audio_port or request.audio_port,
             video_ssrc=endpoints.video_ssrc,
-            audio_ssrc=random_ssrc(),
+            audio_ssrc=endpoints.audio_ssrc,
         )
+
+    def _has_audio(self) -> bool:
+        try:
+            return self._backend.capabilities().has_audio
+        except Exception:  # a backend that cannot say has no Microphone service either
+            return False
+
+    def _audio_request(self, selected: SelectedAudio | None) -> AudioRequest | None:
+        """The sound to send: None without a Microphone or for a selection we cannot serve."""
+        if selected is None or not self._has_audio():
+            return None
+        try:
+            return audio_request(selected)
+        except TLVError as exc:
+            logger.warning("%s: streaming without sound: %s", self.name, exc)
+            return None
 
     def _expire(self, live: _Live) -> None:
         if not live.started and not live.ended:
@@ -241,12 +278,14 @@ class StreamManagement:
                 if live.started:
                     raise TLVError(f"{self.name}: session already started")
                 request = video_request(config.video, ipv6=live.ipv6)
+                audio = self._audio_request(config.audio)
                 live.started, live.request = True, request
                 if live.expiry is not None:
                     live.expiry.cancel()
                 self.refresh()
-                logger.info("%s: start %s", self.name, request)
-                live.start_task = self._enqueue(live, partial(self._start, live, request), "start")
+                logger.info("%s: start %s %s", self.name, request, audio or "without sound")
+                start = partial(self._start, live, request, audio)
+                live.start_task = self._enqueue(live, start, "start")
             case SessionCommand.RECONFIGURE:
                 if not live.started:
                     raise TLVError(f"{self.name}: reconfigure before start")
@@ -259,9 +298,13 @@ class StreamManagement:
             case _:
                 raise TLVError(f"{self.name}: {config.command.name} is not supported")
 
-    async def _start(self, live: _Live, request: VideoRequest) -> None:
-        if not live.ended and live.session is not None:
+    async def _start(self, live: _Live, request: VideoRequest, audio: AudioRequest | None) -> None:
+        if live.ended or live.session is None:
+            return
+        if audio is None:
             await live.session.start(request)
+        else:
+            await live.session.start(request, audio)
 
     async def _reconfigure(self, live: _Live, request: VideoRequest) -> None:
         if not live.ended and live.session is not None:

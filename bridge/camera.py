@@ -23,7 +23,10 @@ from accessories.backend import (
     VideoCapabilities,
 )
 from bridge.config import CameraConfig
+from bridge.live.audio import OpusLiveSession, VideoClock
+from bridge.live.link import RtpTarget
 from bridge.live.session import H264LiveSession
+from bridge.live.stream import LiveStream
 from bridge.media.camera_audio import CameraAudioInput
 from bridge.media.executor import MediaExecutor
 from bridge.media.snapshot import Snapshots
@@ -46,7 +49,8 @@ class BridgeCamera:
         self.config = config
         self.source = source
         self.bind_address = bind_address
-        self.sessions: list[H264LiveSession] = []
+        self.sessions: list[LiveStream] = []
+        self.media = media  # live Opus encodes there too
         self.snapshots_served = 0
         self.snapshot_errors = 0
         self._snapshots = Snapshots(source.frames, media)  # renders on the bridge's media pool
@@ -105,14 +109,32 @@ class BridgeCamera:
         if not self.source.available:
             raise CameraUnavailable(f"camera {self.name!r} is {self.source.state}")
         self.sessions = [s for s in self.sessions if not s.closed]
-        session = H264LiveSession(
-            subscribe=self.source.subscribe,
-            stream_info=lambda: self.source.info,
-            endpoints=endpoints,
-            on_end=on_end,
-            bind_address=self.bind_address,
-            mode=self.config.live_mode,
-        )
+
+        def video(ended: Callable[[], None]) -> H264LiveSession:
+            return H264LiveSession(
+                subscribe=self.source.subscribe,
+                stream_info=lambda: self.source.info,
+                endpoints=endpoints,
+                on_end=ended,
+                bind_address=self.bind_address,
+                mode=self.config.live_mode,
+            )
+
+        def audio(video_clock: VideoClock) -> OpusLiveSession:
+            # From the live edge, about 1 s of the camera's packets at most (drop-oldest).
+            return OpusLiveSession(
+                lambda: self.source.subscribe_audio(from_prebuffer=False, maxsize=64),
+                lambda: self.source.audio_info,
+                RtpTarget.audio(endpoints),
+                self.bind_address,
+                video_clock=video_clock,
+                executor=self.media,
+                name=f"{self.name}/{endpoints.session_id.hex()[:8]}",
+            )
+
+        # Sound for a camera with a Microphone whose controller keyed an audio stream.
+        with_audio = self.has_audio and bool(endpoints.audio_srtp_key)
+        session = LiveStream(endpoints, on_end, video=video, audio=audio if with_audio else None)
         self.sessions.append(session)
         return session
 

@@ -2,8 +2,14 @@
 
 The socket is bound when the link is created (the accessory needs the port for the
 SetupEndpoints response) and serves both directions: we send RTP and SRTCP sender reports to
-the controller's video port, and the controller sends its receiver reports to ours. Those
-reports are how we notice a controller that went away without stopping the stream.
+the controller's port, and the controller sends its receiver reports to ours. Those reports are
+how we notice a controller that went away without stopping the stream.
+
+One link per stream: video (`RtpTarget.video`, H.264, 90 kHz) and, for a camera with a
+Microphone, audio (`RtpTarget.audio`: its own port, key, SSRC, an AudioPacketizer at the
+negotiated rate). RTP arriving on a link is the controller talking back (the audio port); with
+an `on_rtp` hook it is SRTP-authenticated and handed over, without one it only proves the
+controller is alive. Either way it never reaches the sending side.
 """
 
 from __future__ import annotations
@@ -14,9 +20,11 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from accessories.backend import StreamEndpoints
 from bridge.live import rtcp
+from bridge.live.rtp import CLOCK_RATE, AudioPacketizer, H264Packetizer
 from bridge.live.sender import RtpSender
 from bridge.live.srtp import SrtpContext, SrtpError
 
@@ -25,31 +33,65 @@ log = logging.getLogger(__name__)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+@dataclass(frozen=True, slots=True)
+class RtpTarget:
+    """Where one stream goes and how it is keyed: the controller's address and port for it,
+    its SRTP master key and salt, and our SSRC."""
+
+    address: str
+    port: int
+    key: bytes
+    salt: bytes
+    ssrc: int
+
+    @classmethod
+    def video(cls, e: StreamEndpoints) -> RtpTarget:
+        return cls(e.controller_address, e.controller_video_port, e.srtp_key, e.srtp_salt,
+                   e.video_ssrc)  # fmt: skip
+
+    @classmethod
+    def audio(cls, e: StreamEndpoints) -> RtpTarget:
+        return cls(e.controller_address, e.controller_audio_port, e.audio_srtp_key,
+                   e.audio_srtp_salt, e.audio_ssrc)  # fmt: skip
+
+
 class ControllerLink:
     def __init__(
         self,
-        endpoints: StreamEndpoints,
+        target: StreamEndpoints | RtpTarget,
         bind_address: str,
         *,
         idle_timeout: float | None,
         first_rtcp_timeout: float | None,
         cname: str,
+        clock_rate: int = CLOCK_RATE,
+        packetizer: H264Packetizer | AudioPacketizer | None = None,
+        on_rtp: Callable[[bytes], None] | None = None,
     ) -> None:
+        """A StreamEndpoints means its video stream. on_rtp: gets each authenticated RTP
+        packet the controller sends to this port (decrypted, header included)."""
+        if isinstance(target, StreamEndpoints):
+            target = RtpTarget.video(target)
         self._idle_timeout = idle_timeout
         self._first_rtcp_timeout = first_rtcp_timeout
-        self._srtp = SrtpContext(endpoints.srtp_key, endpoints.srtp_salt)
-        self._controller_ip = _ip(endpoints.controller_address)
-        family = ipaddress.ip_address(endpoints.controller_address.split("%", 1)[0])
+        self._srtp = SrtpContext(target.key, target.salt)
+        self._controller_ip = _ip(target.address)
+        family = ipaddress.ip_address(target.address.split("%", 1)[0])
         self._sock = bind_udp(bind_address, family)
         self.port: int = self._sock.getsockname()[1]
         self.sender = RtpSender(
             self._srtp,
-            endpoints.video_ssrc,
-            (endpoints.controller_address, endpoints.controller_video_port),
+            target.ssrc,
+            (target.address, target.port),
             cname=cname,
+            clock_rate=clock_rate,
+            packetizer=packetizer,
         )
+        self.on_rtp = on_rtp
         self.rtcp_received = 0  # authenticated controller RTCP
         self.rtcp_rejected = 0  # RTCP-looking datagrams that failed SRTCP authentication
+        self.rtp_received = 0  # authenticated controller RTP (with an on_rtp hook)
+        self.rtp_rejected = 0  # other datagrams that failed SRTP authentication (idem)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._closed_future: asyncio.Future[None] | None = None
@@ -131,6 +173,16 @@ class ControllerLink:
                 self.rtcp_received += 1
                 self._last_heard = self._loop.time()
                 log.debug("rtcp from controller: %s", rtcp.parse_compound(plain))
+                return
+        elif self.on_rtp is not None:
+            try:
+                plain = self._srtp.unprotect(data)
+            except SrtpError:
+                self.rtp_rejected += 1
+            else:
+                self.rtp_received += 1
+                self._last_heard = self._loop.time()
+                self.on_rtp(plain)
                 return
         # Anything from the controller's address proves it is still there, even if we can't
         # authenticate it: a wrong guess about its keying must not cut a working stream.

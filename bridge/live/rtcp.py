@@ -46,6 +46,11 @@ def sender_report(
     )
 
 
+def empty_receiver_report(ssrc: int) -> bytes:
+    """An RR without report blocks: opens a compound packet when no SR can be given."""
+    return struct.pack("!BBHI", 0x80, RR, 1, ssrc)
+
+
 def sdes_cname(ssrc: int, cname: str) -> bytes:
     """SDES with one CNAME chunk; RFC 3550 wants it in every compound packet."""
     text = cname.encode()[:255]

@@ -1,8 +1,9 @@
-"""RTP for H.264 (RFC 3550 header, RFC 6184 payload in packetization mode 1).
+"""RTP for H.264 (RFC 3550 header, RFC 6184 payload in packetization mode 1), and for audio.
 
 Single NAL unit packets, STAP-A for runs of small NALs (SPS+PPS+SEI go out as one packet) and
 FU-A for NALs bigger than the payload budget. Sequence numbers and SSRC belong to the
 packetizer, so a reconfigured stream (copy <-> transcode) keeps one continuous RTP stream.
+Audio (Opus, RFC 7587) is simpler: one encoded packet per RTP packet (`AudioPacketizer`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,54 @@ _HEADER = struct.Struct("!BBHII")
 _MIN_PAYLOAD = 32  # refuse absurd MTUs rather than emit one-byte fragments
 
 
+def _initial_sequence(initial: int | None) -> int:
+    # Random start (RFC 3550 5.1) makes known-plaintext attacks on SRTP harder.
+    return secrets.randbits(16) if initial is None else initial & 0xFFFF
+
+
+def rtp_payload(packet: bytes) -> bytes | None:
+    """The payload of an RTP packet (after CSRCs and any header extension, without padding);
+    None when the packet is malformed."""
+    if len(packet) < RTP_HEADER_SIZE or packet[0] >> 6 != RTP_VERSION:
+        return None
+    start = RTP_HEADER_SIZE + 4 * (packet[0] & 0x0F)
+    if packet[0] & 0x10:  # header extension: 16-bit profile, 16-bit length in words
+        if len(packet) < start + 4:
+            return None
+        start += 4 + 4 * int.from_bytes(packet[start + 2 : start + 4], "big")
+    end = len(packet) - (packet[-1] if packet[0] & 0x20 else 0)
+    return packet[start:end] if start <= end else None
+
+
+class AudioPacketizer:
+    """One audio payload per RTP packet. The marker bit goes on the first packet of the
+    stream (RFC 7587: the start of a talkspurt; we never stop sending while the stream runs)."""
+
+    def __init__(self, ssrc: int, payload_type: int, *, initial_sequence: int | None = None):
+        self.ssrc = ssrc & 0xFFFFFFFF
+        self.payload_type = payload_type
+        self.max_packet_size = 0  # unused: an audio packet is never split
+        self._seq = _initial_sequence(initial_sequence)
+        self._first = True
+
+    @property
+    def next_sequence(self) -> int:
+        return self._seq
+
+    def packetize_one(self, payload: bytes, timestamp: int) -> bytes:
+        marker = 0x80 if self._first else 0
+        self._first = False
+        header = _HEADER.pack(
+            RTP_VERSION << 6,
+            marker | (self.payload_type & 0x7F),
+            self._seq,
+            timestamp & 0xFFFFFFFF,
+            self.ssrc,
+        )
+        self._seq = (self._seq + 1) & 0xFFFF
+        return header + payload
+
+
 class H264Packetizer:
     """Turns access units (lists of NAL units) into RTP packets of at most max_packet_size."""
 
@@ -35,8 +84,7 @@ class H264Packetizer:
         self.ssrc = ssrc & 0xFFFFFFFF
         self.payload_type = payload_type
         self.max_packet_size = max_packet_size
-        # Random start (RFC 3550 5.1) makes known-plaintext attacks on SRTP harder.
-        self._seq = secrets.randbits(16) if initial_sequence is None else initial_sequence & 0xFFFF
+        self._seq = _initial_sequence(initial_sequence)
 
     @property
     def next_sequence(self) -> int:

@@ -145,6 +145,10 @@ class H264LiveSession:
         """True when the stream ended by itself (on_end was or will be called)."""
         return self._ended
 
+    def media_time(self, now: float) -> tuple[float, int] | None:
+        """(pts, epoch) our reports map wall time `now` to: the audio's reports follow it."""
+        return self._sender.media_time(now)
+
     def stats(self) -> dict[str, Any]:
         """LiveStats as a JSON-ready dict (the status API serves it as is)."""
         return asdict(self.live_stats())

@@ -47,8 +47,15 @@ class SrtpContext:
     def protect_rtcp(self, rtcp: bytes) -> bytes:
         return self._tx.protect_rtcp(rtcp)
 
+    def unprotect(self, srtp: bytes) -> bytes:
+        """An incoming RTP packet (the controller's talk-back on the audio port)."""
+        try:
+            return self._rx.unprotect(srtp)
+        except (pylibsrtp.Error, ValueError) as exc:  # ValueError: longer than it handles
+            raise SrtpError(str(exc)) from exc
+
     def unprotect_rtcp(self, srtcp: bytes) -> bytes:
         try:
             return self._rx.unprotect_rtcp(srtcp)
-        except pylibsrtp.Error as exc:
+        except (pylibsrtp.Error, ValueError) as exc:  # ValueError: longer than it handles
             raise SrtpError(str(exc)) from exc
