@@ -139,8 +139,11 @@ class TalkBack:
         self._queue.append(item)
         self._wake.set()
         if self._task is None:
-            self.state = "opening"
-            self._task = asyncio.create_task(self._talk(), name=f"talkback:{self.camera}")
+            self._start()
+
+    def _start(self) -> None:
+        self.state = "opening"
+        self._task = asyncio.create_task(self._talk(), name=f"talkback:{self.camera}")
 
     # -- the talk -----------------------------------------------------------------------------
     async def _talk(self) -> None:
@@ -164,13 +167,16 @@ class TalkBack:
             log.exception("talk-back to %s failed", self.camera)
             self._fail(f"{type(exc).__name__}: {exc}")
         finally:
-            self._queue.clear()
             self._wake.clear()
             if channel is not None:
                 await channel.close()
-            if self.state != "unavailable":
-                self.state = "idle"
             self._task = None
+            if self.state == "unavailable" or self._stopped:
+                self._queue.clear()
+            else:
+                self.state = "idle"
+                if self._queue:  # the user spoke again while the channel closed
+                    self._start()
 
     async def _pump(self, channel: BackChannel) -> None:
         decoder: OpusDecoder | None = None

@@ -381,13 +381,15 @@ class OnvifBackChannel:
             return
         self._closed = True
         task, self._keepalive = self._keepalive, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self.session and not self._conn.closed:
-            with contextlib.suppress(RtspError, TimeoutError):
-                async with asyncio.timeout(2.0):
-                    aggregate = self.info.aggregate if self.info else None
-                    await self._conn.request("TEARDOWN", aggregate, {"Session": self.session})
-        await self._conn.close()
+        try:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.session and not self._conn.closed:
+                with contextlib.suppress(RtspError, TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        aggregate = self.info.aggregate if self.info else None
+                        await self._conn.request("TEARDOWN", aggregate, {"Session": self.session})
+        finally:  # even when cancelled meanwhile: no socket or reader task left behind
+            await self._conn.close()
