@@ -29,10 +29,12 @@ import numpy as np
 import pytest
 
 from accessories.backend import AudioRequest
+from accessories.camera_tlv import audio_request, parse_selected_stream_config
+from accessories.tlv8 import TLVError
 from bridge.live.opus import OpusEncoder, OpusTimeline, copy_problem
 from bridge.media.packet import AudioInfo, AudioPacket
 from tests.peers.bridge_process import BridgeProcess, CameraSpec
-from tests.peers.camera_tlv import AudioSelection, VideoSelection
+from tests.peers.camera_tlv import AudioSelection, VideoSelection, start_stream_config
 from tests.peers.homekit import Paired, find_aid, find_characteristics, pair, stream_management
 from tests.peers.rtsp import RtspCamera
 from tests.peers.srtp_receiver import SrtpAudioReceiver, rtp_to_ntp
@@ -145,6 +147,28 @@ def check_stream(rx: SrtpAudioReceiver, ssrc: int, rate: int, ptime_ms: int) -> 
 
 
 # -- the pieces: timestamps, gaps, copy or not ----------------------------------------------
+
+
+def test_selected_audio_parsed_from_the_peers_tlv() -> None:
+    sid = os.urandom(16)
+    selection = AudioSelection(sample_rate_khz=24, packet_time_ms=60, max_bitrate_kbps=32)
+    config = parse_selected_stream_config(start_stream_config(sid, VIDEO, selection))
+    assert config.audio is not None and config.audio_present
+    audio = config.audio
+    assert (audio.codec, audio.ssrc, audio.comfort_noise) == (3, selection.ssrc, False)
+    assert audio_request(audio) == AudioRequest(
+        sample_rate=24000, packet_time_ms=60, channels=1, payload_type=110, max_bitrate_kbps=32,
+        variable_bitrate=True, rtcp_interval=5.0,
+    )  # fmt: skip
+    assert AudioRequest(24000, 60).frame_samples == 1440
+    for bad, why in (
+        (AudioSelection(codec="pcmu"), "not Opus"),
+        (AudioSelection(packet_time_ms=30), "30 ms"),
+        (AudioSelection(sample_rate_khz=8, channels=3), "3 channels"),
+    ):
+        parsed = parse_selected_stream_config(start_stream_config(sid, VIDEO, bad)).audio
+        with pytest.raises(TLVError, match=why):
+            audio_request(parsed)
 
 
 def test_timeline_steps_by_whole_packets() -> None:
