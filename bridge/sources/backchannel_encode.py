@@ -24,8 +24,9 @@ import os
 
 import av
 import av.audio.codeccontext
-import av.audio.resampler
 import numpy as np
+
+from bridge.media.resample import Resampler
 
 #: Codecs we can send, by their SDP encoding name.
 SUPPORTED = ("PCMU", "PCMA", "MPEG4-GENERIC")
@@ -117,7 +118,7 @@ class BackChannelEncoder:
         self.ts = int.from_bytes(os.urandom(4), "big")
         self.packets = 0
         self._layout = "mono" if self.channels == 1 else "stereo"
-        self._resampler: av.audio.resampler.AudioResampler | None = None
+        self._resampler: Resampler | None = None
         self._in_rate = 0
         self._pending = np.zeros((self.channels, 0), np.float32)
         self._last: float | None = None
@@ -146,9 +147,7 @@ class BackChannelEncoder:
 
     def _resample(self, planar: np.ndarray, rate: int) -> np.ndarray:
         if self._resampler is None or rate != self._in_rate:
-            self._resampler = av.audio.resampler.AudioResampler(
-                format="fltp", layout=self._layout, rate=self.clock_rate
-            )
+            self._resampler = Resampler("fltp", self._layout, self.clock_rate)
             self._in_rate = rate
         layout = "mono" if planar.shape[0] == 1 else "stereo"
         frame = av.AudioFrame.from_ndarray(
