@@ -200,6 +200,11 @@ class OpusLiveSession:
             self._sub.close()
         self._inbox.clear()
         self._link.close()
+        # Break the cycles through the link's callbacks: the session goes with its last user.
+        self._sender.report_clock = None
+        self._link.on_rtp = None
+        if self._job is None:
+            self._free_encoder()
 
     async def stop(self) -> None:
         """close(), then wait for what it started (the pump, a running job, the socket)."""
@@ -210,6 +215,11 @@ class OpusLiveSession:
         if self._job is not None:  # its result is not wanted any more
             await asyncio.wait({self._job}, timeout=2.0)
         await self._link.wait_closed()
+
+    def _free_encoder(self) -> None:
+        """The codecs go as soon as no job uses them (here or when the last job ends)."""
+        if self._encoder is not None:
+            self._encoder.close()
 
     # -- the camera's packets ---------------------------------------------------------------
 
@@ -287,6 +297,7 @@ class OpusLiveSession:
         self._job = None
         exc = None if job.cancelled() else job.exception()  # always retrieved
         if self._closed or job.cancelled():
+            self._free_encoder()
             return
         if exc is not None:
             log.error("live %s: Opus encoding failed, sound stops: %r", self.name, exc)

@@ -20,7 +20,11 @@ another framing, MP3...) into such packets: decode, resample to the selected rat
 cut into frames of exactly one packet time, libopus. Gaps up to `MAX_FILL` are filled with
 silence (the decoded stream stays on the camera's timeline); longer ones start a new run. It is
 plain code without threads: the session runs it on the media executor, one job at a time, so
-its codec contexts are only ever used by one thread at a time.
+its codec contexts are only ever used by one thread at a time. Decoder and conversion
+(bridge/media/resample.py) start no FFmpeg thread pool (a few milliseconds per second of
+sound). PyAV's encoder puts its own conversion graph in front of libopus, with FFmpeg's default
+pool (2 threads here) that cannot be turned off from Python; `close()` frees it with the codecs
+when the session ends (measured: back to the thread count before the session).
 """
 
 from __future__ import annotations
@@ -32,12 +36,12 @@ from dataclasses import dataclass
 
 import av
 import av.audio.codeccontext
-import av.audio.resampler
 import av.error
 import numpy as np
 
 from accessories.backend import AudioRequest
 from bridge.media.packet import AudioInfo, AudioPacket
+from bridge.media.resample import Resampler
 from bridge.sources.audio_stream import opus_samples
 
 log = logging.getLogger(__name__)
@@ -116,7 +120,7 @@ class OpusEncoder:
         self.rate, self.channels = request.sample_rate, request.channels
         self.frame = request.frame_samples
         self._decoder: av.audio.codeccontext.AudioCodecContext | None = None
-        self._resampler: av.audio.resampler.AudioResampler | None = None
+        self._resampler: Resampler | None = None
         self._encoder: av.audio.codeccontext.AudioCodecContext | None = None
         self._pcm = np.zeros(0, np.int16)  # interleaved samples not yet encoded
         self._pcm_pts = 0.0  # pts of self._pcm[0]
@@ -134,6 +138,12 @@ class OpusEncoder:
         for packet in packets:
             self._take(packet, out)
         return out
+
+    def close(self) -> None:
+        """Free the codecs (not while a job runs: the session calls it once none does)."""
+        if self._resampler is not None:
+            self._resampler.close()
+        self._decoder = self._encoder = self._resampler = None
 
     # -- input ---------------------------------------------------------------------------------
 
@@ -173,6 +183,7 @@ class OpusEncoder:
         info = self.info
         decoder = av.CodecContext.create(info.codec, "r")
         assert isinstance(decoder, av.audio.codeccontext.AudioCodecContext)
+        decoder.thread_count = 1  # no FFmpeg thread pool for a few ms per second of sound
         decoder.sample_rate = info.sample_rate
         decoder.layout = _LAYOUTS.get(info.channels, "stereo")
         if info.extradata:
@@ -180,7 +191,7 @@ class OpusEncoder:
         decoder.open()
         self._decoder = decoder
         layout = "mono" if self.channels == 1 else "stereo"
-        self._resampler = av.audio.resampler.AudioResampler("s16", layout, self.rate)
+        self._resampler = Resampler("s16", layout, self.rate)
 
     def _decode(self, packet: AudioPacket) -> np.ndarray | None:
         if self._decoder is None:
@@ -206,6 +217,7 @@ class OpusEncoder:
         request = self.request
         encoder = av.CodecContext.create("libopus", "w")
         assert isinstance(encoder, av.audio.codeccontext.AudioCodecContext)
+        encoder.thread_count = 1
         encoder.sample_rate = self.rate
         encoder.layout = "mono" if self.channels == 1 else "stereo"
         encoder.format = "s16"
