@@ -4,7 +4,8 @@ An event is sealed in consecutive parts (docs/clip-format.md §8), each a comple
 MP4 (`ftyp`, `moov`, then `moof`+`mdat` pairs). FFmpeg's muxer starts every file's timeline at
 0, so on its own part 3 of an event would claim to start where part 0 did. `FragmentRebaser`
 moves each part onto the event's timeline as its bytes pass by: it adds the part's offset to
-every `tfdt` (base media decode time) and a per-part base to every `mfhd` sequence number. Each
+every `tfdt` (base media decode time; per track, each in its own timescale, when a clip carries
+sound beside its video) and a per-part base to every `mfhd` sequence number. Each
 part then still plays alone, and the parts of an event joined as `part 0` + the fragments of
 the later parts (their `ftyp`/`moov` dropped, `EventJoiner`) are one valid fragmented MP4 with
 the real gaps between parts kept.
@@ -16,7 +17,7 @@ fragment) is ever held whole; `mdat` and everything else pass through in the pie
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 #: Sequence numbers of part n start at n * PART_SEQUENCE_STRIDE + 1: increasing across the parts
@@ -125,26 +126,37 @@ def _children(box: bytearray, start: int, end: int) -> Iterator[tuple[bytes, int
         pos += size
 
 
-def rebase_moof(moof: bytes, decode_time_offset: int, sequence_offset: int) -> bytes:
-    """A `moof` box with `offset` added to each `tfdt` and `sequence_offset` to its `mfhd`."""
+def rebase_moof(
+    moof: bytes, decode_time_offset: int | Mapping[int, int], sequence_offset: int
+) -> bytes:
+    """A `moof` box with the offset added to each `tfdt` and `sequence_offset` to its `mfhd`.
+
+    `decode_time_offset`: one offset for every track, or one per track_ID (in that track's
+    timescale; a track not in the mapping is left alone)."""
     box = bytearray(moof)
+    offsets = decode_time_offset if isinstance(decode_time_offset, Mapping) else None
 
     def walk(start: int, end: int) -> None:
+        track: int | None = None  # the track_ID of the traf being walked (its tfhd comes first)
         for kind, payload, stop in _children(box, start, end):
             if kind in _CONTAINERS:
                 walk(payload, stop)
             elif kind == b"mfhd" and stop - payload >= 8:
                 (seq,) = struct.unpack(">I", box[payload + 4 : payload + 8])
                 box[payload + 4 : payload + 8] = struct.pack(">I", seq + sequence_offset)
+            elif kind == b"tfhd" and stop - payload >= 8:
+                (track,) = struct.unpack(">I", box[payload + 4 : payload + 8])
             elif kind == b"tfdt" and stop - payload >= 8:
+                offset = decode_time_offset if offsets is None else offsets.get(track or 0, 0)
+                assert isinstance(offset, int)
                 if box[payload] == 1:
                     (t,) = struct.unpack(">Q", box[payload + 4 : payload + 12])
-                    box[payload + 4 : payload + 12] = struct.pack(">Q", t + decode_time_offset)
+                    box[payload + 4 : payload + 12] = struct.pack(">Q", t + offset)
                 else:  # version 0: 32 bits (FFmpeg writes version 1; a wrap is an error)
                     (t,) = struct.unpack(">I", box[payload + 4 : payload + 8])
-                    if t + decode_time_offset >= 1 << 32:
+                    if t + offset >= 1 << 32:
                         raise Mp4Error("a 32-bit tfdt cannot hold the part's offset")
-                    box[payload + 4 : payload + 8] = struct.pack(">I", t + decode_time_offset)
+                    box[payload + 4 : payload + 8] = struct.pack(">I", t + offset)
 
     walk(8 if struct.unpack(">I", box[:4])[0] != 1 else 16, len(box))
     return bytes(box)
@@ -153,7 +165,10 @@ def rebase_moof(moof: bytes, decode_time_offset: int, sequence_offset: int) -> b
 class FragmentRebaser:
     """A writable that moves one part's fragments onto its event's timeline, then forwards."""
 
-    def __init__(self, sink: Writable, decode_time_offset: int, part: int) -> None:
+    def __init__(
+        self, sink: Writable, decode_time_offset: int | Mapping[int, int], part: int
+    ) -> None:
+        """`decode_time_offset`: as rebase_moof's (one for all tracks, or per track_ID)."""
         self._sink = sink
         self._offset = decode_time_offset
         self._sequence = part * PART_SEQUENCE_STRIDE
@@ -161,10 +176,14 @@ class FragmentRebaser:
 
     def write(self, data: bytes, /) -> int:
         for kind, piece, whole in self._boxes.feed(data):
-            if whole and kind == b"moof" and (self._offset or self._sequence):
+            if whole and kind == b"moof" and (_nonzero(self._offset) or self._sequence):
                 piece = rebase_moof(piece, self._offset, self._sequence)
             self._sink.write(piece)
         return len(data)
+
+
+def _nonzero(offset: int | Mapping[int, int]) -> bool:
+    return any(offset.values()) if isinstance(offset, Mapping) else offset != 0
 
 
 class EventJoiner:
@@ -173,7 +192,9 @@ class EventJoiner:
     `start_part()` before each part's bytes, `feed(bytes)` to pass them; `emit(bytes)` receives
     the output: the first part's `ftyp` and `moov`, then every part's fragments. `free` boxes
     (padding) are dropped. Every part must carry the same `moov` as the first (same camera
-    stream): a part with another is refused, since its samples would be misread.
+    stream, and the same audio track when the clip has sound): a part with another is refused,
+    since its samples would be misread. Nothing is re-timed here: each part's fragments already
+    carry the event's decode times for every track (FragmentRebaser).
     """
 
     _HEADERS = frozenset({b"ftyp", b"moov"})

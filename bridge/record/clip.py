@@ -1,8 +1,9 @@
 """One clip's bytes: the sink contract, its metadata, and the worker thread that muxes.
 
 The loop only enqueues packets; the clip's own thread runs the fMP4 muxer, every sink write
-(where encryption and the spool live), the padding and the poster JPEG, so none of that CPU
-work or I/O can stall the event loop.
+(where encryption and the spool live), the padding and the poster JPEG, and the clip's sound
+(waiting for it, decoding and encoding it: bridge.record.clip_audio), so none of that CPU work or
+I/O can stall the event loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import av.video.frame
 
 from bridge.media.packet import StreamInfo, VideoPacket
 from bridge.media.snapshot import frame_to_jpeg
+from bridge.record.clip_audio import EventAudio, PartAudio
 from bridge.record.fmp4 import TIMESCALE, Fmp4Writer
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class ClipMeta:
 class _Closing:
     poster_frame: Any
     poster_width: int
+    until: float | None  # source pts where the event's next part starts (None: the last part)
 
 
 @dataclass(slots=True)
@@ -92,10 +95,13 @@ class ClipWorker:
         loop: asyncio.AbstractEventLoop,
         *,
         timeline: tuple[float | None, int] = (None, 0),
+        audio: EventAudio | None = None,
     ) -> None:
         """`timeline`: (source pts of the event's first frame, or None for its first part;
-        this part's number), so that the parts of an event share one timeline."""
+        this part's number), so that the parts of an event share one timeline. `audio`: the
+        event's sound, when the camera has some (its track is in the clip once started)."""
         self._timeline = timeline
+        self._audio = audio
         self._info = info
         self._sink_factory = sink_factory
         self._pad = pad
@@ -109,12 +115,15 @@ class ClipWorker:
         if not self.failed:  # a dead clip would only pile packets up
             self._queue.put(packet)
 
-    def close(self, poster_frame: Any, poster_width: int) -> None:
-        self._queue.put(_Closing(poster_frame, poster_width))
+    def close(self, poster_frame: Any, poster_width: int, until: float | None = None) -> None:
+        """End the clip; `until`: the pts where the next part of its event starts."""
+        self._queue.put(_Closing(poster_frame, poster_width, until))
 
     def _run(self) -> None:
         sink: ClipSink | None = None
         muxer: Fmp4Writer | None = None
+        audio: PartAudio | None = None
+        origin = 0.0
         try:
             while True:
                 item = self._queue.get()
@@ -124,11 +133,14 @@ class ClipWorker:
                             continue
                         sink = self._sink_factory()
                         info = self._info
-                        origin, part = self._timeline
-                        ticks = 0 if origin is None else round((item.pts - origin) * TIMESCALE)
+                        first, part = self._timeline
+                        origin = item.pts if first is None else first
+                        ticks = max(0, round((item.pts - origin) * TIMESCALE))
+                        if self._audio is not None and self._audio.active:
+                            audio = PartAudio(self._audio, ticks, part)
                         muxer = Fmp4Writer(
                             sink, info.width, info.height, fps=info.fps or None,
-                            timeline=(max(0, ticks), part),
+                            timeline=(ticks, part), audio=audio,
                         )
                     muxer.write(item)
                     continue
@@ -136,6 +148,8 @@ class ClipWorker:
                     self._resolve(None)  # no keyframe came: no sink was made, nothing written
                     return
                 assert isinstance(item, _Closing)
+                if audio is not None and item.until is not None:
+                    audio.end_at(round((item.until - origin) * TIMESCALE))
                 muxer.finish()
                 media = muxer.bytes_written
                 padding = self._pad(media) if self._pad else b""

@@ -10,6 +10,14 @@ This module does the timestamp work FFmpeg cannot do from our packets, which car
 timestamps rebased to 0 on a 90 kHz clock, decode timestamps derived per GOP (cameras with
 B-frames send pts out of order), strictly increasing dts even when a camera repeats a pts, and
 explicit durations so the last frame of each fragment and of the clip has its real length.
+
+A clip of a camera with sound gets a second track, AAC (`ClipAudio`, made by
+bridge.record.clip_audio): each fragment holds the audio frames that start before its video
+ends, muxed with decode times of their own (track 2's `tfdt`s, in audio samples); the video's
+decode times start one AAC frame later (`video_delay`, added like a part's offset), so the sound
+has that frame of pre-roll before the first picture. The muxer is told to write each track's first decode time as it is (`frag_discont`, no `avoid_negative_ts`,
+no edit list): by default it would move the audio's first frame onto the first picture, while
+the audio of a part may start a little after it, and must stay there.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from typing import Protocol
 
 import av
 import av.container
+import av.stream
 
+from bridge.media.aac import AacPacket
 from bridge.media.h264 import NAL_PPS, NAL_SPS, join_annexb, nal_type, split_annexb
 from bridge.media.mp4boxes import FragmentRebaser
 from bridge.media.packet import VideoPacket
@@ -32,10 +42,27 @@ TIME_BASE = Fraction(1, TIMESCALE)
 # finish(), and an `mfra` that is not the last box would only confuse readers that look for it.
 MOVFLAGS = "frag_keyframe+empty_moov+default_base_moof+skip_trailer"
 DEFAULT_FRAME_SECONDS = 1 / 30
+VIDEO_TRACK, AUDIO_TRACK = 1, 2  # track_IDs: FFmpeg numbers the streams in the order added
 
 
 class Writable(Protocol):
     def write(self, data: bytes, /) -> object: ...
+
+
+class ClipAudio(Protocol):
+    """A clip's sound (bridge.record.clip_audio.PartAudio), muxed beside its video."""
+
+    rate: int  # the track's timescale
+    offset: int  # samples added to its `tfdt`s: the part's place on the event's timeline
+    video_delay: int  # ticks added to the video's `tfdt`s too: the sound starts a frame earlier
+
+    def add_stream(self, container: av.container.OutputContainer) -> av.stream.Stream: ...
+
+    def frames_until(self, video_end: int, lead: int, last: bool) -> list[AacPacket]:
+        """AAC frames (positions in samples from the clip's start) that start before the
+        video's end (`video_end`, 90 kHz ticks), not returned before; `lead`: the first
+        picture's reorder delay (ticks); `last`: the clip's last fragment."""
+        ...
 
 
 class _CountingOutput:
@@ -79,24 +106,33 @@ class Fmp4Writer:
         fps: float | None = None,
         buffer_size: int = 64 * 1024,
         timeline: tuple[int, int] = (0, 0),
+        audio: ClipAudio | None = None,
     ) -> None:
         """`timeline`: (ticks, part) when this clip is part `part` of an event and starts
-        `ticks` after the event's first frame (bridge.media.mp4boxes)."""
+        `ticks` after the event's first frame (bridge.media.mp4boxes). `audio`: its sound."""
         offset, part = timeline
-        if offset or part:
-            sink = FragmentRebaser(sink, offset, part)
+        options = {"movflags": MOVFLAGS}
+        rebase: int | dict[int, int] = offset
+        if audio is not None:
+            options = {
+                "movflags": MOVFLAGS + "+frag_discont",
+                "avoid_negative_ts": "disabled",
+                "use_editlist": "0",
+            }
+            rebase = {VIDEO_TRACK: offset + audio.video_delay, AUDIO_TRACK: audio.offset}
+        if offset or part or audio is not None:
+            sink = FragmentRebaser(sink, rebase, part)
         self._out = _CountingOutput(sink)
         self._container: av.container.OutputContainer = av.open(
-            self._out,
-            "w",
-            format="mp4",
-            options={"movflags": MOVFLAGS},
-            buffer_size=buffer_size,
+            self._out, "w", format="mp4", options=options, buffer_size=buffer_size
         )
         rate = Fraction(fps).limit_denominator(1001) if fps else None
         self._stream = self._container.add_mux_stream(
             "h264", rate=rate, width=width, height=height, time_base=TIME_BASE
         )
+        self._audio = audio
+        self._audio_stream = audio.add_stream(self._container) if audio is not None else None
+        self.audio_frames = 0
         self._frame_ticks = round(TIMESCALE / fps) if fps else None
         self._origin: float | None = None  # source pts of the first keyframe
         self._gop: list[_Sample] = []
@@ -197,6 +233,21 @@ class Fmp4Writer:
                 duration = nominal
             self._mux(sample, pts[i], dts[i], duration)
         self._last_dts = dts[-1]
+        if self._audio is not None:
+            self._mux_audio(last=next_pts is None)
+
+    def _mux_audio(self, last: bool) -> None:
+        assert self._audio is not None
+        time_base = Fraction(1, self._audio.rate)
+        for frame in self._audio.frames_until(self._end_ticks, self._offset, last):
+            packet = av.Packet(frame.data)
+            packet.stream = self._audio_stream
+            packet.time_base = time_base
+            packet.pts = packet.dts = frame.position
+            packet.duration = frame.duration
+            packet.is_keyframe = True
+            self._container.mux(packet)
+            self.audio_frames += 1
 
     def _nominal_ticks(self, dts: list[int]) -> int:
         if self._frame_ticks:

@@ -31,6 +31,7 @@ from bridge.media.fanout import PacketSubscription, SourceEnded
 from bridge.media.packet import StreamInfo, VideoPacket
 from bridge.media.prebuffer import Prebuffer
 from bridge.record.clip import ClipMeta, ClipSink, ClipWorker
+from bridge.record.clip_audio import EventAudio
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class _Event:
     origin: float | None = None  # source pts of the event's first keyframe: its timeline's 0
     posted_score: float | None = None  # score of the detection whose poster was sealed
     best: TrackEvent | None = None  # the event's best detection so far
+    audio: EventAudio | None = None  # its sound (a camera with audio), started at `origin`
 
     def note(self, event: TrackEvent) -> None:
         if self.best is None or event.best_score > self.best.best_score:
@@ -200,7 +202,7 @@ class Recorder:
         self._offset = None
         if buffered:
             self._offset = self.clock() - buffered[-1].pts
-        clip = self._open_clip(info, _Event(uuid.uuid4().hex), 0)
+        clip = self._open_clip(info, self._new_event(), 0)
         reason = "stopped"
         try:
             for packet in self._pre_roll(buffered, first):
@@ -261,13 +263,13 @@ class Recorder:
             event, gop = clip.event, clip.gop
             if self._too_long(event.origin, gop, packet.pts, self.settings.max_length):
                 self._close_clip(clip, "max_length")
-                clip = self._open_clip(clip.info, _Event(uuid.uuid4().hex), 0)
+                clip = self._open_clip(clip.info, self._new_event(), 0)
             elif clip.worker.failed or self._too_long(
                 clip.first_pts, gop, packet.pts, self.settings.part_length
             ):
                 # A part whose sink failed (a full spool) is cut at once: the next part, from
                 # this keyframe on, tries again, so little is lost once space is back.
-                self._close_clip(clip, "part")
+                self._close_clip(clip, "part", until=packet.pts)
                 clip = self._open_clip(clip.info, event, clip.part + 1)
             clip.gop = gop
         if clip.first_pts is None:
@@ -276,6 +278,8 @@ class Recorder:
             clip.first_pts = packet.pts
             if clip.event.origin is None:
                 clip.event.origin = packet.pts
+                if clip.event.audio is not None:  # its sound from the same picture on
+                    clip.event.audio.start(packet.pts)
         if packet.keyframe:
             if clip.last_key_pts is not None:
                 clip.gop = packet.pts - clip.last_key_pts
@@ -285,10 +289,13 @@ class Recorder:
 
     # -- clips -------------------------------------------------------------------------------
 
+    def _new_event(self) -> _Event:
+        return _Event(uuid.uuid4().hex, audio=EventAudio.for_source(self.source))
+
     def _open_clip(self, info: StreamInfo, event: _Event, part: int) -> _Clip:
         worker = ClipWorker(
             self.source.name, info, self.sink_factory, self.pad, asyncio.get_running_loop(),
-            timeline=(event.origin, part),
+            timeline=(event.origin, part), audio=event.audio,
         )
         clip = _Clip(worker, event, part, info)
         for event in self._tracks.values():  # what is still in view belongs to this clip too
@@ -296,10 +303,11 @@ class Recorder:
         self._clip = clip
         return clip
 
-    def _close_clip(self, clip: _Clip, reason: str) -> None:
+    def _close_clip(self, clip: _Clip, reason: str, until: float | None = None) -> None:
+        """`until`: the pts where the event's next part starts (reason "part")."""
         if self._clip is clip:
             self._clip = None
-        clip.worker.close(self._poster_frame(clip, reason), self.settings.poster_width)
+        clip.worker.close(self._poster_frame(clip, reason), self.settings.poster_width, until)
         task = asyncio.get_running_loop().create_task(self._finish(clip, reason, self._offset))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
@@ -332,6 +340,9 @@ class Recorder:
                 quiet=bool(getattr(exc, "reported", False)),
             )
             return
+        finally:
+            if reason != "part" and clip.event.audio is not None:
+                clip.event.audio.close()  # the event's last part has all its sound
         if written is None:
             return  # no keyframe ever arrived: nothing was written, no sink was made
         if offset is not None:

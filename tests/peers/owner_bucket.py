@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bridge.store.bucket import BucketLayout
 from tests.peers.bridge_process import ROOT, BridgeProcess, CameraSpec
@@ -92,19 +93,30 @@ def clips_sealed(bridge: BridgeProcess) -> int:
     return int((bridge.status()["storage"] or {}).get("events_sealed", 0))
 
 
-def record_bucket(work: Path) -> Recorded:
+def record_bucket(
+    work: Path,
+    *,
+    camera: dict[str, Any] | None = None,
+    scene: dict[str, float] | None = None,
+    **storage: float,
+) -> Recorded:
     """A real bridge records one clip of a person crossing a real RTSP camera into a file://
-    bucket under `work`; the tests then work on copies of it (tests/conftest.py: `recorded`)."""
+    bucket under `work`; the tests then work on copies of it (tests/conftest.py: `recorded`).
+    `camera`: more RtspCamera options (sound...); `scene`: the crossing's timing
+    (write_crossing_clip); `storage`: more [storage] keys."""
     key = work / "owner.key"
     out = obscura("keys", "generate", "-o", str(key))
     recipient = next(w for w in out.stdout.split() if w.startswith("age1"))
     clip = work / "person.mp4"
-    write_crossing_clip(clip, kind="person", seconds=14, enter_at=1.0, cross_seconds=4.0)
+    timing = scene or {"seconds": 14, "enter_at": 1.0, "cross_seconds": 4.0}
+    write_crossing_clip(clip, kind="person", **timing)  # type: ignore[arg-type]
     bucket = work / "bucket"
-    with RtspCamera(file=clip, width=640, height=360, fps=15) as cam:
+    with RtspCamera(file=clip, width=640, height=360, fps=15, **(camera or {})) as cam:
         # Long enough that the head is not "frozen" while the tests of every module that
         # shares this recording run after the bridge stopped (2 x period).
-        bridge = recording_bridge(work, cam.url, bucket, [recipient], heartbeat_seconds=600)
+        bridge = recording_bridge(
+            work, cam.url, bucket, [recipient], heartbeat_seconds=600, **storage
+        )
         bridge.start()
         old_head: list[bytes] = []
         try:

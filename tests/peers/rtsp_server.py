@@ -18,8 +18,9 @@ Sources:
   otherwise turn into the end of every client's session.
 
 Sound (``--audio``): a second stream, ``pay1``, carries a sine tone of ``--tone-hz`` from
-``audiotestsrc`` (live, on the same pipeline clock as the video, so the RTP timestamps of both
-streams and their RTCP sender reports map to one timeline, as a camera's do), encoded as AAC
+``audiotestsrc`` (live unless --file, on the same pipeline clock as the video, so the RTP
+timestamps of both streams and their RTCP sender reports map to one timeline, as a camera's
+do), encoded as AAC
 (``avenc_aac`` + ``rtpmp4gpay``, mpeg4-generic), G.711 A-law or µ-law (``rtppcmapay`` /
 ``rtppcmupay``, 8 kHz), Opus (``rtpopuspay``), MP3 (``rtpmpapay``) or a codec the bridge cannot
 use (``siren``: an RTP payload FFmpeg's RTSP demuxer does not know).
@@ -144,8 +145,12 @@ def audio_chain(a: argparse.Namespace) -> str:
     rate = 8000 if a.audio in ("alaw", "mulaw") else a.audio_rate
     rate = 16000 if a.audio == "siren" else rate
     rate = 48000 if a.audio == "opus" else rate
+    # With --file the video comes from intervideosrc, which is not a live source: a live tone
+    # beside it left the media unprepared (every PLAY got a 5xx). Not live, the tone is paced by
+    # the same sinks' clock as the video, and both still start at running time 0.
+    live = "false" if a.file else "true"
     return (
-        f" audiotestsrc is-live=true wave=sine freq={a.tone_hz:g} volume=0.5 "
+        f" audiotestsrc is-live={live} wave=sine freq={a.tone_hz:g} volume=0.5 "
         f"! audio/x-raw,rate={rate},channels={a.audio_channels} ! audioconvert "
         f"! {AUDIO_CHAINS[a.audio]}"
     )
