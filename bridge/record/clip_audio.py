@@ -4,8 +4,9 @@ docs/clip-format.md §4.1 says what the track is; this module makes it.
 
 - **Copy or transcode.** A camera that sends AAC has its access units copied as they are, with
   its AudioSpecificConfig in the `esds`: no decode, no re-encode, nothing lost. Any other codec
-  (G.711, Opus, MP3...) is decoded and resampled (bridge.media.camera_audio, the same input HKSV
-  recordings use) and encoded as AAC-LC (bridge.media.aac), with silence where nothing was heard.
+  (G.711, Opus, MP3...), and AAC without its AudioSpecificConfig (ADTS, as MPEG-TS carries it),
+  is decoded and resampled (bridge.media.camera_audio, the same input HKSV recordings use) and
+  encoded as AAC-LC (bridge.media.aac), with silence where nothing was heard.
 - **One clock.** Positions are audio samples on the event's timeline, whose 0 is one AAC frame
   before the event's first picture: the video's decode times are delayed by `video_delay`
   (1024 samples in 90 kHz ticks), so the frame that is sounding when the first picture shows
@@ -76,6 +77,7 @@ class EventAudio:
         self.copy = (
             not transcode
             and info.codec == "aac"
+            and bool(info.extradata)  # raw access units + their config (not ADTS, as in MPEG-TS)
             and info.sample_rate in COPY_RATES
             and info.channels in (1, 2)
         )
