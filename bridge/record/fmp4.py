@@ -15,9 +15,10 @@ A clip of a camera with sound gets a second track, AAC (`ClipAudio`, made by
 bridge.record.clip_audio): each fragment holds the audio frames that start before its video
 ends, muxed with decode times of their own (track 2's `tfdt`s, in audio samples); the video's
 decode times start one AAC frame later (`video_delay`, added like a part's offset), so the sound
-has that frame of pre-roll before the first picture. The muxer is told to write each track's first decode time as it is (`frag_discont`, no `avoid_negative_ts`,
-no edit list): by default it would move the audio's first frame onto the first picture, while
-the audio of a part may start a little after it, and must stay there.
+has that frame of pre-roll before the first picture. The muxer is told to write each track's
+first decode time as it is (`frag_discont`, no `avoid_negative_ts`, no edit list): by default
+it would move the audio's first frame onto the first picture, while the audio of a part may
+start a little after it, and must stay there.
 """
 
 from __future__ import annotations
