@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from bridge.media.packet import AudioPacket, VideoPacket
 
@@ -103,22 +104,13 @@ class PacketSubscription:
         self.close()
 
 
-class PacketFanout:
-    """Distributes packets to subscriptions; all methods run on the event loop."""
+class _Subscribers:
+    """What both fan-outs share: the live subscriptions, publishing, ending them all."""
 
     def __init__(self) -> None:
-        self._subs: list[PacketSubscription] = []
+        self._subs: list[Any] = []
 
-    def subscribe(
-        self, backlog: Iterable[VideoPacket] = (), maxsize: int = 300
-    ) -> PacketSubscription:
-        sub = PacketSubscription(self, maxsize)
-        for packet in backlog:
-            sub._offer(packet)
-        self._subs.append(sub)
-        return sub
-
-    def publish(self, packet: VideoPacket) -> None:
+    def publish(self, packet: object) -> None:
         for sub in list(self._subs):
             sub._offer(packet)
 
@@ -128,12 +120,25 @@ class PacketFanout:
             sub._offer(_END)
         self._subs.clear()
 
-    def _remove(self, sub: PacketSubscription) -> None:
+    def _remove(self, sub: object) -> None:
         if sub in self._subs:
             self._subs.remove(sub)
 
     def __len__(self) -> int:
         return len(self._subs)
+
+
+class PacketFanout(_Subscribers):
+    """Distributes packets to subscriptions; all methods run on the event loop."""
+
+    def subscribe(
+        self, backlog: Iterable[VideoPacket] = (), maxsize: int = 300
+    ) -> PacketSubscription:
+        sub = PacketSubscription(self, maxsize)
+        for packet in backlog:
+            sub._offer(packet)
+        self._subs.append(sub)
+        return sub
 
 
 class AudioSubscription:
@@ -200,12 +205,12 @@ class AudioSubscription:
         self.close()
 
 
-class AudioFanout:
+class AudioFanout(_Subscribers):
     """Distributes audio packets; all methods run on the event loop. `dropped` counts every
     packet any consumer lost since the start (for /status)."""
 
     def __init__(self) -> None:
-        self._subs: list[AudioSubscription] = []
+        super().__init__()
         self.dropped = 0
 
     def subscribe(
@@ -216,20 +221,3 @@ class AudioFanout:
             sub._offer(packet)
         self._subs.append(sub)
         return sub
-
-    def publish(self, packet: AudioPacket) -> None:
-        for sub in self._subs:
-            sub._offer(packet)
-
-    def end_all(self) -> None:
-        """The source went down: every current consumer's iteration ends with SourceEnded."""
-        for sub in list(self._subs):
-            sub._offer(_END)
-        self._subs.clear()
-
-    def _remove(self, sub: AudioSubscription) -> None:
-        if sub in self._subs:
-            self._subs.remove(sub)
-
-    def __len__(self) -> int:
-        return len(self._subs)
