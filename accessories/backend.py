@@ -23,7 +23,23 @@ class VideoCapabilities:
     native_height: int
     native_fps: int
     max_streams: int = 2
-    has_audio: bool = False
+    has_audio: bool = False  # a Microphone service: the camera's sound in live view
+    has_speaker: bool = False  # a Speaker service: the controller's voice to the camera
+
+
+@dataclass(slots=True)
+class SoundLevel:
+    """A Microphone's or Speaker's Mute and Volume as the Home app last set them.
+
+    The accessory writes it, the bridge's sound paths read it for every packet, so a change
+    takes effect at once in streams already running."""
+
+    muted: bool = False
+    volume: int = 100  # percent
+
+    @property
+    def gain(self) -> float:
+        return 0.0 if self.muted else max(0, min(self.volume, 100)) / 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +126,8 @@ class CameraBackend(Protocol):
     """The bridge side of one camera."""
 
     name: str
+    microphone: SoundLevel  # read by live view's sound (only with has_audio)
+    speaker: SoundLevel  # read by talk-back (only with has_speaker)
 
     def capabilities(self) -> VideoCapabilities: ...
 

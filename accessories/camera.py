@@ -7,7 +7,8 @@ AccessoryInformation, [HAPProtocolInformation when standalone], MotionSensor,
 CameraRTPStreamManagement x max(2, max_streams), Microphone (only with audio), then any
 OccupancySensor added with ``add_occupancy_sensor``, then HomeKit Secure Video's services when
 ``enable_recording`` is called (recording.py), then the Doorbell service when
-``enable_doorbell`` is called (doorbell.py).
+``enable_doorbell`` is called (doorbell.py), then the Speaker when ``enable_speaker`` is called
+(sound.py; talk-back came after the rest, so it goes last and no earlier IID moves).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pyhap.const import CATEGORY_CAMERA, CATEGORY_VIDEO_DOOR_BELL
 from .backend import CameraBackend, CameraUnavailable, RecordingBackend
 from .camera_tlv import supported_audio_config, supported_rtp_config, supported_video_config
 from .doorbell import RING_HOLD, DoorbellService, RingHold
+from .sound import add_sound_service
 from .streams import PENDING_TIMEOUT, ClientAddr, StreamManagement, b64
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
     from pyhap.accessory_driver import AccessoryDriver
     from pyhap.characteristic import Characteristic
+    from pyhap.service import Service
 
     from .hds.server import DataStreamServer
     from .recording import CameraRecording, RecordingOptions
@@ -76,6 +79,7 @@ class CameraAccessory(Accessory):
         self._camera_up = True
         self.recording: CameraRecording | None = None
         self.doorbell: DoorbellService | None = None
+        self.speaker: Service | None = None
         self._ring_hold = RingHold(RING_HOLD, self._trigger_changed)
         self._snapshot_timeout = snapshot_timeout
         caps = backend.capabilities()
@@ -112,9 +116,7 @@ class CameraAccessory(Accessory):
             for index in range(max(MIN_STREAMS, caps.max_streams))
         ]
         if caps.has_audio:
-            mic = self.add_preload_service("Microphone")
-            mic.configure_char("Mute", value=False)
-            mic.configure_char("Volume", value=100)
+            add_sound_service(self, "Microphone", backend.microphone)
         self._occupancy: dict[str, Characteristic] = {}
 
     def setup_message(self) -> None:
@@ -151,6 +153,16 @@ class CameraAccessory(Accessory):
         self.doorbell = DoorbellService(self)
         self.category = CATEGORY_VIDEO_DOOR_BELL  # a standalone server advertises it
         return self.doorbell
+
+    def enable_speaker(self) -> None:
+        """Add the Speaker service (talk-back), after every other service: IIDs follow the
+        order. The live streams then open their audio port for the controller's voice even
+        without a Microphone."""
+        if self.speaker is not None:
+            return
+        self.speaker = add_sound_service(self, "Speaker", self.backend.speaker)
+        for stream in self.streams:
+            stream.talkback = True
 
     def ring(self) -> None:
         """The doorbell was pressed: the iPhone's ring notification now, and an HKSV recording's

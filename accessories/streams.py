@@ -12,11 +12,12 @@ SetupEndpoints replaces it, and it is released if no start follows within PENDIN
 Session operations (start, reconfigure, stop) run as tasks, one after another per session, so
 a stop never overtakes the start it ends; a stop cancels a start still in progress first.
 
-Sound: for a camera with a Microphone (capabilities().has_audio) SetupEndpoints hands the
-controller's audio key, salt and port plus our audio SSRC to the session, which binds its own
-audio socket (local_audio_port, reported back); START passes the selected Opus parameters
-(AudioRequest). An audio selection we cannot serve costs the stream its sound, never its
-picture. Without a Microphone everything stays as it was: no audio socket, the controller's
+Sound: for a camera with a Microphone (capabilities().has_audio) or a Speaker (talk-back)
+SetupEndpoints hands the controller's audio key, salt and port plus our audio SSRC to the
+session, which binds its own audio socket (local_audio_port, reported back); START passes the
+selected Opus parameters (AudioRequest). The controller's voice arrives on that socket too, in
+the same key. An audio selection we cannot serve costs the stream its sound, never its
+picture. With neither service everything stays as it was: no audio socket, the controller's
 own audio port echoed back, no audio sent.
 """
 
@@ -125,6 +126,7 @@ class StreamManagement:
         self._pending_timeout = pending_timeout
         self.live: _Live | None = None
         self.active = True
+        self.talkback = False  # set by CameraAccessory.enable_speaker: a Speaker service
         self._setup_response = b64(setup_endpoints_status(SetupStatus.ERROR))
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -200,7 +202,7 @@ class StreamManagement:
             ip = "IPv6" if request.ipv6 else "IPv4"
             logger.warning("%s: no local %s address to stream from", self.name, ip)
             return setup_endpoints_status(SetupStatus.ERROR, sid)
-        # Sound only from a camera with a Microphone, and only with the one suite we speak.
+        # Sound only for a Microphone or a Speaker, and only with the one suite we speak.
         audio = self._has_audio() and request.audio_srtp.suite is SRTPSuite.AES_CM_128_HMAC_SHA1_80
         endpoints = StreamEndpoints(
             session_id=sid,
@@ -245,13 +247,18 @@ class StreamManagement:
         )
 
     def _has_audio(self) -> bool:
+        """Whether this stream has an audio port: for the camera's sound (Microphone) or the
+        controller's voice (Speaker), which both travel on it."""
+        if self.talkback:
+            return True
         try:
             return self._backend.capabilities().has_audio
         except Exception:  # a backend that cannot say has no Microphone service either
             return False
 
     def _audio_request(self, selected: SelectedAudio | None) -> AudioRequest | None:
-        """The sound to send: None without a Microphone or for a selection we cannot serve."""
+        """The audio selected: None without a Microphone or Speaker, or for a selection we
+        cannot serve."""
         if selected is None or not self._has_audio():
             return None
         try:

@@ -5,6 +5,12 @@ use it). Whether the accessory has a Microphone service is decided before the ac
 built (HomeKit numbers services once): `audio = true` always, `false` never, `"auto"` (the
 default) when `decide_audio()` finds usable sound at start (sources/audio_probe.py says why a
 probe; `demo:` has its beep, so it always does).
+
+Talk-back: likewise a Speaker service is decided before the accessory is built:
+`talkback = true` always, `false` never, `"auto"` (the default) when `decide_talkback()` finds
+an ONVIF back channel in the camera's SDP. Then every live view's audio port takes the
+controller's voice to the camera's TalkBack (bridge/live/talkback.py), with or without a
+Microphone.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from accessories.backend import (
     LiveSession,
     RecordingRequest,
     RecordingStream,
+    SoundLevel,
     StreamEndpoints,
     VideoCapabilities,
 )
@@ -27,6 +34,7 @@ from bridge.live.audio import OpusLiveSession, VideoClock
 from bridge.live.link import RtpTarget
 from bridge.live.session import H264LiveSession
 from bridge.live.stream import LiveStream
+from bridge.live.talkback import TalkBack, camera_talkback
 from bridge.media.camera_audio import CameraAudioInput
 from bridge.media.executor import MediaExecutor
 from bridge.media.snapshot import Snapshots
@@ -58,6 +66,11 @@ class BridgeCamera:
         demo = config.source.split(":", 1)[0].lower() == "demo"
         self.has_audio = config.audio == "on" or (config.audio == "auto" and demo)
         self.audio_reason = ""
+        self.microphone = SoundLevel()  # the Home app's Mute and Volume (accessories/sound.py)
+        self.speaker = SoundLevel()
+        self.has_speaker = False  # until decide_talkback()
+        self.talkback_reason = ""
+        self.talkback: TalkBack | None = None
         # Advertised before the camera first connects; refined once its stream is known.
         self._caps = VideoCapabilities(
             native_width=1920, native_height=1080, native_fps=30, has_audio=self.has_audio
@@ -83,6 +96,29 @@ class BridgeCamera:
         self._caps = replace(self._caps, has_audio=self.has_audio)
         return self.has_audio
 
+    async def decide_talkback(self) -> bool:
+        """Whether the accessory gets a Speaker service; await it before it is built."""
+        mode = self.config.talkback
+        if mode == "on":
+            self.has_speaker, self.talkback_reason = True, "talkback = true"
+        else:
+            from bridge.sources.backchannel import probe_talkback
+
+            info, self.talkback_reason = await probe_talkback(self.config)
+            self.has_speaker = info is not None
+            if self.has_speaker:
+                log.info("camera %r: talk-back: Speaker service (%s)", self.name,
+                         self.talkback_reason)  # fmt: skip
+        if self.has_speaker:
+            self.talkback = camera_talkback(self.config, self.media, self.speaker)
+        self._caps = replace(self._caps, has_speaker=self.has_speaker)
+        return self.has_speaker
+
+    async def close(self) -> None:
+        """End a talk in progress (its back channel is torn down)."""
+        if self.talkback is not None:
+            await self.talkback.stop()
+
     def capabilities(self) -> VideoCapabilities:
         info = self.source.info
         if info is not None:
@@ -91,6 +127,7 @@ class BridgeCamera:
                 native_height=info.height,
                 native_fps=max(1, round(info.fps)),
                 has_audio=self.has_audio,  # fixed when the accessory was built
+                has_speaker=self.has_speaker,
             )
         return self._caps
 
@@ -130,10 +167,13 @@ class BridgeCamera:
                 video_clock=video_clock,
                 executor=self.media,
                 name=f"{self.name}/{endpoints.session_id.hex()[:8]}",
+                level=self.microphone,
+                send=self.has_audio,
+                on_talkback=self.talkback.feed_opus if self.talkback is not None else None,
             )
 
-        # Sound for a camera with a Microphone whose controller keyed an audio stream.
-        with_audio = self.has_audio and bool(endpoints.audio_srtp_key)
+        # Sound for a camera with a Microphone or a Speaker whose controller keyed audio.
+        with_audio = (self.has_audio or self.has_speaker) and bool(endpoints.audio_srtp_key)
         session = LiveStream(endpoints, on_end, video=video, audio=audio if with_audio else None)
         self.sessions.append(session)
         return session
@@ -172,4 +212,7 @@ class BridgeCamera:
         status["snapshots"] = {"served": self.snapshots_served, "errors": self.snapshot_errors}
         status["microphone"] = self.has_audio
         status["microphone_reason"] = self.audio_reason
+        status["speaker"] = self.has_speaker
+        status["speaker_reason"] = self.talkback_reason
+        status["talkback"] = self.talkback.status() if self.talkback is not None else None
         return status

@@ -59,8 +59,11 @@ class BridgeService:
             self.cameras.append(
                 BridgeCamera(cam, source, bind_address=config.hap.address, media=self.media)
             )
-        # Microphone or not is fixed when an accessory is built: ask the cameras first.
-        await asyncio.gather(*(camera.decide_audio() for camera in self.cameras))
+        # Microphone and Speaker or not are fixed when an accessory is built: ask first.
+        await asyncio.gather(
+            *(camera.decide_audio() for camera in self.cameras),
+            *(camera.decide_talkback() for camera in self.cameras),
+        )
         self.homekit = HomeKitBridge(
             name=config.name,
             address=config.hap.address,
@@ -83,6 +86,9 @@ class BridgeService:
         self.detection.add_sensors()
         self._enable_hksv()  # after the sensors: HomeKit remembers services by IID order
         self._enable_doorbells()  # after HKSV's services, for the same reason
+        for camera, accessory in zip(self.cameras, self.homekit.cameras, strict=True):
+            if camera.has_speaker:
+                accessory.enable_speaker()  # last of all (talk-back came last)
         for source in self.sources:
             source.start()
         with bind_errors(config, "hap"):  # taken since the preflight: exit 2, naming the key
@@ -222,6 +228,7 @@ class BridgeService:
             await self.vault.stop()
         if self.homekit is not None:
             await self.homekit.stop()
+        await asyncio.gather(*(c.close() for c in self.cameras), return_exceptions=True)
         await asyncio.gather(*(s.stop() for s in self.sources), return_exceptions=True)
         if self.media is not None:
             await self.media.aclose()  # ≤ 2 s, then names the workers still busy

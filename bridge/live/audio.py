@@ -23,6 +23,10 @@ negotiated rate.
   a forgery is counted in `rtp_rejected` and dropped) and each packet's RTP payload goes to
   `on_talkback` (e.g. bridge/live/talkback.py's TalkBack.feed_opus); without one it is only
   counted. It never touches what we send.
+- The Microphone's Mute and Volume (a SoundLevel the accessory writes) apply per packet: muted,
+  nothing is sent (counted in `muted`; the reports go on); below 100 %, the camera's Opus is
+  transcoded too, so the gain can be applied. `send=False` is a Speaker-only camera: the port
+  is there for the controller's voice, and nothing of the camera's is subscribed.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from accessories.backend import AudioRequest, CameraUnavailable
+from accessories.backend import AudioRequest, CameraUnavailable, SoundLevel
 from bridge.live.link import ControllerLink, RtpTarget
 from bridge.live.opus import OpusEncoder, OpusPacket, OpusTimeline, copy_problem
 from bridge.live.rtp import AudioPacketizer, rtp_payload
@@ -68,6 +72,7 @@ class AudioStats:
     rtcp_rejected: int
     rtp_rejected: int  # datagrams on our audio port failing SRTP authentication
     talkback_packets: int  # authenticated RTP from the controller
+    muted: int  # the camera's packets not sent because the Microphone is muted
 
 
 class OpusLiveSession:
@@ -85,6 +90,8 @@ class OpusLiveSession:
         executor: MediaExecutor | None = None,
         max_backlog: float = 0.5,
         on_talkback: Callable[[bytes], None] | None = None,  # an RTP payload (Opus)
+        level: SoundLevel | None = None,  # the Microphone's Mute and Volume
+        send: bool = True,  # False: no Microphone, only the controller's voice comes in
         cname: str = "obscura",
         name: str = "",
     ) -> None:
@@ -96,6 +103,8 @@ class OpusLiveSession:
         self._executor = executor
         self._max_backlog = max_backlog
         self.on_talkback = on_talkback
+        self.level = level or SoundLevel()
+        self._send_sound = send
         self._packetizer = AudioPacketizer(target.ssrc, 110)
         self._link = ControllerLink(
             target,
@@ -120,7 +129,7 @@ class OpusLiveSession:
         self._job: asyncio.Future[list[OpusPacket]] | None = None
         self._last: OpusPacket | None = None  # the last packet sent
         self._started = self._closed = False
-        self._packets_in = self._dropped = self._busy = self._talkback = 0
+        self._packets_in = self._dropped = self._busy = self._talkback = self._muted = 0
 
     @property
     def port(self) -> int:
@@ -155,6 +164,7 @@ class OpusLiveSession:
                 rtcp_rejected=link.rtcp_rejected,
                 rtp_rejected=link.rtp_rejected,
                 talkback_packets=self._talkback,
+                muted=self._muted,
             )
         )
 
@@ -173,6 +183,9 @@ class OpusLiveSession:
         except BaseException:
             self.close()
             raise
+        if not self._send_sound:
+            log.info("live %s: listening for talk-back on port %d", self.name, self.port)
+            return
         self._info = self._audio_info()
         try:
             if self._info is None:
@@ -229,6 +242,9 @@ class OpusLiveSession:
                 if self._closed:
                     return
                 self._packets_in += 1
+                if self.level.muted:
+                    self._muted += 1
+                    continue
                 if self._mode is None:
                     self._choose(packet)
                 if self._mode == "copy":
@@ -248,6 +264,8 @@ class OpusLiveSession:
     def _choose(self, packet: AudioPacket) -> None:
         assert self._info is not None and self._request is not None
         why = copy_problem(self._info, self._request, packet)
+        if why is None and self.level.gain < 1.0:
+            why = f"Microphone volume {self.level.volume} %"
         self._mode = "copy" if why is None else "transcode"
         log.info("live %s: audio %s%s", self.name, self._mode, f" ({why})" if why else "")
 
@@ -257,6 +275,10 @@ class OpusLiveSession:
         assert self._timeline is not None
         if copy_problem(self._info, self._request, packet) is not None:
             log.info("live %s: the camera's Opus changed: transcoding from now on", self.name)
+            return False
+        if self.level.gain < 1.0:
+            log.info("live %s: Microphone volume %d %%: transcoding from now on",
+                     self.name, self.level.volume)  # fmt: skip
             return False
         timestamp = self._timeline.place(packet.pts, packet.epoch)
         self._send(OpusPacket(packet.data, timestamp, packet.pts, packet.epoch))
@@ -280,6 +302,7 @@ class OpusLiveSession:
             self._encoder = OpusEncoder(self._info, self._request, self._timeline)
         batch = list(self._inbox)
         self._inbox.clear()
+        self._encoder.gain = self.level.gain
         try:
             if self._executor is not None:
                 job = self._executor.submit(self._encoder.encode, batch, what="live opus")

@@ -132,6 +132,7 @@ class OpusEncoder:
         self.decoded = 0  # samples at our rate
         self.silence = 0  # samples of silence put into gaps
         self.decode_errors = 0
+        self.gain = 1.0  # set by the session before each job (the Microphone's Volume)
 
     def encode(self, packets: list[AudioPacket]) -> list[OpusPacket]:
         out: list[OpusPacket] = []
@@ -209,6 +210,9 @@ class OpusEncoder:
             return np.zeros(0, np.int16)
         pcm = np.concatenate([np.asarray(b, np.int16).reshape(-1) for b in blocks])
         self.decoded += len(pcm) // self.channels
+        gain = self.gain
+        if gain < 1.0:  # the Microphone's Volume (its Mute never gets here)
+            pcm = (pcm.astype(np.float32) * gain).astype(np.int16)
         return pcm
 
     # -- output --------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ Why these choices:
   asyncio's default one without it), one job at a time per talk, so the decoder stays on one
   thread at a time; the back channel encodes the same way.
 
-Speaker characteristics map here too: `volume` (0-100) scales the samples, `muted` drops them.
+The Speaker's Mute and Volume (a SoundLevel the accessory writes) apply per packet: Volume
+scales the samples, Mute drops them (counted).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import av
 import av.audio.codeccontext
 import numpy as np
 
+from accessories.backend import SoundLevel
 from bridge.config import CameraConfig
 from bridge.media.executor import MediaBusy, MediaExecutor
 from bridge.sources.backchannel import BackChannel, BackChannelError, OnvifBackChannel
@@ -95,13 +97,13 @@ class TalkBack:
         idle_close: float = IDLE_CLOSE_SECONDS,
         retry_after: float = RETRY_AFTER_SECONDS,
         max_frames: int = MAX_FRAMES,
+        level: SoundLevel | None = None,
     ) -> None:
         self.camera = camera
         self._open_channel = open_channel
         self._media = media
         self.idle_close, self.retry_after = idle_close, retry_after
-        self.volume = 100  # Speaker Volume, 0-100
-        self.muted = False  # Speaker Mute
+        self.level = level or SoundLevel()  # the Speaker's Mute and Volume
         self._queue: collections.deque[Item] = collections.deque(maxlen=max_frames)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -128,7 +130,7 @@ class TalkBack:
         self.frames_in += 1
         if self._stopped:
             return
-        if self.muted:
+        if self.level.muted:
             self.dropped_muted += 1
             return
         if self._task is None and time.monotonic() < self._retry_at:
@@ -192,7 +194,7 @@ class TalkBack:
             if decoder is None and any(rate is None for _, rate in items):
                 decoder = await self._run(OpusDecoder)
             try:
-                chunks = await self._run(self._decode, decoder, items, self.volume)
+                chunks = await self._run(self._decode, decoder, items, self.level.gain)
             except MediaBusy:
                 self.dropped_busy += len(items)  # a moment of silence, the talk goes on
                 continue
@@ -202,9 +204,8 @@ class TalkBack:
 
     @staticmethod
     def _decode(
-        decoder: OpusDecoder | None, items: list[Item], volume: int
+        decoder: OpusDecoder | None, items: list[Item], gain: float
     ) -> list[tuple[np.ndarray, int]]:
-        gain = max(0, min(volume, 100)) / 100.0
         out: list[tuple[np.ndarray, int]] = []
         for data, rate in items:
             if rate is None:
@@ -259,11 +260,15 @@ class TalkBack:
             "dropped_unavailable": self.dropped_unavailable,
             "dropped_muted": self.dropped_muted,
             "dropped_busy": self.dropped_busy,
-            "volume": self.volume,
-            "muted": self.muted,
+            "volume": self.level.volume,
+            "muted": self.level.muted,
         }
 
 
-def camera_talkback(cam: CameraConfig, media: MediaExecutor | None = None) -> TalkBack:
+def camera_talkback(
+    cam: CameraConfig, media: MediaExecutor | None = None, level: SoundLevel | None = None
+) -> TalkBack:
     """A camera's talk-back to its ONVIF back channel (its source URL, credentials included)."""
-    return TalkBack(cam.name, lambda: OnvifBackChannel(cam.source, media=media), media=media)
+    return TalkBack(
+        cam.name, lambda: OnvifBackChannel(cam.source, media=media), media=media, level=level
+    )
