@@ -97,6 +97,11 @@ class CameraConfig:
     # The camera's sound: "auto" (carried when the source has it; a Microphone service when
     # the camera has usable sound at start), "on" (always a Microphone), "off" (video only).
     audio: str = "auto"
+    # Sound from an ALSA capture device (a USB camera's microphone, or one beside a camera)
+    # in place of the source's own: its PCM name, and the rate and channels asked of it.
+    audio_device: str | None = None
+    audio_rate: int = 16000
+    audio_channels: int = 1
     # Talk-back to the camera's ONVIF RTSP back channel: "auto" (a Speaker when the camera's
     # SDP offers a back channel at start), "on" (always), "off" (never).
     talkback: str = "auto"
@@ -413,6 +418,8 @@ def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> 
     fps = r.get("fps", float, None)
     if fps is not None and not 1 <= fps <= 120:
         raise r.fail("fps", f"must be between 1 and 120, got {fps}")
+    audio = _audio(r)
+    audio_device, audio_rate, audio_channels = _audio_device(r, source, audio)
     cam = CameraConfig(
         name=name,
         source=source,
@@ -423,7 +430,10 @@ def _camera(path: Path, index: int, raw: Any, detect_defaults: DetectConfig) -> 
         fps=fps,
         input_format=_choice_opt(r, "input_format", ("mjpeg", "yuyv422", "h264")),
         live_mode=_choice(r, "live_mode", "auto", ("auto", "copy", "transcode")),
-        audio=_audio(r),
+        audio=audio,
+        audio_device=audio_device,
+        audio_rate=audio_rate,
+        audio_channels=audio_channels,
         talkback=_talkback(r, source),
         enabled=r.get("enabled", bool, True),
         doorbell=r.get("doorbell", bool, False),
@@ -444,6 +454,44 @@ def _audio(r: TableReader) -> str:
     if value != "auto":
         raise r.fail("audio", f'must be "auto", true or false; got {value!r}')
     return value
+
+
+AUDIO_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
+
+
+def _audio_device(r: TableReader, source: str, audio: str) -> tuple[str | None, int, int]:
+    """`audio_device` (an ALSA capture PCM) with `audio_rate` and `audio_channels`: sound for a
+    source that has none (a USB camera) or in place of its own (a file, the demo). An RTSP
+    camera's sound comes in its stream, and `audio = false` says the opposite: both are
+    mistakes to point out, not choices to guess at."""
+    device = r.get("audio_device", str, None)
+    rate = r.get("audio_rate", int, None)
+    channels = r.get("audio_channels", int, None)
+    if device is None:
+        for key, value in (("audio_rate", rate), ("audio_channels", channels)):
+            if value is not None:
+                raise r.fail(key, "needs audio_device (the ALSA capture device it is asked of)")
+        return None, 16000, 1
+    device = device.strip()
+    if not device or "\0" in device or len(device) > 200:
+        raise r.fail(
+            "audio_device",
+            'must name an ALSA capture device, like "plughw:CARD=C920,DEV=0" (`arecord -L`)',
+        )
+    if source.split(":", 1)[0].lower() in ("rtsp", "rtsps"):
+        raise r.fail(
+            "audio_device",
+            "is for v4l2://, file:// and demo: sources; an RTSP camera's sound comes in its stream",
+        )
+    if audio == "off":
+        raise r.fail("audio_device", "contradicts audio = false: remove one of the two")
+    rate = 16000 if rate is None else rate
+    if rate not in AUDIO_RATES:
+        raise r.fail("audio_rate", f"must be one of {', '.join(map(str, AUDIO_RATES))}; got {rate}")
+    channels = 1 if channels is None else channels
+    if channels not in (1, 2):
+        raise r.fail("audio_channels", f"must be 1 or 2, got {channels}")
+    return device, rate, channels
 
 
 def _talkback(r: TableReader, source: str) -> str:

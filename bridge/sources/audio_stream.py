@@ -8,8 +8,9 @@ codec "none") is left out: the camera streams video alone and says why once (`pr
 
 Packet durations: FFmpeg's RTP depacketizers leave most of them unset, yet the prebuffer needs
 them to keep exactly the audio that sounds over its video. They follow from the codec for the
-usual camera codecs (AAC: one frame of 1024 samples; G.711: one byte per sample; Opus: the TOC
-byte, RFC 6716 §3.1); other codecs get 0 (a packet then counts as lasting until the next).
+usual camera codecs (AAC: one frame of 1024 samples; G.711: one byte per sample; linear PCM, as
+ALSA capture devices give it: its sample width; Opus: the TOC byte, RFC 6716 §3.1); other codecs
+get 0 (a packet then counts as lasting until the next).
 """
 
 from __future__ import annotations
@@ -56,13 +57,25 @@ def needs_analysis(stream: Any) -> bool:
 
 def packet_seconds(info: AudioInfo, data: bytes) -> float:
     """How long an encoded packet of this stream sounds; 0.0 when the codec does not tell."""
-    if info.codec in ("pcm_alaw", "pcm_mulaw"):
-        return len(data) / (info.channels * info.sample_rate)
+    if width := pcm_sample_bytes(info.codec):
+        return len(data) / (width * info.channels * info.sample_rate)
     if info.codec == "aac":
         return 1024 / info.sample_rate
     if info.codec in ("opus", "libopus") and data:
         return opus_samples(data) / 48000
     return 0.0
+
+
+def pcm_sample_bytes(codec: str) -> int:
+    """Bytes per sample of an uncompressed codec (G.711, or linear PCM such as an ALSA capture
+    device's pcm_s16le or RTSP's L16, pcm_s16be); 0 for anything else."""
+    if codec in ("pcm_alaw", "pcm_mulaw", "pcm_s8", "pcm_u8"):
+        return 1
+    kind = codec.removeprefix("pcm_")
+    if kind == codec or kind[:1] not in ("s", "u", "f") or not kind.endswith(("le", "be")):
+        return 0
+    bits = kind[1:-2]
+    return int(bits) // 8 if bits in ("16", "24", "32", "64") else 0
 
 
 def opus_samples(packet: bytes) -> int:
