@@ -111,6 +111,7 @@ def doctor(config: Config, url: str | None) -> int:
                 f"{det['detector_calls']} detector runs, {det['events']} event(s){last}"
             )
         _print_audio(cam)
+        _print_talkback(cam)
         _print_hksv(cam.get("hksv"))
         _print_doorbell(cam.get("doorbell"), config)
     return 1 if problems else 0
@@ -129,6 +130,20 @@ def _print_audio(cam: dict[str, Any]) -> None:
         print(f"          audio: NOT carried, its sound is {cam['audio_problem']}; {microphone}")
     elif cam.get("state") == "streaming":
         print(f"          audio: none (the camera sends no sound); {microphone}")
+
+
+def _print_talkback(cam: dict[str, Any]) -> None:
+    """One line for a camera with a Speaker: its back channel and the last talk's trouble."""
+    talk = cam.get("talkback")
+    if not cam.get("speaker") or talk is None:
+        return
+    codec = f" ({talk['codec']})" if talk.get("codec") else f" ({cam.get('speaker_reason')})"
+    line = f"          talk-back: Speaker{codec}, {talk['talks']} talk(s), {talk['state']}"
+    if talk.get("muted"):
+        line += ", Speaker muted in the Home app"
+    if talk.get("failures"):
+        line += f"; {talk['failures']} refused, last: {talk['last_error']}"
+    print(line)
 
 
 def _print_doorbell(doorbell: dict[str, Any] | None, config: Config) -> None:

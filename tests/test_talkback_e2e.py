@@ -36,6 +36,7 @@ from tests.peers.homekit import (
     stream_management,
     write_value,
 )
+from tests.peers.owner_bucket import obscura
 from tests.peers.rtsp import RtspCamera
 from tests.peers.viewer import Viewer
 
@@ -352,6 +353,10 @@ async def test_a_camera_that_refuses_to_talk_is_a_log_line_not_a_crash(
     assert units >= 0.7 * FPS * 1.5  # the picture went on
     lines = [ln for ln in process.log_text().splitlines() if "talk-back to Yard" in ln]
     assert len(lines) == 1 and "WARNING" in lines[0], lines
+    doctor = await asyncio.to_thread(obscura, "doctor", "--config", str(process.config), check=None)
+    (line,) = [ln for ln in doctor.stdout.splitlines() if "talk-back" in ln and "refused" in ln]
+    assert "1 refused, last:" in line and status["last_error"] in line, doctor.stdout
+    assert "talk-back: Speaker (PCMU/8000)" in doctor.stdout, doctor.stdout  # the Door's
     accessories = await accessories_of(controller)
     assert not find_characteristics(
         accessories, "Mute", service_type="Microphone", aid=find_aid(accessories, "Yard")
