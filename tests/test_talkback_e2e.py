@@ -19,8 +19,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import av
-import av.audio.codeccontext
 import numpy as np
 import pytest
 
@@ -39,6 +37,7 @@ from tests.peers.homekit import (
 from tests.peers.owner_bucket import obscura
 from tests.peers.rtsp import RtspCamera
 from tests.peers.viewer import Viewer
+from tests.peers.voice import Voice
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -113,41 +112,6 @@ def rms(pcm: np.ndarray) -> float:
     return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
 
 
-class Voice:
-    """The iPhone's side of talk-back: a tone as 20 ms Opus packets at 16 kHz, real time."""
-
-    RATE, FRAME = 16000, 320
-
-    def __init__(self) -> None:
-        enc = av.CodecContext.create("libopus", "w")
-        assert isinstance(enc, av.audio.codeccontext.AudioCodecContext)
-        enc.sample_rate, enc.layout, enc.format = self.RATE, "mono", "s16"
-        enc.bit_rate = 24000
-        enc.options = {"application": "voip", "frame_duration": "20"}
-        enc.open()
-        self._enc = enc
-        self._n = 0
-
-    def packets(self, count: int) -> list[bytes]:
-        out: list[bytes] = []
-        while len(out) < count:
-            t = (self._n + np.arange(self.FRAME)) / self.RATE
-            self._n += self.FRAME
-            pcm = (0.5 * 32767 * np.sin(2 * np.pi * VOICE_TONE * t)).astype(np.int16)
-            frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate, frame.pts = self.RATE, self._n
-            out += [bytes(p) for p in self._enc.encode(frame)]
-        return out
-
-    async def talk(self, viewer: Viewer, seconds: float) -> None:
-        assert viewer.audio is not None
-        target = ("127.0.0.1", viewer.accessory_audio_port)
-        start = time.monotonic()
-        for i, payload in enumerate(self.packets(round(seconds * 50))):
-            viewer.audio.send_rtp(target, payload, i * self.FRAME, 110)
-            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - time.monotonic()))
-
-
 async def accessories_of(controller: Paired) -> list[dict[str, Any]]:
     return await controller.pairing.list_accessories_and_characteristics()
 
@@ -213,7 +177,7 @@ async def test_the_camera_hears_what_the_viewer_says(
         assert await viewer.audio.wait_for(lambda r: len(r.packets) >= 25, 10)
         units0, packets0 = viewer.receiver.access_units, len(viewer.audio.packets)
         started = time.monotonic()
-        await Voice().talk(viewer, 2.5)
+        await Voice(VOICE_TONE).talk(viewer, 2.5)
         elapsed = time.monotonic() - started
         await wait_heard(process, "Door", before + 2 * G711_RATE, 5)
         status = talkback_status(process, "Door")
@@ -242,7 +206,7 @@ async def test_speaker_volume_and_mute_from_the_home_app(
     aid = find_aid(accessories, "Door")
     volume = find_characteristic(accessories, "Volume", service_type="Speaker", aid=aid).key
     mute = find_characteristic(accessories, "Mute", service_type="Speaker", aid=aid).key
-    voice = Voice()
+    voice = Voice(VOICE_TONE)
     viewer = await open_viewer(controller, "Door")
     levels: dict[int, float] = {}
     try:
@@ -321,7 +285,7 @@ async def test_a_speaker_only_camera_takes_the_voice_on_its_own_audio_port(
     assert viewer.audio is not None
     try:
         assert viewer.accessory_audio_port != viewer.audio.port  # a port of the bridge's own
-        await Voice().talk(viewer, 2.0)
+        await Voice(VOICE_TONE).talk(viewer, 2.0)
         await wait_heard(process, "Intercom", int(1.2 * G711_RATE), 5)
         (session,) = process.camera_status("Intercom")["live_sessions"]
     finally:
@@ -341,7 +305,7 @@ async def test_a_camera_that_refuses_to_talk_is_a_log_line_not_a_crash(
     viewer = await open_viewer(controller, "Yard")
     try:
         units0 = viewer.receiver.access_units
-        await Voice().talk(viewer, 1.5)
+        await Voice(VOICE_TONE).talk(viewer, 1.5)
         await asyncio.sleep(0.5)
         status = talkback_status(process, "Yard")
         units = viewer.receiver.access_units - units0

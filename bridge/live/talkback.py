@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 IDLE_CLOSE_SECONDS = 3.0
 RETRY_AFTER_SECONDS = 15.0
 MAX_FRAMES = 25
+GATHER_SECONDS = 0.04  # latency added to let packets batch up (two of 20 ms)
 
 Item = tuple[bytes, None] | tuple[np.ndarray, int]  # (Opus payload, None) or (PCM, rate)
 
@@ -98,11 +99,13 @@ class TalkBack:
         retry_after: float = RETRY_AFTER_SECONDS,
         max_frames: int = MAX_FRAMES,
         level: SoundLevel | None = None,
+        gather: float = GATHER_SECONDS,
     ) -> None:
         self.camera = camera
         self._open_channel = open_channel
         self._media = media
         self.idle_close, self.retry_after = idle_close, retry_after
+        self.gather = gather
         self.level = level or SoundLevel()  # the Speaker's Mute and Volume
         self._queue: collections.deque[Item] = collections.deque(maxlen=max_frames)
         self._wake = asyncio.Event()
@@ -185,10 +188,14 @@ class TalkBack:
         while True:
             if not self._queue:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self.idle_close)
+                try:  # not wait_for: that costs a task per packet
+                    async with asyncio.timeout(self.idle_close):
+                        await self._wake.wait()
                 except TimeoutError:
                     return
+                # Let a few packets gather: one job and one write per GATHER_SECONDS rather
+                # than per 20 ms packet (a talk's CPU is mostly per-job overhead, BENCHMARKS).
+                await asyncio.sleep(self.gather)
             items = list(self._queue)
             self._queue.clear()
             if decoder is None and any(rate is None for _, rate in items):
@@ -214,8 +221,13 @@ class TalkBack:
             else:
                 pcm = np.asarray(data)
                 pcm = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm
-            if pcm.size:
-                out.append((np.asarray(pcm, np.float32) * gain, rate))
+            if not pcm.size:
+                continue
+            pcm = np.asarray(pcm, np.float32) * gain
+            if out and out[-1][1] == rate and out[-1][0].ndim == pcm.ndim == 1:
+                out[-1] = (np.concatenate([out[-1][0], pcm]), rate)  # one send for the batch
+            else:
+                out.append((pcm, rate))
         return out
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:

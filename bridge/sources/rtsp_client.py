@@ -47,6 +47,7 @@ MAX_LINE = 8192
 MAX_HEADERS = 64
 MAX_BODY = 256 * 1024
 USER_AGENT = "Obscura"
+WRITE_BACKLOG = 16 * 1024  # bytes unsent before a write waits (~2 s of G.711)
 
 
 class RtspError(Exception):
@@ -317,7 +318,10 @@ class RtspConnection:
             raise RtspError(f"{self.display_url}: {self.closed_reason or 'not connected'}")
         try:
             writer.write(data)
-            await asyncio.wait_for(writer.drain(), self.timeout)
+            # Only wait when the camera is behind: a drain under wait_for costs a task per
+            # write, and talk-back writes 50 times a second.
+            if writer.transport.get_write_buffer_size() > WRITE_BACKLOG:
+                await asyncio.wait_for(writer.drain(), self.timeout)
         except TimeoutError:
             self._end(f"the camera stopped reading for {self.timeout:g} s")
             raise RtspError(f"{self.display_url}: {self.closed_reason}") from None
