@@ -10,7 +10,8 @@ the next start (its sound, if any, still reaches recordings: carrying audio does
 on the Microphone); `audio = true` in its table gives it one regardless.
 
 `demo:` always has its beep, and a V4L2 device is never opened twice (a second open of a
-capture device fails or steals it), so neither is probed.
+capture device fails or steals it), so neither is probed. A camera with `audio_device` has the
+sound of that ALSA capture device: it has a Microphone when the device opens at start.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ async def probe_sound(
     scheme = cam.source.split(":", 1)[0].lower()
     if cam.audio == "off":
         return None, "audio = false in its configuration"
+    if cam.audio_device:
+        return await _probe_alsa(cam, timeout)
     if scheme == "v4l2":
-        return None, "a V4L2 device has no sound of its own"
+        return None, "a V4L2 device has no sound of its own (audio_device names a microphone)"
     source_input = input_factory(cam)()
 
     def opened() -> tuple[AudioInfo | None, str]:
@@ -61,3 +64,22 @@ async def probe_sound(
         from bridge.redact import redact_url
 
         return None, describe_error(exc, redact_url(cam.source))
+
+
+async def _probe_alsa(cam: CameraConfig, timeout: float) -> tuple[AudioInfo | None, str]:
+    """The camera's sound is its ALSA capture device's: does that open? (The video is not
+    opened: a V4L2 device is never opened twice, and a file or the demo has pictures anyway.)
+    The device is closed again before the camera's source starts, so a `hw:` device that
+    takes one reader at a time is free for it."""
+    from bridge.sources.alsa_device import CaptureError, CaptureFormat, open_capture
+
+    fmt = CaptureFormat(cam.audio_device or "", cam.audio_rate, cam.audio_channels)
+    future = run_in_thread(lambda: open_capture(fmt).close(), f"audio-probe:{cam.name}")
+    try:
+        await asyncio.wait_for(asyncio.shield(future), timeout)
+    except TimeoutError:
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return None, f"ALSA device {fmt.device!r} did not open within {timeout:g} s (busy?)"
+    except CaptureError as exc:
+        return None, str(exc)
+    return fmt.info, f"ALSA device {fmt.device!r}: {fmt.info.describe()}"
