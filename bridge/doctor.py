@@ -124,8 +124,13 @@ def _print_audio(cam: dict[str, Any]) -> None:
     if audio:
         channels = {1: "mono", 2: "stereo"}.get(audio["channels"], f"{audio['channels']} ch")
         dropped = f", {audio['dropped']} dropped by slow consumers" if audio["dropped"] else ""
+        sound = (cam.get("recording") or {}).get("last_clip_sound")
+        clips = ""
+        if sound:
+            how = "copied" if sound["mode"] == "copy" else f"as {sound['aac']}"
+            clips = f"; last clip's sound {how}"
         print(f"          audio: {audio['codec']} {audio['sample_rate']} Hz {channels}, "
-              f"{audio['packets']} packets{dropped}; {microphone}")
+              f"{audio['packets']} packets{dropped}; {microphone}{clips}")
     elif cam.get("audio_problem"):
         print(f"          audio: NOT carried, its sound is {cam['audio_problem']}; {microphone}")
     elif cam.get("state") == "streaming":

@@ -233,14 +233,24 @@ def check_event(rec: Recorded, tone: float, work: Path, label: str) -> Sound:
     return whole
 
 
+def last_clip_sound(rec: Recorded) -> dict[str, str]:
+    assert rec.status is not None
+    (camera,) = rec.status["cameras"]
+    return camera["recording"]["last_clip_sound"]
+
+
 def test_bridge_clips_copy_the_camera_aac(tmp_path: Path) -> None:
     rec = record_event(tmp_path, "aac", 440.0, part_seconds=1.0)
     assert len(rec.clip["parts"]) >= 3  # 1 s parts: the joins are checked too
     whole = check_event(rec, 440.0, tmp_path, "aac")
     assert whole.rate == 16000 and {d for _, d in whole.packets} == {1024 / 16000}
+    assert last_clip_sound(rec) == {
+        "mode": "copy", "from": "aac 16000 Hz mono", "aac": "AAC-LC 16000 Hz mono"
+    }
 
 
 def test_bridge_clips_transcode_g711_to_aac(tmp_path: Path) -> None:
     rec = record_event(tmp_path, "alaw", 1000.0)
     whole = check_event(rec, 1000.0, tmp_path, "alaw")
     assert whole.rate == 16000  # 8 kHz A-law: AAC-LC at 16 kHz
+    assert last_clip_sound(rec)["mode"] == "transcode"  # /status says so

@@ -37,6 +37,7 @@ import logging
 import threading
 from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 import av.container
 import av.stream
@@ -104,6 +105,14 @@ class EventAudio:
         self.frames = 0
         self.dropped = 0  # copied frames that would have overlapped the ones before
         self.gaps = 0  # copied frames placed again at their own pts after a gap
+
+    def describe(self) -> dict[str, Any]:
+        """For /status: how the event's sound goes into its clip."""
+        return {
+            "mode": "copy" if self.copy else "transcode",
+            "from": self.info.describe(),
+            "aac": f"AAC-LC {self.rate} Hz {'mono' if self.channels == 1 else 'stereo'}",
+        }
 
     @classmethod
     def for_source(cls, source: object, *, transcode: bool = False) -> EventAudio | None:

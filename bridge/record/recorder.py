@@ -118,6 +118,7 @@ class Recorder:
         self.clock = clock
         self.clips_finished = 0
         self.clips_failed = 0
+        self.last_sound: dict[str, Any] | None = None  # how the last event's sound was recorded
         # Only the end time: the clip's metadata and poster must not outlive it in memory.
         self.last_clip_end: float | None = None
         self.last_error: str | None = None
@@ -183,6 +184,7 @@ class Recorder:
             "failed": self.clips_failed,
             "last_error": self.last_error,
             "last_clip_end": self.last_clip_end,
+            "last_clip_sound": self.last_sound,  # None: silent (or no clip yet)
         }
 
     # -- one recording session (possibly several consecutive clips) -------------------------
@@ -290,7 +292,9 @@ class Recorder:
     # -- clips -------------------------------------------------------------------------------
 
     def _new_event(self) -> _Event:
-        return _Event(uuid.uuid4().hex, audio=EventAudio.for_source(self.source))
+        audio = EventAudio.for_source(self.source)
+        self.last_sound = audio.describe() if audio is not None else None
+        return _Event(uuid.uuid4().hex, audio=audio)
 
     def _open_clip(self, info: StreamInfo, event: _Event, part: int) -> _Clip:
         worker = ClipWorker(

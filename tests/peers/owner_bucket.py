@@ -43,6 +43,7 @@ class Recorded:
     recipient: str
     old_head: bytes  # the head as first uploaded (seq 0), before the clip's segment
     clip: dict
+    status: dict | None = None  # the bridge's /status just before it stopped
 
     def head_path(self, bucket: Path) -> Path:
         layout = BucketLayout(self.bridge_id)
@@ -132,9 +133,10 @@ def record_bucket(
             wait(lambda: bridge.status()["storage"]["uploads"]["pending_count"] == 0, 30, "uploads")
             wait(lambda: head.read_bytes() != old_head[0], 10, "the head after the clip")
             time.sleep(0.5)
+            final = bridge.status()
         finally:
             assert bridge.stop() == 0, bridge.log_text()
-    rec = Recorded(bucket, bridge_id, key, recipient, old_head[0], {})
+    rec = Recorded(bucket, bridge_id, key, recipient, old_head[0], {}, final)
     listing = json.loads(clips(rec, "list", "--json", state=work / "list-state").stdout)
     assert len(listing) >= 1
     rec.clip = listing[0]
