@@ -131,6 +131,8 @@ def _print_audio(cam: dict[str, Any]) -> None:
             clips = f"; last clip's sound {how}"
         print(f"          audio: {audio['codec']} {audio['sample_rate']} Hz {channels}, "
               f"{audio['packets']} packets{dropped}; {microphone}{clips}")
+        if cam.get("audio_problem"):  # e.g. a USB microphone unplugged: the format stays known
+            print(f"          audio: NO SOUND NOW: {cam['audio_problem']}")
     elif cam.get("audio_problem"):
         print(f"          audio: NOT carried, its sound is {cam['audio_problem']}; {microphone}")
     elif cam.get("state") == "streaming":
