@@ -33,8 +33,10 @@ from crypto.age_header import (
     Input,
     Sink,
     Source,
+    chunk_nonce,
     encode_header,
     parse_header,
+    payload_key,
     read_header,
 )
 from crypto.age_keys import (
@@ -46,7 +48,6 @@ from crypto.age_keys import (
     X25519Recipient,
     as_recipient,
     generate_identity,
-    hkdf,
     identity_file_text,
     load_identities,
     parse_identities,
@@ -61,18 +62,9 @@ __all__ = [
     "share_copy", "write_identity_file",
 ]
 
-_LAST_COUNTER = (1 << 88) - 1
-
-
 # ----------------------------------------------------------------------------------------------
 # Writer
 # ----------------------------------------------------------------------------------------------
-
-
-def _nonce(counter: int, final: bool) -> bytes:
-    if counter > _LAST_COUNTER:
-        raise AgeError("age file too large (chunk counter overflow)")
-    return counter.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
 
 
 def _write_all(out: Sink, data: bytes | bytearray | memoryview) -> None:
@@ -103,7 +95,7 @@ class AgeWriter:
         file_key = os.urandom(FILE_KEY_SIZE)
         header = encode_header(file_key, [r.wrap(file_key) for r in recips])
         nonce = os.urandom(PAYLOAD_NONCE)
-        self._aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(hkdf(file_key, nonce, b"payload"))
+        self._aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(payload_key(file_key, nonce))
         del file_key
         self._out = out
         self._pt = bytearray(CHUNK)
@@ -119,7 +111,7 @@ class AgeWriter:
         assert self._aead is not None
         n = len(chunk)
         buf = self._ct if n == CHUNK else self._ctv[:n + TAG]
-        self._aead.encrypt_into(_nonce(self._counter, final), chunk, None, buf)
+        self._aead.encrypt_into(chunk_nonce(self._counter, final), chunk, None, buf)
         self._counter += 1
         _write_all(self._out, buf)
         self.size += n + TAG
@@ -201,9 +193,7 @@ class _Payload:
             raise AgeError("truncated: the file ends inside the payload nonce")
         if tee is not None:
             _write_all(tee, nonce)
-        self._aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(
-            hkdf(file_key, bytes(nonce), b"payload")
-        )
+        self._aead: ChaCha20Poly1305 | None = ChaCha20Poly1305(payload_key(file_key, bytes(nonce)))
         self._in = inp
         self._tee = tee
         self._ct = bytearray(CT_CHUNK + 1)  # +1: a byte of lookahead tells the final chunk
@@ -229,10 +219,10 @@ class _Payload:
             raise self._fail("truncated: the file ends without its final chunk")
         ct, pt = self._ctv[:size], self._ptv[:size - TAG]
         try:
-            self._aead.decrypt_into(_nonce(i, final), ct, None, pt)
+            self._aead.decrypt_into(chunk_nonce(i, final), ct, None, pt)
         except InvalidTag:
             # The other flag only sharpens the message; either way the data is rejected.
-            if self._opens(_nonce(i, not final), ct, pt):
+            if self._opens(chunk_nonce(i, not final), ct, pt):
                 raise self._fail(
                     "truncated: the file ends without its final chunk" if final
                     else "trailing data after the final chunk"

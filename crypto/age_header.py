@@ -25,8 +25,25 @@ TAG = 16
 CT_CHUNK = CHUNK + TAG
 PAYLOAD_NONCE = 16
 MAX_HEADER = 1 << 20
+LAST_COUNTER = (1 << 88) - 1  # chunk counters are 11 bytes
 _ARMOR = b"-----BEGIN AGE ENCRYPTED FILE-----"
 _INTRO = b"age-encryption.org/"
+
+
+class TruncatedHeader(AgeError):
+    """The input ended inside the header (a random-access reader fetches more and retries)."""
+
+
+def chunk_nonce(counter: int, final: bool) -> bytes:
+    """The 12-byte ChaCha20-Poly1305 nonce of payload chunk `counter`."""
+    if counter > LAST_COUNTER:
+        raise AgeError("age file too large (chunk counter overflow)")
+    return counter.to_bytes(11, "big") + (b"\x01" if final else b"\x00")
+
+
+def payload_key(file_key: bytes, nonce: bytes) -> bytes:
+    """The payload's ChaCha20-Poly1305 key, from the file key and the 16-byte payload nonce."""
+    return hkdf(file_key, nonce, b"payload")
 
 
 class Sink(Protocol):
@@ -104,7 +121,7 @@ class Input:
                 raise AgeError("malformed header: line too long")
             block = self._src.read(4096)
             if not block:
-                raise AgeError("truncated header")
+                raise TruncatedHeader("truncated header")
             self._pending += block
 
     def peek(self, n: int) -> bytes:
