@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import platformdirs
 
-from bridge.config import ConfigError, ConfigNotFound, find_config, load_config
+from bridge.config import Config, ConfigError, ConfigNotFound, find_config, load_config
 from bridge.store.bucket import Bucket, BucketLayout, open_bucket
 from crypto.age_keys import X25519Identity, load_identities
 from crypto.manifest_format import FormatError
@@ -118,22 +118,30 @@ class Owner:
     """The bucket of the config's [storage], the owner's identities and the local state."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        path = find_config(args.config)
-        if path is None or not path.exists():
-            raise ConfigNotFound(args.config, "its [storage] table names the bucket")
-        # Only [storage].bucket is needed: these tools read with the identity, and the
-        # recipients (maybe none, with recording off) are the bridge's business.
-        config = load_config(path)
-        if config.storage is None:
-            raise ConfigError(path, "storage", "no [storage] table: there is no bucket to read")
-        self.config = config
-        self.bucket_url = config.storage.bucket
+        # `--bucket URL` (the review app) needs no config file: it reads the bucket, and the
+        # bridge is reached only for shares and deletions (then through --url or the config).
+        bucket_url: str | None = getattr(args, "bucket", None)
+        credentials: Path | None = getattr(args, "credentials_file", None)
+        self.config: Config | None = None
+        if bucket_url is None or getattr(args, "config", None):
+            path = find_config(args.config)
+            if path is None or not path.exists():
+                raise ConfigNotFound(args.config, "its [storage] table names the bucket")
+            # Only [storage].bucket is needed: these tools read with the identity, and the
+            # recipients (maybe none, with recording off) are the bridge's business.
+            config = load_config(path)
+            if config.storage is None and bucket_url is None:
+                raise ConfigError(path, "storage", "no [storage] table: there is no bucket to read")
+            self.config = config
+            if bucket_url is None:
+                assert config.storage is not None
+                bucket_url, credentials = config.storage.bucket, config.storage.credentials_file
+        assert bucket_url is not None
+        self.bucket_url = bucket_url
         self.identity_file = str(args.identity)
         self.identities: list[X25519Identity] = load_identities(args.identity)
         self.mine = {str(i.recipient) for i in self.identities}
-        self.bucket = SyncBucket(
-            open_bucket(config.storage.bucket, config.storage.credentials_file)
-        )
+        self.bucket = SyncBucket(open_bucket(bucket_url, credentials))
         self.state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
         self.pin: str | None = getattr(args, "bridge_key", None)
         self.only: str | None = getattr(args, "bridge", None)

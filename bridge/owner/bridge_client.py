@@ -48,9 +48,13 @@ TIMEOUT = 120.0
 
 class BridgeClient:
     def __init__(
-        self, config: Config, identities: Sequence[X25519Identity], url: str | None = None
+        self, config: Config | None, identities: Sequence[X25519Identity], url: str | None = None
     ) -> None:
-        self.base = (url or status_url(config)).rstrip("/")
+        if url is None:
+            if config is None:
+                raise OwnerError("no bridge to ask: give its URL (--url) or its configuration")
+            url = status_url(config)
+        self.base = url.rstrip("/")
         self.identities = identities
 
     def _call(

@@ -36,42 +36,14 @@ def cmd_share(args: argparse.Namespace) -> int:
         raise OwnerError(f"--to {args.to!r} is not an age recipient: {e}") from None
     owner = Owner(args)
     try:
-        view, event, client = _target(owner, args)
-        clip = event.live[0]  # the share's source in the manifest; the copy holds the event
-        root = view.layout.root
-        with tempfile.TemporaryDirectory(prefix="obscura-share-") as tmp:
-            copy = Path(tmp) / "copy.age"
-            try:
-                size, sha = _reencrypt(owner, event, Path(tmp), copy, recipient)
-            except OwnerError as e:
-                raise OwnerError(f"{e}; nothing shared") from None
-            copy_id = secrets.token_hex(16)
-            name = f"{root}/{copy_id}"
-            owner.bucket.run(owner.bucket.bucket.put(name, copy))
-        body = {"object": clip.id, "copy": copy_id, "recipient": recipient, "sha256": sha,
-                "size": size}
-        try:
-            # The challenge is asked for only now: re-encrypting and uploading may take longer
-            # than it lives.
-            answer = client.post("/shares", body)
-        except BridgeError as e:
-            if not e.refused:
-                # It may be recording the share right now (re-reading the copy takes a while):
-                # removing the copy could leave a share in the log whose copy is missing.
-                raise OwnerError(_unsure_share(e, clip, recipient, name, copy_id)) from None
-            try:
-                owner.bucket.run(owner.bucket.bucket.delete(name))  # never an unrecorded copy
-            except Exception as gone:
-                raise OwnerError(
-                    f"the share was not recorded: {e}. Its copy {name} could not be removed "
-                    f"({gone}): `obscura clips delete {copy_id}` removes it"
-                ) from None
-            raise OwnerError(f"the share was not recorded, its copy is removed: {e}") from None
+        _, event, client = _target(owner, args)
+        shared = share_event(owner, event, client, recipient)
     finally:
         owner.close()
+    clip, name, copy_id, answer = shared.clip, shared.name, shared.copy_id, shared.answer
     seq = answer.get("seq")
     print(f"Shared clip {clip.id} with {recipient}: object {name} (manifest seq {seq}).")
-    print(f"They run: age -d -i THEIR.key -o clip.mp4 {copy_id}.age   (after fetching {name})")
+    print(f"They run: {shared.command}   (after fetching {name})")
     print("A share cannot be revoked once downloaded; it is listed by `obscura clips list`, and "
           f"`obscura clips delete {copy_id}` removes the copy.")
     if answer.get("published") is False:
@@ -84,6 +56,55 @@ def cmd_share(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+@dataclass
+class Shared:
+    clip: ClipInfo  # the share's source in the manifest (the event's first live part)
+    recipient: str
+    name: str  # the copy's object name in the bucket
+    copy_id: str
+    answer: dict  # the bridge's: seq, published
+
+    @property
+    def command(self) -> str:
+        return f"age -d -i THEIR.key -o clip.mp4 {self.copy_id}.age"
+
+
+def share_event(owner: Owner, event: Event, client: BridgeClient, recipient: str) -> Shared:
+    """Re-encrypt `event` to `recipient`, upload the copy and have the bridge record the share
+    (the copy is removed again when the bridge certainly did not). Raises OwnerError."""
+    clip = event.live[0]  # the share's source in the manifest; the copy holds the event
+    root = event.view.layout.root
+    with tempfile.TemporaryDirectory(prefix="obscura-share-") as tmp:
+        copy = Path(tmp) / "copy.age"
+        try:
+            size, sha = _reencrypt(owner, event, Path(tmp), copy, recipient)
+        except OwnerError as e:
+            raise OwnerError(f"{e}; nothing shared") from None
+        copy_id = secrets.token_hex(16)
+        name = f"{root}/{copy_id}"
+        owner.bucket.run(owner.bucket.bucket.put(name, copy))
+    body = {"object": clip.id, "copy": copy_id, "recipient": recipient, "sha256": sha,
+            "size": size}
+    try:
+        # The challenge is asked for only now: re-encrypting and uploading may take longer
+        # than it lives.
+        answer = client.post("/shares", body)
+    except BridgeError as e:
+        if not e.refused:
+            # It may be recording the share right now (re-reading the copy takes a while):
+            # removing the copy could leave a share in the log whose copy is missing.
+            raise OwnerError(_unsure_share(e, clip, recipient, name, copy_id)) from None
+        try:
+            owner.bucket.run(owner.bucket.bucket.delete(name))  # never an unrecorded copy
+        except Exception as gone:
+            raise OwnerError(
+                f"the share was not recorded: {e}. Its copy {name} could not be removed "
+                f"({gone}): `obscura clips delete {copy_id}` removes it"
+            ) from None
+        raise OwnerError(f"the share was not recorded, its copy is removed: {e}") from None
+    return Shared(clip, recipient, name, copy_id, answer)
 
 
 def _unsure_share(
