@@ -1,4 +1,5 @@
-"""`obscura keys …` and `obscura clips …`: the owner's commands (bridge/cli.py mounts them)."""
+"""`obscura keys …`, `obscura clips …` and `obscura review`: the owner's commands (bridge/cli.py
+mounts them)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 
 from bridge.owner import clips, keys
 from bridge.owner.audit import OwnerError
+from bridge.owner.review.cli import add_review_parser
 from bridge.store.bucket import BucketError
 from crypto.age_keys import AgeError
 
@@ -30,6 +32,8 @@ def _one_line_errors(func: Command) -> Command:
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     keys.add_commands(sub)
     clips.add_commands(sub)
+    review = add_review_parser(sub)
+    review.set_defaults(func=_one_line_errors(review.get_default("func")))
     for name in ("keys", "clips"):
         group = sub.choices[name]
         for action in group._subparsers._group_actions:  # type: ignore[union-attr]

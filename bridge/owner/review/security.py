@@ -78,11 +78,15 @@ def _refuse(status: int, text: str) -> web.Response:
 def guard(session: Session) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await _checked(session, request, handler)
-        response.headers.update(HEADERS)
-        return response
+        return await _checked(session, request, handler)
 
     return middleware
+
+
+async def secure_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response as it is prepared (a streamed video's headers go before the
+    middleware would see it): app.on_response_prepare."""
+    response.headers.update(HEADERS)
 
 
 async def _checked(session: Session, request: web.Request, handler: Handler) -> web.StreamResponse:
