@@ -29,6 +29,7 @@ import logging
 import struct
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from bridge.store.bucket import Bucket
 from crypto.age import AgeError
@@ -76,6 +77,11 @@ class ChunkCache:
             self._items.popitem(last=False)
 
 
+class TrafficCounter(Protocol):
+    gets: int
+    bytes_fetched: int
+
+
 @dataclass(frozen=True, slots=True)
 class PartSpec:
     oid: str  # object id
@@ -93,8 +99,10 @@ class PartReader:
         spec: PartSpec,
         identities: Sequence[X25519Identity],
         cache: ChunkCache,
+        counter: TrafficCounter | None = None,
     ) -> None:
         self.bucket, self.spec, self.identities, self.cache = bucket, spec, identities, cache
+        self.counter = counter
         self.access: AgeRandomAccess | None = None
         self.final_checked = False
         self.refused: MediaError | None = None  # set when the whole-object check failed
@@ -112,6 +120,9 @@ class PartReader:
         if data is None:
             raise MediaError("missing", f"object {self.spec.oid} is missing", self.spec.oid)
         self.bytes_fetched += len(data)
+        if self.counter is not None:
+            self.counter.gets += 1
+            self.counter.bytes_fetched += len(data)
         return data
 
     async def open(self) -> None:

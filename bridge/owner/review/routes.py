@@ -34,7 +34,8 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 @routes.get("/api/status")
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[LIBRARY].status())
+    app = request.app
+    return web.json_response({**app[LIBRARY].status(), "media": app[VIDEOS].stats()})
 
 
 @routes.post("/api/refresh")

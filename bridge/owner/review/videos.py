@@ -39,6 +39,7 @@ class Videos:
         self._open: collections.OrderedDict[str, EventVideo] = collections.OrderedDict()
         self._opening: dict[str, asyncio.Task[EventVideo]] = {}
         self._verified: dict[str, asyncio.Task[None]] = {}
+        self.gets = self.bytes_fetched = 0  # media GETs (the background checks not counted)
 
     async def get(self, event: Event) -> EventVideo:
         video = self._open.get(event.id)
@@ -55,7 +56,7 @@ class Videos:
     async def _make(self, event: Event) -> EventVideo:
         root = event.view.layout.root
         specs = [PartSpec(p.id, f"{root}/{p.id}", p.size, p.sha256) for p in event.live]
-        parts = [PartReader(self.bucket, s, self.identities, self.cache) for s in specs]
+        parts = [PartReader(self.bucket, s, self.identities, self.cache, self) for s in specs]
         video = EventVideo(parts)
         await video.open()
         self._open[event.id] = video
@@ -84,6 +85,16 @@ class Videos:
 
     def clear(self) -> None:
         self._open.clear()
+
+    def stats(self) -> dict[str, int]:
+        """Bucket traffic for media since start (benchmarks and tests: a seek's cost)."""
+        return {
+            "gets": self.gets,
+            "bytes_fetched": self.bytes_fetched,
+            "cache_hits": self.cache.hits,
+            "cache_misses": self.cache.misses,
+            "open_videos": len(self._open),
+        }
 
     async def close(self) -> None:
         for task in (*self._opening.values(), *self._verified.values()):
