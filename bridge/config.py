@@ -162,11 +162,21 @@ def find_config(explicit: str | None) -> Path | None:
 
 
 def demo_config() -> Config:
+    """No configuration file: the demo (bridge/demo.py), a camera where a person walks by,
+    detected and recorded, encrypted, to a demo key in the state dir (made on first use)."""
+    from bridge.demo import demo_camera, demo_listen, demo_paths, demo_storage
+
+    paths = demo_paths()
+    hap, status = demo_listen()
     return Config(
         path=None,
         name="Obscura Demo",
-        cameras=(CameraConfig(name="Demo camera", source="demo:"),),
+        state_dir=paths.state_dir,
+        hap=hap,
+        status=status,
+        cameras=(demo_camera(),),
         demo=True,
+        storage=demo_storage(paths),
     )
 
 
@@ -527,4 +537,11 @@ def source_problem(source: str) -> str | None:
         return f"RTSP source {redact_url(source)!r} has no host"
     if scheme in ("v4l2", "file") and not parts.path:
         return f"{scheme} source needs a path, like {scheme}:///dev/video0"
+    if scheme == "demo":
+        from bridge.demo import demo_person
+
+        try:
+            demo_person(source)
+        except ValueError as exc:
+            return str(exc)
     return None

@@ -118,6 +118,10 @@ class BridgeService:
             len(self.cameras),
             "" if self.homekit.paired else " — not paired yet: run `obscura pair` for the QR code",
         )
+        if config.demo:  # its demo key, and the command that opens its clips
+            from bridge.demo import log_demo_start
+
+            log_demo_start(config)
 
     def _enable_hksv(self) -> None:
         from accessories.recording import RecordingOptions

@@ -7,6 +7,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from bridge.config import CameraConfig
+from bridge.demo import demo_person
 from bridge.redact import redact_url
 from bridge.sources.alsa_device import CaptureFormat, prepare_alsa
 from bridge.sources.alsa_input import AlsaInput, StampedAVInput
@@ -36,7 +37,8 @@ def _video_factory(cam: CameraConfig, *, sound: bool, stamped: bool = False) -> 
     if scheme == "demo":
         width, height = cam.width or 1280, cam.height or 720
         fps = cam.fps or 15.0
-        return lambda: DemoInput(width, height, fps, audio=sound)
+        person = demo_person(cam.source)  # demo:person: someone walks by now and then
+        return lambda: DemoInput(width, height, fps, audio=sound, person=person)
     if scheme in ("rtsp", "rtsps"):
         opts = AVInputOptions(
             url=cam.source,
