@@ -9,12 +9,16 @@ Pure and synchronous: no I/O, no asyncio, no logging. The caller fetches ciphert
 hands the bytes in; everything here is CPU work on at most one chunk at a time (run it off the
 event loop). The steps, with `get(start, end)` the object's ciphertext bytes [start, end):
 
-    try:
-        acc = AgeRandomAccess.open(identities, get(0, 4096), size)
-    except NeedMore as e:                           # a long header: fetch more, open again
-        acc = AgeRandomAccess.open(identities, get(0, e.at_least), size)
-    acc.open_chunk(acc.final_index, get(*acc.chunk_range(acc.final_index)))  # proves the size
-    chunks = acc.chunks_for(a, b)                   # plaintext [a, b) -> chunk indices
+    prefix = get(0, min(FIRST_FETCH, size))
+    while True:
+        try:
+            acc = AgeRandomAccess.open(identities, prefix, size)
+            break
+        except NeedMore as e:                       # a long header: fetch more, open again
+            prefix = get(0, e.at_least)
+    if not acc.final_verified:                      # (it is when the prefix was the whole file)
+        acc.open_chunk(acc.final_index, get(*acc.chunk_range(acc.final_index)))  # proves size
+    chunks = acc.chunks_for(a, b)                   # plaintext [a, b), a < b -> chunk indices
     for piece in acc.decrypt_range(a, b, get(*acc.run_range(chunks))):  # one GET per run
         send(piece)                                 # authenticated plaintext only
 
@@ -90,7 +94,8 @@ class AgeRandomAccess:
 
     Attributes: `ciphertext_size`, `payload_offset` (header + payload nonce: chunk 0 starts
     there), `plaintext_size`, `chunk_count` (at least 1), `final_index`, `final_verified`.
-    Holds the payload key (not the file key) until dropped. Safe to share between threads.
+    Holds the payload key (not the file key) until dropped. Keep one per object; its only state
+    after `open` is `final_verified`, so worker threads may open chunks of it concurrently.
     """
 
     def __init__(
