@@ -10,6 +10,7 @@ covers; a poster is the decrypted JPEG; share and delete show up after the refre
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -26,10 +27,12 @@ from typing import Any
 import av
 import pytest
 
+from bridge.store.bucket import open_bucket
 from tests.peers.owner_bucket import clips_sealed, recording_bridge
 from tests.peers.review_app import ReviewApp
 from tests.peers.rtsp import RtspCamera
 from tests.peers.scenes import write_crossing_clip
+from tests.peers.seaweed import SeaweedFS
 from tests.test_clips import wait
 from tests.test_owner_requests import age_keygen
 
@@ -290,6 +293,45 @@ def test_the_wrong_key_opens_nothing(rec: Recorded, tmp_path: Path) -> None:
 
 
 # -- actions through the running bridge --------------------------------------------------------
+
+
+def test_the_same_from_s3(
+    rec: Recorded, video: tuple[dict[str, Any], bytes], tmp_path: Path
+) -> None:
+    """The recorded bucket copied into SeaweedFS: the app reads it with explicit credentials."""
+    event, joined = video
+    with SeaweedFS(tmp_path / "weed", buckets=("clips",)) as s3:
+        creds = tmp_path / "s3.env"
+        creds.write_text("".join(f"{k}={v}\n" for k, v in s3.env.items()))
+        creds.chmod(0o600)
+        url = s3.url("clips")
+
+        async def upload() -> None:
+            bucket = open_bucket(url, creds)
+            try:
+                for path in rec.bucket.rglob("*"):
+                    if path.is_file():
+                        await bucket.put(str(path.relative_to(rec.bucket)), path)
+            finally:
+                await bucket.close()
+
+        asyncio.run(upload())
+        review = ReviewApp(
+            ["--identity", str(rec.owner_key), "--bucket", url, "--credentials-file", str(creds)],
+            tmp_path / "state",
+        )
+        with review:
+            assert review.wait_ready()["state"] == "ready", review.stderr
+            ids = [e["id"] for e in review.get("/api/events").json()["events"]]
+            poster = review.get(f"/api/events/{event['id']}/poster")
+            middle = len(joined) // 2
+            piece = review.get(f"/api/events/{event['id']}/video",
+                               headers={"Range": f"bytes={middle}-{middle + 99_999}"})  # fmt: skip
+            media = review.status()["media"]
+    assert event["id"] in ids
+    assert poster.status == 200 and poster.body[:2] == b"\xff\xd8"
+    assert piece.status == 206 and piece.body == joined[middle : middle + 100_000]
+    assert media["bytes_fetched"] < 0.2 * len(joined)  # ranged GETs, not the whole video
 
 
 def test_actions_without_a_bridge_say_so(rec: Recorded, tmp_path: Path) -> None:
