@@ -281,6 +281,43 @@ def test_a_tampered_part_is_refused_and_reported(rec: Recorded, tmp_path: Path) 
     assert not whole.complete or whole.status >= 500  # cut short, never the forged bytes
 
 
+def test_a_swapped_part_is_caught_by_its_hash(rec: Recorded, tmp_path: Path) -> None:
+    """The operator replaces a part with a file of its own encrypted to the owner's public key
+    (here: the same plaintext, re-encrypted by stock age, so every chunk authenticates and the
+    size is the same). Only the manifest's SHA-256 tells; the app checks it after serving."""
+    bucket = tmp_path / "bucket"
+    shutil.copytree(rec.bucket, bucket)
+    recipient = subprocess.run(["age-keygen", "-y", str(rec.owner_key)], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+    with rec.review(bucket=bucket) as review:
+        assert review.wait_ready()["state"] == "ready"
+        event = the_event(review)
+        listing = subprocess.run(
+            [*CLIPS, "list", "--json", "--identity", str(rec.owner_key),
+             "--config", str(rec.bridge.config), "--state-dir", str(tmp_path / "cli-state")],
+            capture_output=True, text=True, check=True, env=ENV,
+        )  # fmt: skip
+        (clip,) = [c for c in json.loads(listing.stdout) if c["id"] == event["id"]]
+        part = bucket / event["bridge_id"] / clip["parts"][-1]["id"]
+        plain = age_d(rec.owner_key, part)
+        swapped = subprocess.run(["age", "-r", recipient], input=plain, capture_output=True,
+                                 check=True).stdout  # fmt: skip
+        assert len(swapped) == part.stat().st_size  # a perfect stand-in, byte for byte in size
+        part.write_bytes(swapped)
+        whole = review.get(f"/api/events/{event['id']}/video")
+        assert whole.complete and whole.status == 200  # it plays: every chunk authenticates
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            (bridge,) = review.status()["bridges"]
+            if any(p["kind"] == "swapped" for p in bridge["problems"]):
+                break
+            time.sleep(0.2)
+        again = review.get(f"/api/events/{event['id']}/video")
+    assert any(p["kind"] == "swapped" for p in bridge["problems"]), bridge
+    assert not bridge["ok"]
+    assert not again.complete or again.status >= 500  # refused from then on
+
+
 def test_the_wrong_key_opens_nothing(rec: Recorded, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger.key"
     age_keygen(stranger)
