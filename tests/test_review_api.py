@@ -28,6 +28,7 @@ import av
 import pytest
 
 from bridge.store.bucket import open_bucket
+from tests.peers.azurite import Azurite
 from tests.peers.owner_bucket import clips_sealed, recording_bridge
 from tests.peers.review_app import ReviewApp
 from tests.peers.rtsp import RtspCamera
@@ -332,16 +333,23 @@ def test_the_wrong_key_opens_nothing(rec: Recorded, tmp_path: Path) -> None:
 # -- actions through the running bridge --------------------------------------------------------
 
 
-def test_the_same_from_s3(
-    rec: Recorded, video: tuple[dict[str, Any], bytes], tmp_path: Path
+@pytest.mark.parametrize("server", ["s3", "az"])
+def test_the_same_from_a_cloud_bucket(
+    rec: Recorded, video: tuple[dict[str, Any], bytes], tmp_path: Path, server: str
 ) -> None:
-    """The recorded bucket copied into SeaweedFS: the app reads it with explicit credentials."""
+    """The recorded bucket copied into SeaweedFS (s3://) or Azurite (az://): the app reads it
+    with explicit credentials from a file, as the CLI does."""
     event, joined = video
-    with SeaweedFS(tmp_path / "weed", buckets=("clips",)) as s3:
-        creds = tmp_path / "s3.env"
-        creds.write_text("".join(f"{k}={v}\n" for k, v in s3.env.items()))
+    peer = (SeaweedFS(tmp_path / "weed", buckets=("clips",)) if server == "s3"
+            else Azurite(tmp_path / "azurite", containers=("clips",)))  # fmt: skip
+    with peer:
+        creds = tmp_path / "cloud.env"
+        env = dict(peer.env)
+        if server == "az":
+            env["AZURE_STORAGE_ACCOUNT_NAME"] = peer.account  # type: ignore[union-attr]
+        creds.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         creds.chmod(0o600)
-        url = s3.url("clips")
+        url = peer.url("clips")
 
         async def upload() -> None:
             bucket = open_bucket(url, creds)
