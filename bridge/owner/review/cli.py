@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import sys
 import webbrowser
@@ -32,6 +33,14 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(address).is_loopback
     except ValueError:
         return False
+
+
+def _has_display() -> bool:
+    """A graphical browser can open: without one, webbrowser may start a text browser on our
+    terminal (lynx, www-browser) and take it over."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -94,7 +103,7 @@ async def _serve(args: argparse.Namespace, owner: Owner, bucket: object) -> int:
         print(url, flush=True)
         print(f"obscura review: serving {owner.bucket_url} on {shown}:{host.port}; Ctrl-C stops",
               file=sys.stderr)  # fmt: skip
-        if not args.no_browser:
+        if not args.no_browser and _has_display():
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(webbrowser.open, url)
         stop = asyncio.Event()
