@@ -152,6 +152,11 @@ class CpuWindow:
         return 100.0 * self.cpu_s / self.wall_s if self.wall_s > 0 else math.nan
 
 
+def pooled_percent(windows: Sequence[CpuWindow]) -> float:
+    """Percent of one core over several windows (rounds of a phase), weighted by length."""
+    return 100.0 * sum(w.cpu_s for w in windows) / sum(w.wall_s for w in windows)
+
+
 async def measure_cpu(pids: Sequence[int], seconds: float) -> list[CpuWindow]:
     """CPU used by each pid over the same `seconds` of wall time (the loop stays free)."""
     before = [cpu_seconds(p) for p in pids]

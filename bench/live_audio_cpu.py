@@ -31,7 +31,6 @@ from bench._common import (
     CAM_HEIGHT,
     CAM_KBPS,
     CAM_WIDTH,
-    CpuWindow,
     Env,
     add_common_args,
     close_viewer,
@@ -41,6 +40,7 @@ from bench._common import (
     log,
     machine_info,
     measure_cpu,
+    pooled_percent,
     running_bridge,
     table,
 )
@@ -127,8 +127,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 samples[name].append(await phase(env, name, selection, window, warmup))
 
     def mean_pct(name: str, key: str) -> float:
-        windows: list[CpuWindow] = [s[key] for s in samples[name]]
-        return 100.0 * sum(w.cpu_s for w in windows) / sum(w.wall_s for w in windows)
+        return pooled_percent([s[key] for s in samples[name]])
 
     idle = mean_pct("idle", "bridge")
     video_net = mean_pct("video", "bridge") - idle

@@ -28,7 +28,6 @@ from bench._common import (
     CAM_FPS,
     CAM_HEIGHT,
     CAM_WIDTH,
-    CpuWindow,
     Env,
     Summary,
     add_common_args,
@@ -40,6 +39,7 @@ from bench._common import (
     machine_info,
     measure_cpu,
     open_viewer,
+    pooled_percent,
     probe_stream,
     rtsp_camera,
     running_bridge,
@@ -113,8 +113,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 samples[name].append(await phase(env, name, video, window, warmup))
 
     def mean_pct(name: str, key: str) -> float:
-        windows: list[CpuWindow] = [s[key] for s in samples[name]]
-        return 100.0 * sum(w.cpu_s for w in windows) / sum(w.wall_s for w in windows)
+        return pooled_percent([s[key] for s in samples[name]])
 
     idle = mean_pct("idle", "bridge")
     rows = []

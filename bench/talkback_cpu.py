@@ -34,7 +34,6 @@ from bench._common import (
     CAM_HEIGHT,
     CAM_KBPS,
     CAM_WIDTH,
-    CpuWindow,
     Env,
     add_common_args,
     close_viewer,
@@ -44,6 +43,7 @@ from bench._common import (
     log,
     machine_info,
     measure_cpu,
+    pooled_percent,
     running_bridge,
     table,
 )
@@ -119,8 +119,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     results["camera_heard_seconds"] = round(heard_s, 1)
 
     def mean_pct(name: str, key: str) -> float:
-        windows: list[CpuWindow] = [s[key] for s in samples[name]]
-        return 100.0 * sum(w.cpu_s for w in windows) / sum(w.wall_s for w in windows)
+        return pooled_percent([s[key] for s in samples[name]])
 
     idle = mean_pct("idle", "bridge")
     view_net = mean_pct("view", "bridge") - idle
