@@ -54,11 +54,7 @@ def _demo(args: argparse.Namespace) -> None:
             "`obscura run` without a configuration)"
         )
     args.identity, args.bucket = str(paths.identity), paths.bucket_url
-    if args.url is None:  # the demo bridge's local API, for share and delete
-        from bridge.config import demo_config
-        from bridge.owner.bridge_client import status_url
-
-        args.url = status_url(demo_config())
+    args.url = args.url or paths.status_url  # the demo bridge's API, for share and delete
 
 
 def cmd_review(args: argparse.Namespace) -> int:
