@@ -1,0 +1,442 @@
+// The review page (docs/review.md §5): waits for the manifest to be read and verified, shows
+// the verdict, then the timeline, a page at a time as it is scrolled; filters re-query the
+// server; the player, Share and Delete live in their own modules.
+//
+// Everything is built with textContent (no HTML from data), from files of this app only (the
+// CSP allows nothing else), and no plaintext is kept beyond what the page shows.
+
+import { ApiError, eventsPath, getJSON, postJSON, sleep } from "./api.js";
+import { DeleteDialog, ShareDialog } from "./actions.js";
+import { $, el, icon, show, toast } from "./dom.js";
+import { count, dayStart, subjectIcon, subjectName } from "./format.js";
+import { Player } from "./player.js";
+import { Timeline } from "./timeline.js";
+import { renderTrust } from "./trust.js";
+
+const PAGE = 60; // events per request while scrolling
+const REFILL = 200; // per request when a reload re-reads what was on the page
+const POLL_MS = 300; // /api/status while loading
+const WATCH_MS = 15000; // /api/status while ready: problems found while serving
+
+const filters = { cameras: new Set(), subjects: new Set(), from: null, to: null };
+const list = { next: null, busy: false, generation: 0, controller: null, cameras: "", subjects: "" };
+let ready = false;
+
+const timeline = new Timeline($("timeline"), (id) => openEvent(id));
+const player = new Player({
+  neighbour: neighbour,
+  canStep: (id, step) => Boolean(timeline.neighbour(id, step) || (step > 0 && list.next)),
+  share: (event) => shareDialog.open(event),
+  remove: (event) => deleteDialog.open(event),
+  playFailed: playFailed,
+});
+const shareDialog = new ShareDialog((event) => {
+  toast("Shared");
+  afterAction(event.id);
+});
+const deleteDialog = new DeleteDialog((event) => {
+  player.close();
+  timeline.remove(event.id);
+  toast("Deleted");
+  afterAction(null);
+});
+
+// ---- states: loading, a message instead of the timeline, the timeline ------------------------
+
+const MESSAGES = {
+  "not-recipient": {
+    icon: "key",
+    title: "This key opens none of these clips",
+    text: "The identity given to obscura review is not a recipient of any bridge in this bucket. "
+      + "Start it with the owner key that the bridge encrypts clips to.",
+  },
+  "bucket-unreachable": {
+    icon: "cloud-off",
+    title: "The bucket cannot be reached",
+    text: "Check the bucket's address, its credentials and the network, then try again.",
+    action: "Try again",
+  },
+  "no-bucket": {
+    icon: "cloud-off",
+    title: "No bucket to read",
+    text: "Give obscura review a bucket (--bucket URL) or a configuration with [storage].",
+  },
+  forbidden: {
+    icon: "lock",
+    title: "Not signed in",
+    text: "Open the URL that obscura review printed: it carries this run's token.",
+  },
+  "app-offline": {
+    icon: "cloud-off",
+    title: "The review app is not running",
+    text: "Start obscura review again and open the URL it prints.",
+    action: "Try again",
+  },
+  empty: {
+    icon: "film",
+    title: "No clips yet",
+    text: "Events the bridge records appear here once they are uploaded to the bucket.",
+    action: "Check again",
+  },
+  "no-match": {
+    icon: "filter",
+    title: "No events match these filters",
+    text: "Try another camera, subject or date.",
+    action: "Clear filters",
+  },
+};
+
+function message(kind, detail = "") {
+  const m = MESSAGES[kind] || {
+    icon: "alert", title: "The clips cannot be opened", text: "", action: "Try again",
+  };
+  $("message-icon").setAttribute("href", `/static/icons.svg#${m.icon}`);
+  $("message").dataset.kind = kind;
+  $("message-title").textContent = m.title;
+  $("message-text").textContent = m.text;
+  $("message-detail").textContent = detail;
+  const action = $("message-action");
+  action.textContent = m.action || "";
+  show(action, Boolean(m.action));
+  show($("message"), true);
+  show($("loading"), false);
+}
+
+function hideMessage() {
+  show($("message"), false);
+}
+
+$("message-action").addEventListener("click", () => {
+  const kind = $("message").dataset.kind;
+  if (kind === "no-match") clearFilters();
+  else reloadManifest();
+});
+
+function failure(err) {
+  if (err instanceof ApiError && err.status === 403) return message("forbidden", err.message);
+  if (err instanceof ApiError) return message(err.kind, err.message);
+  return message("error", String(err));
+}
+
+// ---- the manifest: /api/status ---------------------------------------------------------------
+
+/** Polls /api/status until it is not loading; `full`: the big progress panel, else the thin
+ *  bar in the top bar (the timeline stays while it re-reads). */
+async function whenLoaded(full) {
+  const bar = full ? $("loading-bar") : $("busy");
+  show(full ? $("loading") : $("busy"), true);
+  try {
+    for (;;) {
+      const status = await getJSON("/api/status");
+      if (status.state !== "loading") return status;
+      const p = status.progress || {};
+      if (p.total) {
+        bar.max = p.total;
+        bar.value = p.done;
+        if (full) $("loading-what").textContent = `Verifying the manifest: ${p.done} of ${count(p.total, "bridge")}…`;
+      } else {
+        bar.removeAttribute("value");
+      }
+      await sleep(POLL_MS);
+    }
+  } finally {
+    show($("loading"), false);
+    show($("busy"), false);
+  }
+}
+
+/** Shows the verdict; false when there is nothing to list (an error state is shown). */
+function apply(status) {
+  renderTrust(status);
+  if (status.state === "error") {
+    const err = status.error || { kind: "error", message: "" };
+    ready = false;
+    show($("filters"), false);
+    timeline.reset();
+    message(err.kind, err.message);
+    return false;
+  }
+  ready = true;
+  return true;
+}
+
+async function start() {
+  let status;
+  try {
+    status = await whenLoaded(true);
+  } catch (err) {
+    failure(err);
+    return;
+  }
+  if (apply(status)) await firstPage();
+}
+
+async function reloadManifest() {
+  hideMessage();
+  try {
+    await postJSON("/api/refresh");
+    const status = await whenLoaded(!ready);
+    if (apply(status)) await reloadList();
+  } catch (err) {
+    failure(err);
+  }
+}
+
+/** After a share or delete: the bridge recorded it, the server reads the manifest again. */
+async function afterAction(reopenId) {
+  try {
+    const status = await whenLoaded(false);
+    if (!apply(status)) return;
+    await reloadList();
+    if (reopenId && player.open && player.event && player.event.id === reopenId) {
+      const fresh = timeline.event(reopenId);
+      if (fresh) player.describe(fresh);
+    }
+  } catch (err) {
+    toast(err.message, "bad");
+  }
+}
+
+setInterval(async () => {
+  if (!ready || list.busy) return;
+  try {
+    const status = await getJSON("/api/status");
+    if (status.state === "ready") renderTrust(status);
+  } catch {
+    // the next poll tries again; a real failure shows on the next action
+  }
+}, WATCH_MS);
+
+async function playFailed(event) {
+  try {
+    const status = await getJSON("/api/status");
+    const problems = renderTrust(status);
+    const mine = problems.find((p) => p.object === event.id);
+    return mine ? mine.message : null;
+  } catch (err) {
+    return err.message;
+  }
+}
+
+// ---- the timeline: pages, filters, infinite scrolling ----------------------------------------
+
+function newRequest() {
+  list.generation += 1;
+  if (list.controller) list.controller.abort();
+  list.controller = new AbortController();
+  return { generation: list.generation, signal: list.controller.signal };
+}
+
+const filtered = () =>
+  filters.cameras.size > 0 || filters.subjects.size > 0 || filters.from !== null || filters.to !== null;
+
+function shown(page) {
+  renderChoices(page);
+  show($("filters"), true);
+  $("summary").textContent = filtered()
+    ? `${count(page.total, "event")} in the bucket · showing those that match`
+    : `${count(page.total, "event")} in the bucket`;
+  show($("f-clear"), filtered());
+  const n = filters.cameras.size + filters.subjects.size + (filters.from !== null) + (filters.to !== null);
+  $("f-count").textContent = String(n);
+  show($("f-count"), n > 0);
+  if (!timeline.size) message(filtered() ? "no-match" : "empty");
+  else hideMessage();
+  show($("end"), timeline.size > 0 && !list.next);
+  $("end").textContent = timeline.size ? "That is all of them." : "";
+}
+
+async function firstPage() {
+  const req = newRequest();
+  timeline.reset();
+  list.next = null;
+  list.busy = true;
+  show($("more"), true);
+  show($("end"), false);
+  try {
+    const page = await getJSON(eventsPath(filters, null, PAGE), req.signal);
+    if (req.generation !== list.generation) return;
+    timeline.append(page.events);
+    list.next = page.next;
+    shown(page);
+  } catch (err) {
+    if (err.name !== "AbortError") failure(err);
+  } finally {
+    if (req.generation === list.generation) {
+      list.busy = false;
+      show($("more"), false);
+      rearm();
+    }
+  }
+}
+
+async function morePages() {
+  if (list.busy || !list.next || !ready) return;
+  const req = newRequest();
+  list.busy = true;
+  show($("more"), true);
+  try {
+    const page = await getJSON(eventsPath(filters, list.next, PAGE), req.signal);
+    if (req.generation !== list.generation) return;
+    timeline.append(page.events);
+    list.next = page.next;
+    shown(page);
+  } catch (err) {
+    if (err.name !== "AbortError") toast(`Could not load more: ${err.message}`, "bad");
+  } finally {
+    if (req.generation === list.generation) {
+      list.busy = false;
+      show($("more"), false);
+      rearm();
+    }
+  }
+}
+
+/** Reads again at least as many events as were on the page and swaps them in where the page
+ *  was scrolled to (after a refresh, a share, a delete). */
+async function reloadList() {
+  const req = newRequest();
+  const want = Math.max(timeline.size, PAGE);
+  const y = window.scrollY;
+  list.busy = true;
+  try {
+    const events = [];
+    let cursor = null;
+    let page;
+    do {
+      page = await getJSON(eventsPath(filters, cursor, REFILL), req.signal);
+      if (req.generation !== list.generation) return;
+      events.push(...page.events);
+      cursor = page.next;
+    } while (cursor && events.length < want);
+    timeline.reset();
+    timeline.append(events);
+    list.next = page.next;
+    shown(page);
+    window.scrollTo(0, y);
+  } catch (err) {
+    if (err.name !== "AbortError") failure(err);
+  } finally {
+    if (req.generation === list.generation) {
+      list.busy = false;
+      rearm();
+    }
+  }
+}
+
+const observer = new IntersectionObserver((entries) => {
+  if (entries.some((e) => e.isIntersecting)) morePages();
+}, { rootMargin: "0px 0px 1200px 0px" });
+
+/** Observing again reports the sentinel's current state: a page too short to push it out of
+ *  view asks for the next one at once. */
+function rearm() {
+  observer.unobserve($("sentinel"));
+  observer.observe($("sentinel"));
+}
+
+async function openEvent(id) {
+  const event = timeline.event(id);
+  if (event) player.show(event);
+}
+
+async function neighbour(id, step) {
+  let next = timeline.neighbour(id, step);
+  if (!next && step > 0 && list.next) {
+    await morePages();
+    next = timeline.neighbour(id, step);
+  }
+  return next;
+}
+
+// ---- filters ---------------------------------------------------------------------------------
+
+function chip(label, pressed, onClick, iconName = null) {
+  const b = el("button", { class: "filter-chip", type: "button", "aria-pressed": String(pressed) },
+    iconName ? icon(iconName) : null, el("span", { text: label }));
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function chipRow(box, all, chosen, iconFor) {
+  const toggle = (value) => () => {
+    if (value === null) chosen.clear();
+    else if (chosen.has(value)) chosen.delete(value);
+    else chosen.add(value);
+    filtersChanged();
+  };
+  box.replaceChildren(
+    chip("All", chosen.size === 0, toggle(null)),
+    ...all.map((v) => chip(iconFor ? subjectName(v) : v, chosen.has(v), toggle(v), iconFor ? iconFor(v) : "camera")),
+  );
+}
+
+function renderChoices(page) {
+  const cameras = JSON.stringify([page.cameras, [...filters.cameras]]);
+  const subjects = JSON.stringify([page.subjects, [...filters.subjects]]);
+  if (cameras !== list.cameras) {
+    list.cameras = cameras;
+    chipRow($("f-cameras"), page.cameras, filters.cameras, null);
+  }
+  if (subjects !== list.subjects) {
+    list.subjects = subjects;
+    chipRow($("f-subjects"), page.subjects, filters.subjects, subjectIcon);
+  }
+}
+
+function filtersChanged() {
+  const q = new URLSearchParams();
+  for (const c of filters.cameras) q.append("camera", c);
+  for (const s of filters.subjects) q.append("subject", s);
+  if ($("f-from").value) q.set("from", $("f-from").value);
+  if ($("f-to").value) q.set("to", $("f-to").value);
+  const hash = q.toString();
+  history.replaceState(null, "", hash ? `#${hash}` : location.pathname);
+  list.cameras = "";
+  list.subjects = "";
+  if (ready) firstPage();
+}
+
+function readDates() {
+  const from = $("f-from").value;
+  const to = $("f-to").value;
+  filters.from = from ? dayStart(from) : null;
+  filters.to = to ? dayStart(to, 1) : null; // the whole of the last day
+  $("f-to").min = from;
+  $("f-from").max = to;
+}
+
+for (const id of ["f-from", "f-to"]) {
+  $(id).addEventListener("change", () => { readDates(); filtersChanged(); });
+}
+
+function clearFilters() {
+  filters.cameras.clear();
+  filters.subjects.clear();
+  $("f-from").value = "";
+  $("f-to").value = "";
+  readDates();
+  filtersChanged();
+}
+$("f-clear").addEventListener("click", clearFilters);
+$("f-toggle").addEventListener("click", () => {
+  const open = !$("filters").classList.contains("open");
+  $("filters").classList.toggle("open", open);
+  $("f-toggle").setAttribute("aria-expanded", String(open));
+});
+
+/** Filters kept in the address's #fragment, so a reload keeps them. */
+function filtersFromHash() {
+  const q = new URLSearchParams(location.hash.slice(1));
+  for (const c of q.getAll("camera")) filters.cameras.add(c);
+  for (const s of q.getAll("subject")) filters.subjects.add(s);
+  const date = /^\d{4}-\d{2}-\d{2}$/;
+  if (date.test(q.get("from") || "")) $("f-from").value = q.get("from");
+  if (date.test(q.get("to") || "")) $("f-to").value = q.get("to");
+  readDates();
+}
+
+$("refresh").addEventListener("click", () => reloadManifest());
+
+filtersFromHash();
+start();
