@@ -106,9 +106,13 @@ def demo_paths(state_dir: Path | None = None) -> DemoPaths:
 
 
 def review_command(paths: DemoPaths) -> str:
-    """The command that opens the demo's clips, and what it stands for."""
+    """The command that opens the demo's clips (`--demo DIR` for a state dir other than this
+    user's default), and what it stands for."""
+    demo = "--demo" if paths.state_dir == default_state_dir().absolute() else (
+        f"--demo {paths.state_dir}"
+    )
     return (
-        "obscura review --demo  (the same as: obscura review "
+        f"obscura review {demo}  (the same as: obscura review "
         f"--identity {paths.identity} --bucket {paths.bucket_url})"
     )
 

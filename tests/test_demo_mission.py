@@ -214,7 +214,12 @@ def test_demo_config_records_people_to_its_bucket_and_demo_key(home: Path) -> No
     assert (hap.address, hap.port, hap.advertise) == ("127.0.0.1", 51999, False)
     assert (config.status.address, config.status.port) == ("127.0.0.1", 58999)
     assert paths.status_url == "http://127.0.0.1:58999"
-    assert review_command(paths).startswith("obscura review --demo")
+    assert review_command(paths).startswith("obscura review --demo  (the same as: ")
+    elsewhere = demo_paths(home / "other")
+    assert review_command(elsewhere).startswith(f"obscura review --demo {home / 'other'}  (")
+    assert f"--identity {elsewhere.identity} --bucket {elsewhere.bucket_url}" in review_command(
+        elsewhere
+    )
     assert demo_config().storage == config.storage  # the key is reused, not made again
 
 
