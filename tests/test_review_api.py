@@ -11,6 +11,7 @@ covers; a poster is the decrypted JPEG; share and delete show up after the refre
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import random
@@ -230,6 +231,29 @@ def test_random_ranges_equal_age_output(
     assert several.status == 206 and several.body == joined[10:20]  # the first range
     bad = app.get(url, headers={"Range": f"bytes={size}-"})
     assert bad.status == 416 and bad.headers["Content-Range"] == f"bytes */{size}"
+
+
+def test_parallel_first_requests_on_a_cold_app(
+    rec: Recorded, video: tuple[dict[str, Any], bytes]
+) -> None:
+    """A player fires several range requests at once before anything is open: they share the
+    opens and the final-chunk checks, and every answer is right."""
+    event, joined = video
+    rng = random.Random(5)
+    starts = [rng.randrange(len(joined) - 100_000) for _ in range(24)]
+    with rec.review() as fresh:
+        assert fresh.wait_ready()["state"] == "ready"
+        url = f"/api/events/{event['id']}/video"
+
+        def fetch(a: int) -> tuple[int, bytes, int]:
+            answer = fresh.get(url, headers={"Range": f"bytes={a}-{a + 99_999}"})
+            return a, answer.body, answer.status
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(fetch, starts))
+    assert "Traceback" not in fresh.stderr, fresh.stderr
+    for a, body, status in results:
+        assert status == 206 and body == joined[a : a + 100_000], a
 
 
 def test_a_seek_fetches_only_the_chunks_it_needs(

@@ -105,6 +105,7 @@ class PartReader:
         self.counter = counter
         self.access: AgeRandomAccess | None = None
         self.final_checked = False
+        self._lock = asyncio.Lock()
         self.refused: MediaError | None = None  # set when the whole-object check failed
         self.gets = 0  # ranged GETs made (tests, benchmarks)
         self.bytes_fetched = 0
@@ -126,8 +127,15 @@ class PartReader:
         return data
 
     async def open(self) -> None:
+        """The header, once: a player's parallel first requests share one open (a second
+        AgeRandomAccess would start again without its final chunk proven)."""
         if self.access is not None:
             return
+        async with self._lock:
+            if self.access is None:
+                await self._open()
+
+    async def _open(self) -> None:
         want = min(PREFIX, self.spec.size)
         while True:
             prefix = await self._get(0, want)
@@ -155,8 +163,10 @@ class PartReader:
         if start >= end:
             return
         if not self.final_checked:
-            await self._chunks(range(access.chunk_count - 1, access.chunk_count))
-            self.final_checked = True
+            async with self._lock:  # once, before any other chunk (age_random enforces it)
+                if not self.final_checked:
+                    await self._chunks(range(access.chunk_count - 1, access.chunk_count))
+                    self.final_checked = True
         wanted = access.chunks_for(start, end)
         for first in range(wanted.start, wanted.stop, MAX_RUN):
             run = range(first, min(first + MAX_RUN, wanted.stop))
