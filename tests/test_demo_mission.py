@@ -41,6 +41,7 @@ from bridge.demo import (
 from bridge.sources.demo import DemoInput
 from bridge.sources.demo_scene import Visitor, Visits
 from tests.peers.bridge_process import ROOT
+from tests.peers.review_app import ReviewApp
 from tests.peers.rtsp import free_port
 
 W, H, FPS = 320, 240, 10.0
@@ -354,3 +355,15 @@ def test_the_no_config_demo_records_a_person_that_its_demo_key_opens(tmp_path: P
     print(f"its clip: {frames} frames in {len(event['parts'])} part(s), person score {best:.2f}")
     assert frames >= 10 * 15  # pre-roll, the walk, post-roll at 15 fps
     assert best > 0.5, best
+
+    # And the one command the log names opens them: `obscura review --demo`, as that user.
+    with ReviewApp(["--demo"], tmp_path / "review-state", env=env) as review:
+        ready = review.wait_ready()
+        page = review.get("/api/events").json()
+        shown = next(e for e in page["events"] if e["id"] == event["id"])
+        poster = review.get(f"/api/events/{shown['id']}/poster")
+        video = review.get(f"/api/events/{shown['id']}/video", headers={"Range": "bytes=0-65535"})
+    assert ready["state"] == "ready" and all(b["ok"] for b in ready["bridges"]), ready
+    assert shown["subjects"] == ["person"] and shown["poster"]
+    assert poster.status == 200 and poster.body[:2] == b"\xff\xd8"
+    assert video.status == 206 and video.body[4:8] == b"ftyp"
