@@ -23,7 +23,7 @@ from aiohttp import web
 
 from bridge.owner.audit import Owner, OwnerError
 from bridge.status import HostCheck
-from bridge.store.bucket import open_bucket
+from bridge.store.bucket import Bucket, open_bucket
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,13 @@ def cmd_review(args: argparse.Namespace) -> int:
         return 0
 
 
-async def _serve(args: argparse.Namespace, owner: Owner, bucket: object) -> int:
+async def _serve(args: argparse.Namespace, owner: Owner, bucket: Bucket) -> int:
     from bridge.owner.review.app import make_app
     from bridge.owner.review.security import Session
 
     host = HostCheck(args.address)
     session = Session(host)
-    app = make_app(owner, bucket, session, bridge_url=args.url)  # type: ignore[arg-type]
+    app = make_app(owner, bucket, session, bridge_url=args.url)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

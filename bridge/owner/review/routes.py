@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.owner.events import Event
 from bridge.owner.review.keys import ACTIONS, LIBRARY, POSTERS, STATIC, VIDEOS
 from bridge.owner.review.library import Query, decode_cursor
 from bridge.owner.review.media import MediaError
@@ -73,7 +74,7 @@ async def list_events(request: web.Request) -> web.Response:
     return web.json_response(request.app[LIBRARY].page(query))
 
 
-def _event(request: web.Request) -> Any:
+def _event(request: web.Request) -> Event:
     event = request.app[LIBRARY].event(request.match_info["id"])
     if event is None:
         raise web.HTTPNotFound(text="no such event (deleted, or not loaded yet)")
@@ -164,7 +165,7 @@ async def video(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def download_name(event: Any) -> str:
+def download_name(event: Event) -> str:
     camera = re.sub(r"[^A-Za-z0-9._-]+", "-", event.camera).strip("-") or "camera"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(event.start_ms / 1000))
     return f"{camera}-{stamp}.mp4"

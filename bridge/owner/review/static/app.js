@@ -13,7 +13,10 @@ import { Player } from "./player.js";
 import { Timeline } from "./timeline.js";
 import { renderTrust } from "./trust.js";
 
-const PAGE = 60; // events per request while scrolling
+// Events per request while scrolling; `#limit=N` in the address sets it (1-200: a small one
+// shows the paging with few events, in tests and when debugging).
+const PAGE = Math.min(200, Math.max(1,
+  Number(new URLSearchParams(location.hash.slice(1)).get("limit")) || 60));
 const REFILL = 200; // per request when a reload re-reads what was on the page
 const POLL_MS = 300; // /api/status while loading
 const WATCH_MS = 15000; // /api/status while ready: problems found while serving
@@ -390,6 +393,7 @@ function filtersChanged() {
   for (const s of filters.subjects) q.append("subject", s);
   if ($("f-from").value) q.set("from", $("f-from").value);
   if ($("f-to").value) q.set("to", $("f-to").value);
+  if (PAGE !== 60) q.set("limit", String(PAGE));
   const hash = q.toString();
   history.replaceState(null, "", hash ? `#${hash}` : location.pathname);
   list.cameras = "";
