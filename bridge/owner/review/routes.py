@@ -6,7 +6,6 @@ State lives in the app under AppKeys (app.py); handlers only translate HTTP to t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -158,8 +157,8 @@ async def video(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.close()
         return response
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise  # the player moved on (a seek): nothing to report
+    except ConnectionResetError:
+        return response  # the player moved on (a seek, the player closed): nothing to report
     request.app[VIDEOS].served(event, media)
     await response.write_eof()
     return response
