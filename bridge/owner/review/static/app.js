@@ -93,7 +93,7 @@ function message(kind, detail = "") {
   const m = MESSAGES[kind] || {
     icon: "alert", title: "The clips cannot be opened", text: "", action: "Try again",
   };
-  $("message-icon").setAttribute("href", `/static/icons.svg#${m.icon}`);
+  $("message-icon").setAttribute("href", `#i-${m.icon}`);
   $("message").dataset.kind = kind;
   $("message-title").textContent = m.title;
   $("message-text").textContent = m.text;

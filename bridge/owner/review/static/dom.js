@@ -1,15 +1,16 @@
 // Small DOM helpers: elements are built with textContent only (camera names, messages and
-// keys come from the bucket and the server: never parsed as HTML), icons from icons.svg.
+// keys come from the bucket and the server: never parsed as HTML), icons from the sprite
+// in index.html.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
-/** <svg class="icon"><use href="/static/icons.svg#name"/></svg> */
+/** <svg class="icon"><use href="#i-name"/></svg> (the symbols are in index.html) */
 export function icon(name, extra = "") {
   const svg = document.createElementNS(SVG_NS, "svg");
   svg.setAttribute("class", `icon ${extra}`.trim());
   svg.setAttribute("aria-hidden", "true");
   const use = document.createElementNS(SVG_NS, "use");
-  use.setAttribute("href", `/static/icons.svg#${name}`);
+  use.setAttribute("href", `#i-${name}`);
   svg.append(use);
   return svg;
 }
