@@ -34,7 +34,8 @@ fi
 # ---- Debian packages ---------------------------------------------------------------------
 # The test peers: gst-rtsp-server through Debian's python3-gi (a real RTSP camera, run with
 # /usr/bin/python3), x264enc (ugly), intervideo* (bad), decoders for served files (libav),
-# and the age CLI to check our clip format from the outside.
+# the age CLI to check our clip format from the outside, and chromium for the review page's
+# real-browser tests (driven by PyPI's playwright; no browser download).
 apt_packages=()
 if [ "$profile" = test ]; then
   apt_packages+=(
@@ -42,6 +43,7 @@ if [ "$profile" = test ]; then
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
     gstreamer1.0-plugins-bad gstreamer1.0-libav
     age
+    chromium
   )
 fi
 # npm fetches the package the default detector model is converted from (a reproducibility test).
