@@ -440,7 +440,10 @@ def test_a_running_bridge_pages_shares_and_deletes(
                 page.page.keyboard.press("Escape")
                 shared_line = f'.card[data-id="{shared_id}"] .shared-line'
                 page.until(f"() => document.querySelector('{shared_line}')")
-                assert other[:12] in page.text(shared_line)
+                line = page.text(shared_line)
+                assert "Shared with" in line and other[:10] in line and other[-6:] in line, line
+                title = page.page.locator(shared_line).get_attribute("title")
+                assert title == other  # the whole key, on hover
 
                 # Delete: confirmation, then gone from the page and from the server's list.
                 page.page.click(f'.card[data-id="{deleted_id}"]')

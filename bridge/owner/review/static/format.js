@@ -67,9 +67,9 @@ export function bytes(n) {
 
 export const count = (n, one, many = `${one}s`) => `${number.format(n)} ${n === 1 ? one : many}`;
 
-/** age1qyqszqgpqyqszqgpqyqs…3t3cx3: enough to recognise a key, the whole of it in a title. */
-export function shortKey(key) {
-  return key.length > 24 ? `${key.slice(0, 12)}…${key.slice(-6)}` : key;
+/** age1qyqszqgp…3t3cx3: enough to recognise a key (the whole of it goes in a title). */
+export function shortKey(key, head = 12, tail = 6) {
+  return key.length > head + tail + 4 ? `${key.slice(0, head)}…${key.slice(-tail)}` : key;
 }
 
 const SUBJECT_ICONS = new Set(["person", "vehicle", "animal", "package", "doorbell", "motion"]);

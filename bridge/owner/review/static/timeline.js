@@ -21,7 +21,16 @@ export const liveShares = (event) => event.shared.filter((s) => !s.deleted);
 export function sharedText(shares) {
   return shares.length === 1
     ? `Shared with ${shortKey(shares[0].recipient)}`
-    : `Shared with ${shares.length} people`;
+    : `Shared with ${shares.length} keys`;
+}
+
+/** "Shared with age1ql3z7h…mcac8p" on a card (every key in full in its title). */
+function sharedLine(shares) {
+  const who = shares.length === 1
+    ? el("code", { text: shortKey(shares[0].recipient, 10, 6) })
+    : el("span", { text: `${shares.length} keys` });
+  return el("span", { class: "shared-line", title: shares.map((s) => s.recipient).join("\n") },
+    icon("share"), el("span", { text: "Shared with" }), who);
 }
 
 function poster(event) {
@@ -61,10 +70,7 @@ function card(event) {
       el("span", { class: "time", text: clock(event.start_ms) }),
       el("span", { class: "cam", text: event.camera })),
     subjectChips(event.subjects),
-    shares.length
-      ? el("span", { class: "shared-line", title: shares.map((s) => s.recipient).join("\n") },
-        icon("share"), el("span", { text: sharedText(shares) }))
-      : null));
+    shares.length ? sharedLine(shares) : null));
   return el("li", { class: "cell" }, button);
 }
 
