@@ -308,7 +308,9 @@ def test_a_flipped_byte_is_refused_when_played(
         page.page.screenshot(path=str(artifacts / "tampered-played.png"))
 
 
-def test_the_wrong_key_opens_nothing(recorded: Recorded, tmp_path: Path, open_page: Any) -> None:
+def test_the_wrong_key_opens_nothing(
+    recorded: Recorded, tmp_path: Path, open_page: Any, artifacts: Path
+) -> None:
     stranger = tmp_path / "stranger.key"
     obscura("keys", "generate", "-o", str(stranger))
     with review(recorded.bucket, stranger, tmp_path) as app:
@@ -318,6 +320,33 @@ def test_the_wrong_key_opens_nothing(recorded: Recorded, tmp_path: Path, open_pa
         assert "opens none" in page.text("#message-detail")
         assert page.page.locator(".card").count() == 0
         assert page.page.locator("#filters").is_hidden()
+        assert "Not a recipient" in page.text("#trust .pill.muted")
+        assert page.page.locator(".banner").count() == 0  # not a tampering: a wrong key
+        page.page.screenshot(path=str(artifacts / "wrong-key.png"))
+
+
+def test_an_unreachable_bucket_and_an_empty_one_say_so(
+    recorded: Recorded, tmp_path: Path, open_page: Any, artifacts: Path
+) -> None:
+    nothing = f"s3://clips/home?endpoint=http://127.0.0.1:{closed_port()}&region=us-east-1"
+    dummy = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
+    state = tmp_path / "owner-state"
+    with ReviewApp(["--identity", str(recorded.key), "--bucket", nothing], state, env=dummy) as app:
+        page = open_page(app.url)
+        page.until("() => !document.getElementById('message').hidden", timeout=30)
+        assert page.text("#message-title") == "The bucket cannot be reached"
+        assert f"127.0.0.1:{nothing.split(':')[-1].split('&')[0]}" in page.text("#message-detail")
+        page.page.click("#message-action")  # Try again: reads it again, fails the same way
+        page.until("() => !document.getElementById('message').hidden", timeout=30)
+        assert page.text("#message-title") == "The bucket cannot be reached"
+        page.page.screenshot(path=str(artifacts / "bucket-unreachable.png"))
+    empty = tmp_path / "empty-bucket"
+    empty.mkdir()
+    with review(empty, recorded.key, tmp_path) as app:
+        page = open_page(app.url)
+        page.until("() => !document.getElementById('message').hidden")
+        assert page.text("#message-title") == "No clips yet"
+        assert page.page.locator(".card").count() == 0
 
 
 def test_share_and_delete_confirm_then_need_the_bridge(
@@ -421,6 +450,18 @@ def test_a_running_bridge_pages_shares_and_deletes(
                     "() => [...document.querySelectorAll('.card')].map((c) => c.dataset.id)"
                 )
                 shared_id, deleted_id = ids[0], ids[1]
+
+                # The player steps to the next older event and back.
+                page.page.click(f'.card[data-id="{shared_id}"]')
+                download = "() => document.getElementById('player-download').getAttribute('href')"
+                assert shared_id in page.js(download)
+                assert page.js("() => document.getElementById('player-newer').disabled")
+                page.page.click("#player-older")
+                page.until(f"() => ({download})().includes('{deleted_id}')")
+                page.page.click("#player-newer")
+                page.until(f"() => ({download})().includes('{shared_id}')")
+                page.page.keyboard.press("Escape")
+                page.until("() => !document.getElementById('player').open")
 
                 # Share: recipient, confirmation, the command to send, copied.
                 page.page.click(f'.card[data-id="{shared_id}"]')

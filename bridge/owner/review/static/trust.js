@@ -34,7 +34,7 @@ function pill(bridge, many) {
   const title = `bridge ${bridge.bridge_id}, manifest seq ${bridge.seq ?? "–"}`;
   if (bridge.not_recipient) {
     return el("span", { class: "pill muted", title },
-      icon("key"), el("span", { text: `Not yours${who}` }));
+      icon("key"), el("span", { text: `Not a recipient${who}` }));
   }
   if (bridge.ok && bridge.verified_up_to_ms) {
     return el("span", { class: "pill ok", title, "data-bridge": bridge.bridge_id },
@@ -62,13 +62,23 @@ function banner(bridge, kind, items, many) {
       list));
 }
 
-/** Renders the pills in the top bar and the banners under it; returns the problems. */
+let shown = "";
+
+/** Renders the pills in the top bar and the banners under it (again only when the verdict
+ *  changed: a banner is an alert, read out each time it is made); returns the problems. */
 export function renderTrust(status) {
   const bridges = status.bridges || [];
+  const problems = bridges.flatMap((b) => b.problems);
+  const key = JSON.stringify(bridges);
+  if (key === shown) return problems;
+  shown = key;
   const many = bridges.length > 1;
   $("trust").replaceChildren(...bridges.map((b) => pill(b, many)));
   const banners = [];
   for (const b of bridges) {
+    // A bridge this key cannot open: its head "does not verify" only because it cannot be
+    // decrypted; the grey pill (or the page's message) says what that means instead.
+    if (b.not_recipient) continue;
     const byKind = new Map();
     for (const p of b.problems) {
       if (!byKind.has(p.kind)) byKind.set(p.kind, []);
@@ -85,5 +95,5 @@ export function renderTrust(status) {
     banners.push(details);
   }
   $("banners").replaceChildren(...banners);
-  return bridges.flatMap((b) => b.problems);
+  return problems;
 }
