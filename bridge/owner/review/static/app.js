@@ -124,14 +124,14 @@ function failure(err) {
 // ---- the manifest: /api/status ---------------------------------------------------------------
 
 /** Polls /api/status until it is not loading; `full`: the big progress panel, else the thin
- *  bar in the top bar (the timeline stays while it re-reads). */
+ *  bar in the top bar (the timeline stays while it re-reads). `status.polls`: how many asks. */
 async function whenLoaded(full) {
   const bar = full ? $("loading-bar") : $("busy");
   show(full ? $("loading") : $("busy"), true);
   try {
-    for (;;) {
+    for (let polls = 1; ; polls += 1) {
       const status = await getJSON("/api/status");
-      if (status.state !== "loading") return status;
+      if (status.state !== "loading") return { ...status, polls };
       const p = status.progress || {};
       if (p.total) {
         bar.max = p.total;
@@ -164,6 +164,9 @@ function apply(status) {
 }
 
 async function start() {
+  // The first page is asked for alongside the status: when the manifest was already read (the
+  // usual case: the app reads it as it starts), that saves a round trip before the first cards.
+  const early = getJSON(eventsPath(filters, null, PAGE)).catch(() => null);
   let status;
   try {
     status = await whenLoaded(true);
@@ -171,7 +174,7 @@ async function start() {
     failure(err);
     return;
   }
-  if (apply(status)) await firstPage();
+  if (apply(status)) await firstPage(status.polls === 1 ? early : null);
 }
 
 async function reloadManifest() {
@@ -249,7 +252,8 @@ function shown(page) {
   $("end").textContent = timeline.size ? "That is all of them." : "";
 }
 
-async function firstPage() {
+/** The first page for the current filters (`early`: a request for it already made). */
+async function firstPage(early = null) {
   const req = newRequest();
   timeline.reset();
   list.next = null;
@@ -257,7 +261,7 @@ async function firstPage() {
   show($("more"), true);
   show($("end"), false);
   try {
-    const page = await getJSON(eventsPath(filters, null, PAGE), req.signal);
+    const page = (early && (await early)) || (await getJSON(eventsPath(filters, null, PAGE), req.signal));
     if (req.generation !== list.generation) return;
     timeline.append(page.events);
     list.next = page.next;

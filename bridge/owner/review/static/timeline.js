@@ -9,6 +9,8 @@ import {
   clock, dayDate, dayKey, dayLabel, duration, shortKey, subjectIcon, subjectName,
 } from "./format.js";
 
+const EAGER = 12;
+
 export function subjectChips(subjects) {
   return el("span", { class: "subject-chips" }, ...subjects.map((s) =>
     el("span", { class: "chip", "data-subject": s }, icon(subjectIcon(s)),
@@ -33,7 +35,7 @@ function sharedLine(shares) {
     icon("share"), el("span", { text: "Shared with" }), who);
 }
 
-function poster(event) {
+function poster(event, eager) {
   const thumb = el("span", { class: "thumb" });
   const placeholder = () => {
     thumb.classList.add("no-poster");
@@ -41,7 +43,7 @@ function poster(event) {
   };
   if (event.poster) {
     const img = el("img", {
-      loading: "lazy", decoding: "async", alt: "",
+      loading: eager ? "eager" : "lazy", decoding: "async", alt: "",
       src: eventPath(event.id, "poster"),
     });
     img.addEventListener("error", () => { img.remove(); placeholder(); }, { once: true });
@@ -57,14 +59,14 @@ function poster(event) {
   return thumb;
 }
 
-function card(event) {
+function card(event, eager) {
   const shares = liveShares(event);
   const label = [event.camera, clock(event.start_ms), duration(event.duration_s),
     ...event.subjects, shares.length ? sharedText(shares) : ""].filter(Boolean).join(", ");
   const button = el("button", {
     class: "card", type: "button", "data-id": event.id, "aria-label": label,
   },
-  poster(event),
+  poster(event, eager),
   el("span", { class: "meta" },
     el("span", { class: "meta-top" },
       el("span", { class: "time", text: clock(event.start_ms) }),
@@ -99,7 +101,9 @@ export class Timeline {
     const now = Date.now();
     for (const event of events) {
       if (this.byId.has(event.id)) continue;
-      const cell = card(event);
+      // The first cards are on screen: their posters are asked for as they are made, not
+      // after a layout has found them in view.
+      const cell = card(event, this.events.length < EAGER);
       this.grid(event, now).append(cell);
       this.byId.set(event.id, { event, cell });
       this.events.push(event);
