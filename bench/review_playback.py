@@ -58,7 +58,7 @@ MINIMAL_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>bench: one video</title></head>
 <body style="margin:0;background:#222">
 <button id="play" style="display:block;width:240px;height:60px">play</button>
-<video id="video" width="640" height="360" playsinline></video>
+<video id="video" width="640" height="360" playsinline preload="auto"></video>
 <script>
 document.getElementById("play").addEventListener("click", () => {
   const v = document.getElementById("video");
@@ -109,7 +109,7 @@ def run_once(
             page.wait_for_load_state("networkidle")
         before = app.media()
         page.click(target)
-        page.wait_for_function("window.__bench.frames.length > 0", timeout=30_000)
+        page.wait_for_function("() => window.__bench.frames.length > 0", timeout=30_000)
         at_frame = app.media()
         bench = page.evaluate("""() => ({clicks: __bench.clicks, frames: __bench.frames,
                                           error: __bench.error || null,
@@ -131,7 +131,7 @@ def run_once(
             out["seeks"] = do_seeks(page, app, event["duration_s"], ranges)
         else:  # what the whole click costs: until the player stops fetching
             page.wait_for_function(
-                "document.querySelector('video').currentTime > 1.0", timeout=30_000
+                "() => document.querySelector('video').currentTime > 1.0", timeout=30_000
             )
             after = wait_idle(app)
             out["gets_click"] = after["gets"] - before["gets"]
@@ -247,6 +247,9 @@ def measure(
     finally:
         warm.stop()
         results["tracebacks_logged_warm_app"] = warm.stderr.count("Traceback")
+        if "Traceback" in warm.stderr:
+            at = warm.stderr.index("Traceback")
+            results["first_traceback"] = warm.stderr[max(0, at - 300) : at + 2500]
 
 
 def main() -> None:
@@ -325,6 +328,8 @@ def report(results: dict[str, Any]) -> None:
           json.dumps(first["ranges_click"]))
     print("buffered then:", first["buffered"])
     print("Tracebacks in the warm app's log:", results.get("tracebacks_logged_warm_app"))
+    if "first_traceback" in results:
+        print(results["first_traceback"][-1500:])
 
 
 if __name__ == "__main__":
