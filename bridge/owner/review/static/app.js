@@ -7,8 +7,9 @@
 
 import { ApiError, eventsPath, getJSON, postJSON, sleep } from "./api.js";
 import { DeleteDialog, ShareDialog } from "./actions.js";
-import { $, el, icon, show, toast } from "./dom.js";
-import { count, dayStart, subjectIcon, subjectName } from "./format.js";
+import { $, show, toast } from "./dom.js";
+import { Filters } from "./filters.js";
+import { count } from "./format.js";
 import { Player } from "./player.js";
 import { Timeline } from "./timeline.js";
 import { renderTrust } from "./trust.js";
@@ -21,8 +22,9 @@ const REFILL = 200; // per request when a reload re-reads what was on the page
 const POLL_MS = 300; // /api/status while loading
 const WATCH_MS = 15000; // /api/status while ready: problems found while serving
 
-const filters = { cameras: new Set(), subjects: new Set(), from: null, to: null };
-const list = { next: null, busy: false, generation: 0, controller: null, cameras: "", subjects: "" };
+const list = { next: null, busy: false, generation: 0, controller: null };
+const filters = new Filters(() => { if (ready) firstPage(); },
+  PAGE === 60 ? {} : { limit: String(PAGE) });
 let ready = false;
 
 const timeline = new Timeline($("timeline"), (id) => openEvent(id));
@@ -111,7 +113,7 @@ function hideMessage() {
 
 $("message-action").addEventListener("click", () => {
   const kind = $("message").dataset.kind;
-  if (kind === "no-match") clearFilters();
+  if (kind === "no-match") filters.clear();
   else reloadManifest();
 });
 
@@ -174,7 +176,10 @@ async function start() {
     failure(err);
     return;
   }
-  if (apply(status)) await firstPage(status.polls === 1 ? early : null);
+  // Used only if the manifest was read before it was asked for (same number of events).
+  const usable = status.polls === 1
+    ? early.then((page) => (page && page.total === status.events ? page : null)) : null;
+  if (apply(status)) await firstPage(usable);
 }
 
 async function reloadManifest() {
@@ -233,20 +238,9 @@ function newRequest() {
   return { generation: list.generation, signal: list.controller.signal };
 }
 
-const filtered = () =>
-  filters.cameras.size > 0 || filters.subjects.size > 0 || filters.from !== null || filters.to !== null;
-
 function shown(page) {
-  renderChoices(page);
-  show($("filters"), true);
-  $("summary").textContent = filtered()
-    ? `${count(page.total, "event")} in the bucket · showing those that match`
-    : `${count(page.total, "event")} in the bucket`;
-  show($("f-clear"), filtered());
-  const n = filters.cameras.size + filters.subjects.size + (filters.from !== null) + (filters.to !== null);
-  $("f-count").textContent = String(n);
-  show($("f-count"), n > 0);
-  if (!timeline.size) message(filtered() ? "no-match" : "empty");
+  filters.render(page);
+  if (!timeline.size) message(filters.size ? "no-match" : "empty");
   else hideMessage();
   show($("end"), timeline.size > 0 && !list.next);
   $("end").textContent = timeline.size ? "That is all of them." : "";
@@ -356,95 +350,6 @@ async function neighbour(id, step) {
   return next;
 }
 
-// ---- filters ---------------------------------------------------------------------------------
-
-function chip(label, pressed, onClick, iconName = null) {
-  const b = el("button", { class: "filter-chip", type: "button", "aria-pressed": String(pressed) },
-    iconName ? icon(iconName) : null, el("span", { text: label }));
-  b.addEventListener("click", onClick);
-  return b;
-}
-
-function chipRow(box, all, chosen, iconFor) {
-  const toggle = (value) => () => {
-    if (value === null) chosen.clear();
-    else if (chosen.has(value)) chosen.delete(value);
-    else chosen.add(value);
-    filtersChanged();
-  };
-  box.replaceChildren(
-    chip("All", chosen.size === 0, toggle(null)),
-    ...all.map((v) => chip(iconFor ? subjectName(v) : v, chosen.has(v), toggle(v), iconFor ? iconFor(v) : "camera")),
-  );
-}
-
-function renderChoices(page) {
-  const cameras = JSON.stringify([page.cameras, [...filters.cameras]]);
-  const subjects = JSON.stringify([page.subjects, [...filters.subjects]]);
-  if (cameras !== list.cameras) {
-    list.cameras = cameras;
-    chipRow($("f-cameras"), page.cameras, filters.cameras, null);
-  }
-  if (subjects !== list.subjects) {
-    list.subjects = subjects;
-    chipRow($("f-subjects"), page.subjects, filters.subjects, subjectIcon);
-  }
-}
-
-function filtersChanged() {
-  const q = new URLSearchParams();
-  for (const c of filters.cameras) q.append("camera", c);
-  for (const s of filters.subjects) q.append("subject", s);
-  if ($("f-from").value) q.set("from", $("f-from").value);
-  if ($("f-to").value) q.set("to", $("f-to").value);
-  if (PAGE !== 60) q.set("limit", String(PAGE));
-  const hash = q.toString();
-  history.replaceState(null, "", hash ? `#${hash}` : location.pathname);
-  list.cameras = "";
-  list.subjects = "";
-  if (ready) firstPage();
-}
-
-function readDates() {
-  const from = $("f-from").value;
-  const to = $("f-to").value;
-  filters.from = from ? dayStart(from) : null;
-  filters.to = to ? dayStart(to, 1) : null; // the whole of the last day
-  $("f-to").min = from;
-  $("f-from").max = to;
-}
-
-for (const id of ["f-from", "f-to"]) {
-  $(id).addEventListener("change", () => { readDates(); filtersChanged(); });
-}
-
-function clearFilters() {
-  filters.cameras.clear();
-  filters.subjects.clear();
-  $("f-from").value = "";
-  $("f-to").value = "";
-  readDates();
-  filtersChanged();
-}
-$("f-clear").addEventListener("click", clearFilters);
-$("f-toggle").addEventListener("click", () => {
-  const open = !$("filters").classList.contains("open");
-  $("filters").classList.toggle("open", open);
-  $("f-toggle").setAttribute("aria-expanded", String(open));
-});
-
-/** Filters kept in the address's #fragment, so a reload keeps them. */
-function filtersFromHash() {
-  const q = new URLSearchParams(location.hash.slice(1));
-  for (const c of q.getAll("camera")) filters.cameras.add(c);
-  for (const s of q.getAll("subject")) filters.subjects.add(s);
-  const date = /^\d{4}-\d{2}-\d{2}$/;
-  if (date.test(q.get("from") || "")) $("f-from").value = q.get("from");
-  if (date.test(q.get("to") || "")) $("f-to").value = q.get("to");
-  readDates();
-}
-
 $("refresh").addEventListener("click", () => reloadManifest());
 
-filtersFromHash();
 start();
