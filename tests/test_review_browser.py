@@ -10,10 +10,11 @@ What a user sees is checked: the event's card with its decrypted poster actually
 local time; a click plays the video (its time advances and a decoded frame has a picture in
 it); a download is the MP4; a tampered copy of the bucket shows the red banner (an object
 deleted, caught by the manifest check as the page loads; a byte flipped, caught when the clip
-is played); the wrong key says so; Share and Delete go through their confirmation steps and say
-the bridge is not running when it is not; a phone-sized window never scrolls sideways and the
-player fits in it. Screenshots are saved as artifacts (the directory is printed; set
-OBSCURA_TEST_ARTIFACTS to choose it).
+is played); the wrong key, an unreachable bucket and an empty one each say so; filters ask the
+server again; Share and Delete go through their confirmation steps and say the bridge is not
+running when it is not; a phone-sized window never scrolls sideways and the player fits in it.
+Screenshots are saved as artifacts (the directory is printed; set OBSCURA_TEST_ARTIFACTS to
+choose it).
 
 The slow test at the end records with a bridge that keeps running, pages through its events a
 card at a time (the infinite scroll), and shares and deletes one through the page.
