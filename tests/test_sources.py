@@ -5,17 +5,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import pytest
 
 from accessories.backend import CameraUnavailable
 from bridge.config import CameraConfig
 from bridge.media.fanout import SourceEnded
+from bridge.media.h264 import (
+    AccessUnitNormalizer,
+    first_mb_in_slice,
+    join_annexb,
+    nal_type,
+    split_annexb,
+)
 from bridge.media.snapshot import snapshot_jpeg
 from bridge.sources.av_input import FAST_PROBE, AVInput, AVInputOptions
 from bridge.sources.base import CameraSource, RetryPolicy
-from bridge.sources.factory import make_source
+from bridge.sources.factory import input_factory, make_source
 from tests.peers.rtsp import RtspCamera
 
 FAST_RETRY = RetryPolicy(initial=0.3, cap=1.5, jitter=0.1)
@@ -184,3 +193,41 @@ async def test_stop_does_not_wait_for_an_open_blocked_on_a_stalled_camera() -> N
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def _first_slices(access_unit: bytes) -> list[int | None]:
+    return [first_mb_in_slice(n) for n in split_annexb(access_unit) if nal_type(n) in (1, 5)]
+
+
+def test_the_first_keyframe_of_a_camera_is_whole() -> None:
+    """gst-rtsp-server's x264 cuts each picture in two slices. With the cameras' `nobuffer`,
+    FFmpeg's analysis used to drop the first packet it read, the top slice of the first
+    keyframe, and every first clip after a (re)connect began with a picture lacking its top."""
+    with RtspCamera(width=640, height=360, fps=15, gop=15) as cam:
+        source = input_factory(CameraConfig(name="x", source=cam.url))()
+        source.open()
+        try:
+            first = next(item for item in source.packets() if isinstance(item, tuple))
+        finally:
+            source.close()
+    data, _, key = first
+    assert key and _first_slices(data)[0] == 0, _first_slices(data)
+
+
+def test_a_keyframe_missing_its_first_slice_is_no_keyframe() -> None:
+    encoder = av.CodecContext.create("libx264", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 320, 240, "yuv420p"
+    encoder.time_base = Fraction(1, 15)
+    encoder.options = {"x264-params": "slices=3:keyint=15", "tune": "zerolatency"}
+    frame = av.VideoFrame(320, 240, "yuv420p")
+    frame.pts = 0
+    packets = [bytes(p) for p in encoder.encode(frame)] + [bytes(p) for p in encoder.encode()]
+    idr = packets[0]
+    nals = split_annexb(idr)
+    slices = [n for n in nals if nal_type(n) == 5]
+    assert len(slices) >= 2 and [first_mb_in_slice(n) for n in slices][:1] == [0]
+    whole = AccessUnitNormalizer(None)
+    assert whole.normalize(idr)[1] and not whole.partial
+    headless = join_annexb([n for n in nals if n is not slices[0]])  # lost its top slice
+    cut = AccessUnitNormalizer(None)
+    assert cut.normalize(headless)[1] is False and cut.partial

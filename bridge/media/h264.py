@@ -6,6 +6,7 @@ PPS; files (MP4/MKV) deliver AVCC length-prefixed NALs, RTSP and x264 deliver An
 
 from __future__ import annotations
 
+NAL_SLICE = 1
 NAL_IDR = 5
 NAL_SEI = 6
 NAL_SPS = 7
@@ -20,6 +21,21 @@ _PROFILES = {66: "baseline", 77: "main", 88: "extended", 100: "high"}
 
 def nal_type(nal: bytes) -> int:
     return nal[0] & 0x1F if nal else 0
+
+
+def first_mb_in_slice(nal: bytes) -> int | None:
+    """The slice header's first field (ue(v) right after the NAL header): 0 for the slice that
+    starts a picture. None if the bytes cannot hold it."""
+    head = nal[1:9].replace(b"\x00\x00\x03", b"\x00\x00")  # emulation prevention
+    bits = int.from_bytes(head, "big")
+    width = 8 * len(head)
+    zeros = 0
+    while zeros < width and not bits >> (width - 1 - zeros) & 1:
+        zeros += 1
+    if 2 * zeros + 1 > width:
+        return None
+    value = bits >> (width - 2 * zeros - 1) & ((1 << (zeros + 1)) - 1)
+    return value - 1
 
 
 def split_annexb(data: bytes) -> list[bytes]:
@@ -113,15 +129,17 @@ class AccessUnitNormalizer:
         params, self._length_size = parameter_sets_from_extradata(extradata)
         self.sps = next((n for n in params if nal_type(n) == NAL_SPS), b"")
         self.pps = next((n for n in params if nal_type(n) == NAL_PPS), b"")
+        self.partial = False  # the last access unit was a keyframe missing its first slice
 
     def normalize(self, data: bytes) -> tuple[bytes, bool]:
-        """Returns (Annex B access unit, contains IDR)."""
+        """Returns (Annex B access unit, a whole IDR picture starts here)."""
         if self._length_size is not None:
             nals = split_avcc(data, self._length_size)
         else:
             nals = split_annexb(data)
         has_idr = False
         has_params = False
+        first_slice: int | None = None
         kept: list[bytes] = []
         for nal in nals:
             t = nal_type(nal)
@@ -133,7 +151,13 @@ class AccessUnitNormalizer:
                 self.pps, has_params = nal, True
             elif t == NAL_IDR:
                 has_idr = True
+            if t in (NAL_SLICE, NAL_IDR) and first_slice is None:
+                first_slice = first_mb_in_slice(nal)
             kept.append(nal)
+        # A keyframe whose first slice does not start the picture lost its top (a stream
+        # joined mid-picture: FFmpeg's `nobuffer` analysis, or loss): not a place to start.
+        self.partial = has_idr and first_slice != 0
+        has_idr = has_idr and not self.partial
         if has_idr and not has_params and self.sps and self.pps:
             kept = [self.sps, self.pps, *kept]
         return join_annexb(kept), has_idr

@@ -48,8 +48,12 @@ from bridge.media.h264_sps import sps_size
 from bridge.media.packet import AudioInfo, AudioPacket, StreamInfo
 from bridge.sources.audio_stream import audio_info_of, needs_analysis, packet_seconds
 
-# Demuxer options for a fast open: stop probing after the first packet (see the docstring).
-FAST_PROBE = {"probesize": "32"}
+# Demuxer options for a fast open: stop probing after the first packet (see the docstring),
+# and keep that packet: with the cameras' `nobuffer` (FFmpeg's default flags otherwise) the
+# analysis drops what it read, the first slice of the first keyframe, and the first picture of
+# every recording then lacked its top (a keyframe missing its first slice is no keyframe now
+# either: h264.AccessUnitNormalizer.partial).
+FAST_PROBE = {"probesize": "32", "fflags": "autobsf"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +244,8 @@ class AVInput:
     def _convert(self, packet: av.Packet, pts: float) -> Iterator[tuple[bytes, float, bool]]:
         if self._normalizer is not None:
             data, idr = self._normalizer.normalize(bytes(packet))
-            yield data, pts, idr or bool(packet.is_keyframe)
+            whole = not self._normalizer.partial  # FFmpeg flags a keyframe missing its top too
+            yield data, pts, idr or (bool(packet.is_keyframe) and whole)
             return
         assert self._encoder is not None
         for frame in packet.decode():
