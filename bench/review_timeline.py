@@ -320,6 +320,9 @@ def scroll_steps(page: Any, steps: list[dict[str, Any]]) -> list[dict[str, Any]]
     return out
 
 
+BUFFER = "performance.setResourceTimingBufferSize(100000)"
+
+
 def first_page(page: Any, app: Review) -> dict[str, Any]:
     """Navigation (the URL with the token) → first cards in the DOM → posters in view."""
     t = time.perf_counter()
@@ -328,7 +331,14 @@ def first_page(page: Any, app: Review) -> dict[str, Any]:
     wall = (time.perf_counter() - t) * 1000
     first = page.evaluate("() => ({...window.__tl, nav: performance.getEntriesByType("
                           "'navigation')[0].toJSON()})")  # fmt: skip
+    # What the page fetched until its posters were in: [path, start, answer read] (ms).
+    loads = page.evaluate("""(until) => performance.getEntriesByType("resource")
+        .filter((e) => e.startTime <= until)
+        .map((e) => [new URL(e.name).pathname.replace(/[0-9a-f]{32}/, "ID") + new URL(e.name)
+                     .search.slice(0, 24), Math.round(e.startTime), Math.round(e.responseEnd)])""",
+                          first["posters"])  # fmt: skip
     return {
+        "waterfall": loads,
         "cards_ms": first["cards"], "posters_ms": first["posters"], "wall_ms": wall,
         "first_cards": first["n"], "visible_cards": first["visible"],
         "dom_content_loaded_ms": first["nav"]["domContentLoadedEventEnd"],
@@ -354,8 +364,10 @@ def opened_at_start(browser: Any, key: Path, url: str, state: Path, creds: Path 
 def browser_figures(browser: Any, app: Review, total: int) -> dict[str, Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     # Resource Timing keeps 250 entries by default: the posters would push the fetches out.
-    context.add_init_script("performance.setResourceTimingBufferSize(100000)")
+    context.add_init_script(BUFFER)
     page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
     events_requests: list[float] = []
     page.on("request", lambda r: events_requests.append(time.perf_counter())
             if "/api/events?" in r.url or r.url.endswith("/api/events") else None)  # fmt: skip
@@ -367,7 +379,10 @@ def browser_figures(browser: Any, app: Review, total: int) -> dict[str, Any]:
         count = page.evaluate("() => document.querySelectorAll('.card').length")
         while count < total:
             at = page.evaluate(SCROLL)
-            page.wait_for_function(MORE, arg=count, polling="raf", timeout=60_000)
+            try:
+                page.wait_for_function(MORE, arg=count, polling="raf", timeout=60_000)
+            except Exception as exc:
+                raise RuntimeError(f"no more cards after {count}; page errors: {errors}") from exc
             new, appeared = page.evaluate(
                 "() => [document.querySelectorAll('.card').length, window.__tl.appeared]")
             if new == count:
@@ -606,6 +621,9 @@ def report(results: dict[str, Any]) -> None:
         rows.append([name, v.n, fmt(v.p50, 0), fmt(v.max, 0)])
     print(table(["in Chromium (real page)", "n", "p50 ms", "max ms"], rows))
     last = pages[-1]
+    w = last["waterfall"]
+    print(f"what the page fetched until its posters were in ({len(w)} requests; path, start, "
+          f"answer read, ms after navigation): {json.dumps(w[:8])} … {json.dumps(w[-3:])}")
     print(f"first page: {last['first_cards']} cards, {last['visible_cards']} in view; scrolled "
           f"to {last['cards_at_end']} cards in {last['scroll_total_s']:.1f} s "
           f"({last['scroll_pages']} pages); {last['posters_loaded']} posters loaded on the way "
