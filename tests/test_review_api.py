@@ -67,7 +67,7 @@ def rec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recorded]:
     owner_key, other_key = work / "owner.key", work / "other.key"
     recipient, other = age_keygen(owner_key), age_keygen(other_key)
     scene = work / "person.mp4"
-    write_crossing_clip(scene, kind="person", seconds=20, enter_at=1.0, cross_seconds=9.0)
+    write_crossing_clip(scene, kind="person", seconds=24, enter_at=1.0, cross_seconds=12.0)
     bucket = work / "bucket"
     # A busy picture at a high bitrate: parts of several MiB, so a seek has chunks to skip.
     with RtspCamera(file=scene, width=1280, height=720, fps=15, bitrate_kbps=8000,
@@ -111,9 +111,13 @@ def header_length(plain: bytes) -> int:
 
 
 def the_event(app: ReviewApp) -> dict[str, Any]:
+    """The recorded crossing (the largest event: under load a track may be cut in two)."""
     events = app.get("/api/events").json()["events"]
     assert len(events) >= 1
-    return max(events, key=lambda e: e["size"])
+    sizes = [(e["size"], e["parts"], e["duration_s"]) for e in events]
+    biggest = max(events, key=lambda e: e["size"])
+    assert biggest["size"] >= 5 << 20 and biggest["parts"] >= 2, sizes  # what the tests need
+    return biggest
 
 
 def expected_video(rec: Recorded, event_id: str, bridge_id: str) -> tuple[bytes, list[int]]:
@@ -154,6 +158,10 @@ def test_status_and_timeline(rec: Recorded, app: ReviewApp) -> None:
     assert event["state"] == "complete" and event["parts"] >= 2 and event["poster"]
     assert event["end_ms"] > event["start_ms"] and event["duration_s"] > 3
     # Filters and paging.
+    assert event["part_ids"][0] == event["id"] and len(event["part_ids"]) == event["parts"]
+    assert page["matched"] == page["total"] >= 1
+    yard = app.get("/api/events?camera=Yard").json()
+    assert yard["matched"] == 0 and yard["total"] == page["total"]
     assert app.get("/api/events?camera=Yard").json()["events"] == []
     assert app.get("/api/events?subject=vehicle").json()["events"] == []
     assert app.get(f"/api/events?to={event['start_ms'] - 60000}").json()["events"] == []
@@ -415,10 +423,30 @@ def test_actions_without_a_bridge_say_so(rec: Recorded, tmp_path: Path) -> None:
             pytest.skip("the event was deleted by an earlier test")
         answer = review.request(f"/api/events/{events[0]['id']}/delete", method="POST", body={},
                                 headers={"Origin": review.base})  # fmt: skip
+        status = wait_probed(review)
     assert answer.status == 409 and answer.json()["kind"] == "bridge-offline", answer.body
+    assert status["bridge_reachable"] is False
+    with ReviewApp(
+        ["--identity", str(rec.owner_key), "--bucket", rec.bucket.as_uri()], tmp_path / "s2"
+    ) as review:  # no --url and no --config: no bridge to ask at all
+        assert review.wait_ready()["state"] == "ready"
+        answer = review.request(f"/api/events/{events[0]['id']}/delete", method="POST", body={},
+                                headers={"Origin": review.base})  # fmt: skip
+        assert review.status()["bridge_reachable"] is False
+    assert answer.status == 409 and answer.json()["kind"] == "no-bridge", answer.body
+
+
+def wait_probed(review: ReviewApp) -> dict[str, Any]:
+    """/api/status once the app has asked the bridge whether it is there."""
+    deadline = time.monotonic() + 10
+    while (status := review.status())["bridge_reachable"] is None:
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
 
 
 def test_share_then_delete_through_the_bridge(rec: Recorded, app: ReviewApp) -> None:
+    assert wait_probed(app)["bridge_reachable"] is True
     event = the_event(app)
     origin = {"Origin": app.base}
     bad = app.request(f"/api/events/{event['id']}/share", method="POST",

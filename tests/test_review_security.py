@@ -128,3 +128,13 @@ def test_a_lan_address_needs_an_explicit_flag(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 1 and out.stdout == ""
     assert "--allow-remote" in out.stderr and "anyone who gets the URL" in out.stderr
+
+
+def test_a_missing_file_bucket_is_an_error_not_an_empty_one(tmp_path: Path) -> None:
+    key = tmp_path / "owner.key"
+    age_keygen(key)
+    gone = (tmp_path / "no-such-bucket").as_uri()
+    with ReviewApp(["--identity", str(key), "--bucket", gone], tmp_path / "state") as review:
+        status = review.wait_ready()
+    assert status["state"] == "error" and status["error"]["kind"] == "no-bucket", status
+    assert "does not exist" in status["error"]["message"]

@@ -9,13 +9,16 @@ may not have been carried out (a time-out) says so, as the CLI does, rather than
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from bridge.owner.audit import Owner, OwnerError
-from bridge.owner.bridge_client import BridgeClient, BridgeError
+from bridge.owner.bridge_client import BridgeClient, BridgeError, status_url
 from bridge.owner.clips_write import clip_objects, share_event
 from bridge.owner.events import Event
 from bridge.owner.review.library import Library, OwnerThread
@@ -29,12 +32,49 @@ def _error(status: int, kind: str, message: str) -> web.Response:
     return web.json_response({"error": message, "kind": kind}, status=status)
 
 
+PROBE_EVERY = 5.0  # seconds between checks of whether the bridge answers
+PROBE_TIMEOUT = 1.5
+
+
 class Actions:
     def __init__(self, owner: OwnerThread, library: Library, bridge_url: str | None) -> None:
-        self.owner, self.library, self.bridge_url = owner, library, bridge_url
+        self.owner, self.library = owner, library
+        config = owner.owner.config
+        self.base = bridge_url or (status_url(config) if config is not None else None)
+        self.bridge_url = bridge_url
+        self.reachable: bool | None = None  # unknown until the first probe answers
+        self._probed = -PROBE_EVERY
+        self._probe: asyncio.Task[None] | None = None
+
+    def bridge_status(self) -> bool | None:
+        """Whether the bridge answered lately (for the page: share and delete need it); a
+        stale answer starts a new check in the background and is returned meanwhile."""
+        now = time.monotonic()
+        stale = now - self._probed > PROBE_EVERY
+        if self.base is not None and stale and (self._probe is None or self._probe.done()):
+            self._probed = now
+            self._probe = asyncio.ensure_future(self._check())
+        return self.reachable if self.base is not None else False
+
+    async def _check(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.get(f"{self.base}/health") as answer,
+            ):
+                # Any answer: 503 only says a camera is down, the API is there.
+                self.reachable = answer.status in (200, 503)
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            self.reachable = False
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
 
     def _client(self, owner: Owner, event: Event) -> BridgeClient:
-        client = BridgeClient(owner.config, owner.identities, self.bridge_url)
+        client = BridgeClient(owner.config, owner.identities, self.base)
         client.check(event.view.bridge_id)
         return client
 
@@ -68,6 +108,9 @@ class Actions:
         return await self._do("delete", run)
 
     async def _do(self, what: str, run: Any) -> web.Response:
+        if self.base is None:
+            return _error(409, "no-bridge", "no bridge to ask: start obscura review with "
+                          "--url (the bridge's local API) or --config (its configuration)")
         try:
             result = await self.owner.run(run, self.owner.owner)
         except BridgeError as exc:

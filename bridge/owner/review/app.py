@@ -52,6 +52,7 @@ def make_app(
         yield
         load.cancel()
         await app[VIDEOS].close()
+        await app[ACTIONS].close()
         await thread.close()
         await bucket.close()
 

@@ -21,7 +21,9 @@ import concurrent.futures
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 from bridge.owner.audit import FATAL, BridgeView, Owner, OwnerError
 from bridge.owner.events import Event, events
@@ -30,6 +32,17 @@ from bridge.store.bucket import BucketError
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_LIMIT = 200
+
+
+class NoBucket(OwnerError):
+    """A file:// bucket whose folder does not exist: a typo, not an empty bucket."""
+
+
+def _bridges(owner: Owner) -> list[str]:
+    where = urlsplit(owner.bucket_url)
+    if where.scheme == "file" and not Path(unquote(where.path)).is_dir():
+        raise NoBucket(f"the bucket {owner.bucket_url} does not exist (no such folder)")
+    return owner.bridges()
 
 
 class OwnerThread:
@@ -107,7 +120,7 @@ class Library:
         self.state, self.error = "loading", None
         owner = self.owner.owner
         try:
-            ids = await self.owner.run(owner.bridges)
+            ids = await self.owner.run(_bridges, owner)
             views = []
             for n, bid in enumerate(ids):
                 self.progress = {"done": n, "total": len(ids), "what": "bridges verified"}
@@ -133,6 +146,7 @@ class Library:
 
     def _fail(self, exc: BaseException) -> None:
         kind = "bucket-unreachable" if isinstance(exc, BucketError | OSError) else "error"
+        kind = "no-bucket" if isinstance(exc, NoBucket) else kind
         self.state = "error"
         self.error = {"kind": kind, "message": str(exc) or type(exc).__name__}
         log.warning("review: cannot load the manifest: %s", exc)
@@ -167,6 +181,12 @@ class Library:
             "cameras": sorted({e.camera for e in self.newest_first}),
             "subjects": sorted({s for e in self.newest_first for s in e.subjects}),
             "total": len(self.newest_first),
+            # Events that match the filters (all pages): "N of M" on the page.
+            "matched": (
+                len(self.newest_first)
+                if _unfiltered(q)
+                else sum(1 for e in self.newest_first if q.wants(e))
+            ),
         }
 
     def status(self) -> dict[str, Any]:
@@ -202,6 +222,10 @@ class Library:
         }
 
 
+def _unfiltered(q: Query) -> bool:
+    return not (q.cameras or q.subjects) and q.start_ms is None and q.end_ms is None
+
+
 def event_json(e: Event) -> dict[str, Any]:
     return {
         "id": e.id,
@@ -213,6 +237,7 @@ def event_json(e: Event) -> dict[str, Any]:
         "subjects": list(e.subjects),
         "state": e.state(),
         "parts": len(e.live),
+        "part_ids": [p.id for p in e.live],  # to name the object a problem is about
         "missing_parts": e.missing,
         "size": e.size,
         "poster": e.poster is not None,

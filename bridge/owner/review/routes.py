@@ -35,7 +35,11 @@ async def index(request: web.Request) -> web.StreamResponse:
 @routes.get("/api/status")
 async def status(request: web.Request) -> web.Response:
     app = request.app
-    return web.json_response({**app[LIBRARY].status(), "media": app[VIDEOS].stats()})
+    return web.json_response({
+        **app[LIBRARY].status(),
+        "media": app[VIDEOS].stats(),
+        "bridge_reachable": app[ACTIONS].bridge_status(),  # None: not known yet
+    })  # fmt: skip
 
 
 @routes.post("/api/refresh")
