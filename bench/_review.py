@@ -4,6 +4,8 @@
   gst-rtsp-server camera (tests/peers/owner_bucket.py, tests/peers/scenes.py) into a file://
   bucket — made once and kept under the temp dir (it takes a minute or two), reused by later
   runs unless `--fresh`.
+- `timeline_bucket()`: a bucket of thousands of events sealed by the bridge's own ClipVault in
+  this process (bench/review_timeline.py says what they look like), built once and cached.
 - `seaweed_copy()`: SeaweedFS (tests/peers/seaweed.py) holding a copy of a bucket, and the
   credentials file `obscura review --credentials-file` reads, as tests/test_review_api.py does.
 - `Review`: `obscura review` as a child process (tests/peers/review_app.py) with its pid, for
@@ -18,13 +20,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import logging
+import math
+import random
+import secrets
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +125,177 @@ def _record(where: Path, seconds: float, width: int, height: int, fps: int, kbps
         "clips_sealed": storage.get("clips_sealed"),
         "recorded": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# A timeline of many events, sealed by the bridge's ClipVault (bench/review_timeline.py)
+# ----------------------------------------------------------------------------------------------
+
+CAMERAS = ("Front porch", "Driveway", "Back yard", "Garage", "Side gate")
+SUBJECTS = ((("person",), 50), (("vehicle",), 20), (("animal",), 12), (("person", "vehicle"), 12),
+            (("person", "animal"), 6))  # fmt: skip
+DAYS = 21
+PART_S = 4.0
+POSTERS = 48
+
+
+# ----------------------------------------------------------------------------------------------
+# The bucket
+# ----------------------------------------------------------------------------------------------
+
+
+def small_fmp4() -> bytes:
+    """2 s of 320x180 H.264 as a fragmented MP4 (ftyp, moov, then moof/mdat per keyframe)."""
+    import av
+    import numpy as np
+
+    out = io.BytesIO()
+    flags = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+    with av.open(out, "w", format="mp4", options=flags) as c:
+        stream = c.add_stream("libx264", rate=15)
+        stream.width, stream.height, stream.pix_fmt = 320, 180, "yuv420p"
+        stream.options = {"g": "15", "bf": "0"}
+        ramp = np.linspace(0, 200, 320, dtype=np.float32)[None, :, None]
+        for i in range(30):
+            img = np.broadcast_to(ramp + i * 2, (180, 320, 3))
+            frame = av.VideoFrame.from_ndarray(img.astype(np.uint8), "rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 15)
+            for packet in stream.encode(frame):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return out.getvalue()
+
+
+def posters(n: int = POSTERS) -> list[bytes]:
+    """`n` different 640x360 JPEGs (quality 80, as the bridge renders them): a photographed
+    person or cat at some point of its walk across a yard."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.peers.scenes import _background, _subject
+
+    out = []
+    rng = np.random.default_rng(5)
+    subjects = {kind: _subject(kind, round(360 * 0.6)) for kind in ("person", "cat")}
+    for i in range(n):
+        frame = _background(640, 360, seed=i % 6).astype(np.int16)
+        subject = subjects["person" if i % 3 else "cat"]
+        sh, sw = subject.shape[:2]
+        left = int(rng.integers(-sw // 2, 640 - sw // 2))
+        top = 360 - sh - 18
+        x0, x1 = max(0, left), min(640, left + sw)
+        frame[top : top + sh, x0:x1] = subject[:, x0 - left : x1 - left]
+        frame += rng.normal(0, 2, frame.shape).astype(np.int16)
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=80)
+        out.append(buf.getvalue())
+    return out
+
+
+def plan(n_events: int, seed: int, now: float) -> list[dict[str, Any]]:
+    """The events, oldest first: camera, subjects, start, length, parts."""
+    rng = random.Random(seed)
+    span = DAYS * 86400.0
+    starts = sorted(now - 3600 - rng.random() * span for _ in range(n_events))
+    kinds, weights = zip(*SUBJECTS, strict=True)
+    events = []
+    for start in starts:
+        length = min(60.0, max(3.0, rng.lognormvariate(math.log(12.0), 0.7)))
+        events.append({
+            "camera": rng.choice(CAMERAS), "subjects": rng.choices(kinds, weights)[0],
+            "start": start, "length": round(length, 2), "parts": math.ceil(length / PART_S),
+        })  # fmt: skip
+    return events
+
+
+async def seal_event(vault: Any, event: dict[str, Any], mp4: bytes, jpegs: list[bytes],
+                     rng: random.Random) -> None:  # fmt: skip
+    from bridge.record.clip import ClipMeta
+    from crypto.padding import mp4_free_box, mp4_padding
+
+    payload = mp4 + mp4_free_box(mp4_padding(len(mp4)))
+    event_id = secrets.token_hex(16)
+    for part in range(event["parts"]):
+        start = event["start"] + part * PART_S
+        length = min(PART_S, event["length"] - part * PART_S)
+        final = part == event["parts"] - 1
+        meta = ClipMeta(
+            camera=event["camera"], event_id=event_id, part=part, start=start, end=start + length,
+            duration=length, subjects=tuple(event["subjects"]), best_score=0.8,
+            poster=rng.choice(jpegs), width=320, height=180, frames=round(length * 15),
+            media_bytes=len(mp4), size=len(payload), reason="post_roll" if final else "part",
+            final=final,
+        )  # fmt: skip
+        sink = await asyncio.to_thread(vault.sink_factory)
+        await asyncio.to_thread(sink.write, payload)
+        await sink.finish(meta)
+
+
+async def build(where: Path, n_events: int, seed: int) -> dict[str, Any]:
+    from bridge.store.config import StorageConfig
+    from bridge.store.vault import ClipVault
+    from crypto.age_keys import generate_identity
+
+    identity = generate_identity()
+    key = where / "owner.key"
+    key.write_text(f"{identity}\n")
+    key.chmod(0o600)
+    state = where / "bridge-state"
+    state.mkdir()
+    config = StorageConfig(
+        bucket=(where / "bucket").as_uri(), recipients=(str(identity.recipient),),
+        retention_days=3650, heartbeat_seconds=86400,
+    )  # fmt: skip
+    mp4, jpegs = small_fmp4(), posters()
+    events = plan(n_events, seed, time.time())
+    rng = random.Random(seed + 1)
+    logging.getLogger("bridge").setLevel(logging.WARNING)
+    vault = ClipVault(config, state)
+    await vault.start()
+    t = time.monotonic()
+    try:
+        queue = list(events)
+        done = 0
+
+        async def worker() -> None:  # two events at a time: fsyncs overlap
+            nonlocal done
+            while queue:
+                await seal_event(vault, queue.pop(0), mp4, jpegs, rng)
+                done += 1
+                if done % 200 == 0:
+                    log(f"{done}/{len(events)} events sealed ({time.monotonic() - t:.0f} s)")
+
+        await asyncio.gather(worker(), worker())
+        await vault.uploader.wait_idle(timeout=600)
+    finally:
+        await vault.stop(drain_seconds=600)
+    parts = sum(e["parts"] for e in events)
+    return {
+        "events": n_events, "parts": parts, "posters": parts, "cameras": len(CAMERAS),
+        "days": DAYS, "seed": seed, "clip_bytes": len(mp4),
+        "poster_bytes_mean": round(sum(map(len, jpegs)) / len(jpegs)),
+        "build_s": round(time.monotonic() - t, 1), "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }  # fmt: skip
+
+
+def timeline_bucket(n_events: int, seed: int, fresh: bool) -> tuple[Path, Path, dict[str, Any]]:
+    where = CACHE / f"timeline-{n_events}-s{seed}"
+    done = where / "bucket.json"
+    # The head freezes (a verify problem) two heartbeats (2 days) after the vault stopped.
+    if done.exists() and not fresh and time.time() - done.stat().st_mtime < 36 * 3600:
+        return where / "bucket", where / "owner.key", json.loads(done.read_text())
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True)
+    log(f"building a bucket of {n_events} events with the bridge's ClipVault (once)")
+    info = asyncio.run(build(where, n_events, seed))
+    objects = sum(1 for p in (where / "bucket").rglob("*") if p.is_file())
+    info["objects"] = objects
+    info["bucket_mb"] = round(sum(p.stat().st_size for p in (where / "bucket").rglob("*")
+                                  if p.is_file()) / 1e6, 1)  # fmt: skip
+    done.write_text(json.dumps(info, indent=2))
+    log(f"bucket built: {info}")
+    return where / "bucket", where / "owner.key", info
 
 
 # ----------------------------------------------------------------------------------------------
