@@ -105,6 +105,8 @@ class Library:
     views: list[BridgeView] = field(default_factory=list)
     newest_first: list[Event] = field(default_factory=list)
     by_id: dict[str, Event] = field(default_factory=dict)
+    cameras: list[str] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
     #: Problems found while serving (a part that failed authentication), per bridge.
     served_problems: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     _loading: asyncio.Task[None] | None = None
@@ -157,6 +159,8 @@ class Library:
         self.views = views
         self.newest_first = live
         self.by_id = {p.id: e for e in live for p in e.parts}
+        self.cameras = sorted({e.camera for e in live})  # the filters' choices, once per load
+        self.subjects = sorted({s for e in live for s in e.subjects})
 
     # -- reading ------------------------------------------------------------------------------
     def event(self, event_id: str) -> Event | None:
@@ -178,8 +182,8 @@ class Library:
         return {
             "events": [event_json(e) for e in picked],
             "next": encode_cursor(picked[-1]) if more and picked else None,
-            "cameras": sorted({e.camera for e in self.newest_first}),
-            "subjects": sorted({s for e in self.newest_first for s in e.subjects}),
+            "cameras": self.cameras,
+            "subjects": self.subjects,
             "total": len(self.newest_first),
             # Events that match the filters (all pages): "N of M" on the page.
             "matched": (

@@ -27,7 +27,7 @@ import collections
 import hashlib
 import logging
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = 4096  # a header with a few recipients fits; NeedMore says when it does not
 MAX_RUN = 16  # chunks per ranged GET (1 MiB): bounded memory per request
-CACHE_CHUNKS = 96  # ~6 MiB of plaintext shared by every request
+FIRST_RUN = 2  # the first GET of a request: players drop many requests after a few bytes
+CACHE_CHUNKS = 512  # 32 MiB of plaintext at most, shared: a replayed event is not re-fetched
 HASH_PIECE = 4 << 20
 
 
@@ -152,7 +153,7 @@ class PartReader:
     def _bad(self, why: str) -> MediaError:
         return MediaError("undecryptable", f"object {self.spec.oid}: {why}", self.spec.oid)
 
-    async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read(self, start: int, end: int) -> AsyncGenerator[bytes, None]:
         """Plaintext [start, end), in pieces of at most a chunk; authenticated before it goes."""
         if self.refused is not None:
             raise self.refused
@@ -168,8 +169,10 @@ class PartReader:
                     await self._chunks(range(access.chunk_count - 1, access.chunk_count))
                     self.final_checked = True
         wanted = access.chunks_for(start, end)
-        for first in range(wanted.start, wanted.stop, MAX_RUN):
-            run = range(first, min(first + MAX_RUN, wanted.stop))
+        first, size = wanted.start, FIRST_RUN
+        while first < wanted.stop:  # runs of 2, 4, 8, then 16 chunks
+            run = range(first, min(first + size, wanted.stop))
+            first, size = run.stop, min(2 * size, MAX_RUN)
             chunks = await self._chunks(run)
             for index, data in zip(run, chunks, strict=True):
                 lo, _hi = access.plaintext_span(index)
@@ -268,7 +271,7 @@ class EventVideo:
             at += part.plaintext_size - skip
         self.size = at
 
-    async def read(self, start: int, end: int) -> AsyncIterator[bytes]:
+    async def read(self, start: int, end: int) -> AsyncGenerator[bytes, None]:
         """The event's bytes [start, end)."""
         for at, part, lo, hi in self.segments:
             length = hi - lo

@@ -148,8 +148,8 @@ async def video(request: web.Request) -> web.StreamResponse:
     except MediaError as exc:
         library.note_problem(event, exc.kind, str(exc), exc.oid)
         return _error(502, exc.kind, str(exc))
-    await response.prepare(request)
     try:
+        await response.prepare(request)
         await response.write(first)
         async for piece in pieces:
             await response.write(piece)
@@ -161,10 +161,15 @@ async def video(request: web.Request) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.close()
         return response
-    except ConnectionResetError:
+    except ConnectionError:
         return response  # the player moved on (a seek, the player closed): nothing to report
+    finally:
+        await pieces.aclose()  # a request cut short leaves no half-read generator behind
     request.app[VIDEOS].served(event, media)
-    await response.write_eof()
+    try:
+        await response.write_eof()
+    except ConnectionError:
+        pass
     return response
 
 
