@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 from crypto.padding import padded_size
@@ -242,8 +242,17 @@ ENTRY_TYPES: dict[str, type[Entry]] = {
 OPTIONAL_MEMBERS: dict[str, frozenset[str]] = {"clip": frozenset({"event", "part", "final"})}
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def entry_to_dict(entry: Entry) -> dict[str, Any]:
-    d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(entry).items()}
+    # Entries hold only scalars and tuples of them: a shallow read of the fields is what
+    # asdict's deep copy gave, at a fraction of its cost (verifying 8,500 segments spent a
+    # quarter of its time in asdict).
+    names = _FIELD_NAMES.get(type(entry))
+    if names is None:
+        names = _FIELD_NAMES[type(entry)] = tuple(f.name for f in fields(entry))
+    d = {k: list(v) if isinstance(v := getattr(entry, k), tuple) else v for k in names}
     optional = OPTIONAL_MEMBERS.get(entry.type, frozenset())
     if optional and all(d[k] is None for k in optional):
         d = {k: v for k, v in d.items() if k not in optional}  # the older form, byte for byte

@@ -214,18 +214,21 @@ class ManifestVerifier:
             r.problems.append(Problem("head", "manifest head: bad signature", self._head_id))
             ok = False
         valid = set()
+        hashes: dict[int, bytes] = {}  # each segment's message is built once (it is costly)
         for seq in sorted(segments):
-            if key.verify(segments[seq].sig, segments[seq].message()):
+            message = segments[seq].message()
+            hashes[seq] = hashlib.sha256(message).digest()  # = Segment.hash()
+            if key.verify(segments[seq].sig, message):
                 valid.add(seq)
             else:
                 r.problems.append(Problem("signature", f"segment {seq}: bad signature", seq=seq))
                 ok = False
         # Two validly signed, different segments at one seq: the bridge's history split.
         forks = set()
-        if ok and head.seq in segments and segments[head.seq].hash() != head.hash:
+        if ok and head.seq in segments and hashes[head.seq] != head.hash:
             forks.add(head.seq)
         for seq in valid:
-            if seq + 1 in valid and segments[seq + 1].prev != segments[seq].hash():
+            if seq + 1 in valid and segments[seq + 1].prev != hashes[seq]:
                 forks.add(seq)
         for seq in sorted(forks):
             r.problems.append(Problem("fork", f"manifest forked at seq {seq}", seq=seq))
