@@ -30,6 +30,7 @@ import pytest
 
 from bridge.store.bucket import open_bucket
 from tests.peers.azurite import Azurite
+from tests.peers.fake_gcs import FakeGcs
 from tests.peers.owner_bucket import clips_sealed, recording_bridge
 from tests.peers.review_app import ReviewApp
 from tests.peers.rtsp import RtspCamera
@@ -366,34 +367,42 @@ def test_the_wrong_key_opens_nothing(rec: Recorded, tmp_path: Path) -> None:
 # -- actions through the running bridge --------------------------------------------------------
 
 
-@pytest.mark.parametrize("server", ["s3", "az"])
+@pytest.mark.parametrize("server", ["s3", "az", "gs"])
 def test_the_same_from_a_cloud_bucket(
     rec: Recorded, video: tuple[dict[str, Any], bytes], tmp_path: Path, server: str
 ) -> None:
-    """The recorded bucket copied into SeaweedFS (s3://) or Azurite (az://): the app reads it
-    with explicit credentials from a file, as the CLI does."""
+    """The recorded bucket copied into SeaweedFS (s3://), Azurite (az://) or fake-gcs-server
+    (gs://): the app reads it with explicit credentials from a file, as the CLI does."""
     event, joined = video
-    peer = (SeaweedFS(tmp_path / "weed", buckets=("clips",)) if server == "s3"
-            else Azurite(tmp_path / "azurite", containers=("clips",)))  # fmt: skip
+    peer: Any = {
+        "s3": lambda: SeaweedFS(tmp_path / "weed", buckets=("clips",)),
+        "az": lambda: Azurite(tmp_path / "azurite", containers=("clips",)),
+        "gs": lambda: FakeGcs(buckets=("clips",)),
+    }[server]()
     with peer:
-        creds = tmp_path / "cloud.env"
-        env = dict(peer.env)
-        if server == "az":
-            env["AZURE_STORAGE_ACCOUNT_NAME"] = peer.account  # type: ignore[union-attr]
-        creds.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-        creds.chmod(0o600)
         url = peer.url("clips")
+        objects = [p for p in rec.bucket.rglob("*") if p.is_file()]
+        if server == "gs":  # fake-gcs-server takes uploads on its JSON API only
+            creds = peer.key_file
+            for path in objects:
+                peer.upload("clips", str(path.relative_to(rec.bucket)), path.read_bytes())
+        else:
+            creds = tmp_path / "cloud.env"
+            env = dict(peer.env)
+            if server == "az":
+                env["AZURE_STORAGE_ACCOUNT_NAME"] = peer.account
+            creds.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+            creds.chmod(0o600)
 
-        async def upload() -> None:
-            bucket = open_bucket(url, creds)
-            try:
-                for path in rec.bucket.rglob("*"):
-                    if path.is_file():
+            async def upload() -> None:
+                bucket = open_bucket(url, creds)
+                try:
+                    for path in objects:
                         await bucket.put(str(path.relative_to(rec.bucket)), path)
-            finally:
-                await bucket.close()
+                finally:
+                    await bucket.close()
 
-        asyncio.run(upload())
+            asyncio.run(upload())
         review = ReviewApp(
             ["--identity", str(rec.owner_key), "--bucket", url, "--credentials-file", str(creds)],
             tmp_path / "state",
