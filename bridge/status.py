@@ -14,6 +14,7 @@ the connection's start, so one that never sends a request goes too).
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import time
 from collections.abc import Awaitable, Callable
@@ -237,22 +238,24 @@ async def start_status_server(
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_TIMEOUT)
     await runner.setup()
     assert runner.server is not None
-    _cap_connections(runner.server, MAX_CONNECTIONS)
+    cap_connections(runner.server, MAX_CONNECTIONS)
     site = web.TCPSite(runner, address, port)
     await site.start()
     host_check.port = runner.addresses[0][1]  # the real one when port is 0
     return runner
 
 
-def _cap_connections(server: web.Server, limit: int) -> None:
+def cap_connections(server: web.Server, limit: int) -> None:
     """Over ``limit`` open connections, a new one is aborted as it arrives (aiohttp has no cap
     of its own; its Server is told of each connection before any byte is read)."""
     admit = server.connection_made
 
     def connection_made(handler: Any, transport: Any) -> None:
-        if len(server.connections) >= limit:
-            transport.abort()
-            return
         admit(handler, transport)
+        if len(server.connections) > limit:
+            # On the loop's next turn: aiohttp queues the handler's task right after this
+            # returns, and a connection lost before that task first ran tripped its assertion
+            # ("Task exception was never retrieved" for every refused socket).
+            asyncio.get_running_loop().call_soon(transport.abort)
 
     server.connection_made = connection_made  # type: ignore[method-assign]

@@ -7,8 +7,11 @@ file:// bucket (nothing to decrypt is needed to test who gets in).
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,3 +141,26 @@ def test_a_missing_file_bucket_is_an_error_not_an_empty_one(tmp_path: Path) -> N
         status = review.wait_ready()
     assert status["state"] == "error" and status["error"]["kind"] == "no-bucket", status
     assert "does not exist" in status["error"]["message"]
+
+
+def test_a_flood_of_idle_connections_is_capped_and_then_served(app: ReviewApp) -> None:
+    """300 sockets that never send a byte: the app keeps at most its cap open (the rest are
+    aborted as they arrive), and answers again as soon as they go."""
+    assert app.proc is not None
+    port = int(app.base.rsplit(":", 1)[1])
+    fds_before = len(os.listdir(f"/proc/{app.proc.pid}/fd"))
+    flood = []
+    try:
+        for _ in range(300):
+            flood.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        time.sleep(0.5)
+        fds = len(os.listdir(f"/proc/{app.proc.pid}/fd"))
+    finally:
+        for sock in flood:
+            sock.close()
+    assert fds - fds_before <= 100, (fds_before, fds)  # MAX_CONNECTIONS, not 300
+    deadline = time.monotonic() + 10
+    while (answer := app.get("/api/status")).status != 200:
+        assert time.monotonic() < deadline, answer
+        time.sleep(0.1)
+    assert "Traceback" not in app.stderr, app.stderr

@@ -22,10 +22,11 @@ from pathlib import Path
 from aiohttp import web
 
 from bridge.owner.audit import Owner, OwnerError
-from bridge.status import HostCheck
+from bridge.status import KEEPALIVE_TIMEOUT, HostCheck, cap_connections
 from bridge.store.bucket import Bucket, open_bucket
 
 log = logging.getLogger(__name__)
+MAX_CONNECTIONS = 96
 
 
 def _is_loopback(address: str) -> bool:
@@ -88,8 +89,14 @@ async def _serve(args: argparse.Namespace, owner: Owner, bucket: Bucket) -> int:
     host = HostCheck(args.address)
     session = Session(host)
     app = make_app(owner, bucket, session, bridge_url=args.url)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Bounded like the bridge's status API: a flood of idle sockets cannot exhaust the file
+    # descriptors (a browser uses a handful; players and posters a few dozen at most).
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_TIMEOUT
+    )
     await runner.setup()
+    assert runner.server is not None
+    cap_connections(runner.server, MAX_CONNECTIONS)
     try:
         site = web.TCPSite(runner, args.address, args.port)
         await site.start()
