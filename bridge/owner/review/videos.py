@@ -50,8 +50,15 @@ class Videos:
         if task is None:  # concurrent first requests share one open
             task = asyncio.ensure_future(self._make(event))
             self._opening[event.id] = task
-            task.add_done_callback(lambda _: self._opening.pop(event.id, None))
+            task.add_done_callback(lambda t: self._opened(event.id, t))
         return await asyncio.shield(task)
+
+    def _opened(self, event_id: str, task: asyncio.Task[EventVideo]) -> None:
+        self._opening.pop(event_id, None)
+        # Retrieved here too: the requests waiting for it may all have gone (a player that
+        # moved on), and its error is theirs to answer, not the log's.
+        if not task.cancelled():
+            task.exception()
 
     async def _make(self, event: Event) -> EventVideo:
         root = event.view.layout.root
