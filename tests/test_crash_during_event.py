@@ -126,7 +126,8 @@ def test_sigkill_during_events_loses_at_most_the_last_seconds(tmp_path: Path) ->
         assert not event["missing_parts"], event
 
     # Every part decrypts with stock age and decodes; a cut-short event joins into one MP4.
-    root = bucket / next(p.name for p in bucket.iterdir() if p.is_dir())
+    # The bridge's folder; ".tmp" holds the file bucket's atomic writes.
+    root = next(p for p in bucket.iterdir() if p.is_dir() and not p.name.startswith("."))
     for event in events:
         for part in event["parts"]:
             plain = tmp_path / f"{part['id']}.mp4"
