@@ -129,6 +129,8 @@ class Report:
     not_recipient: bool = False
     #: The state to save; None when the chain did not verify (keep the previous one).
     state: VerifierState | None = None
+    #: The object id of every segment the walk read, by seq (the next walk's read-ahead guess).
+    segment_ids: dict[int, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:

@@ -100,6 +100,7 @@ class ManifestVerifier:
             ), self._head_id))
             return r
         segments, ids, complete = self._walk(head, r)
+        r.segment_ids = ids
         key = self._key(segments, r)
         trusted = key is not None and self._check_chain(key, head, segments, r)
         # Rollback and heartbeat checks mean something only for an authentic head.

@@ -8,22 +8,20 @@ is noticed across runs, and so is a bridge whose objects all vanished from that 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
 import json
 import os
 import re
 import sys
 import tempfile
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
 
 import platformdirs
 
 from bridge.config import Config, ConfigError, ConfigNotFound, find_config, load_config
-from bridge.store.bucket import Bucket, BucketLayout, open_bucket
+from bridge.owner.sync_bucket import CHUNK, SyncBucket
+from bridge.store.bucket import BucketLayout, open_bucket
 from crypto.age_keys import X25519Identity, load_identities
 from crypto.manifest_format import FormatError
 from crypto.manifest_report import RecipientChange, local_time
@@ -37,15 +35,14 @@ from crypto.manifest_verify import (
 )
 from crypto.signing import BridgeKeyError, BridgePublicKey
 
-T = TypeVar("T")
 HEAD = "manifest-head"
-CHUNK = 4 << 20
 #: Problems that make the manifest itself untrustworthy: commands that act on it refuse to go on.
 FATAL = {"head", "key", "signature", "fork", "rollback", "segment"}
 #: A remembered bridge with no object left in the bucket: reported, but other bridges' clips
 #: can still be listed and fetched.
 GONE = "gone"
 _STATE_NAME = re.compile(r"^[0-9a-f]{16}\.json$")
+_OBJECT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class OwnerError(Exception):
@@ -55,45 +52,6 @@ class OwnerError(Exception):
 def default_state_dir() -> Path:
     env = os.environ.get("OBSCURA_OWNER_STATE_DIR")
     return Path(env) if env else Path(platformdirs.user_state_dir("obscura")) / "owner"
-
-
-class SyncBucket:
-    """The async Bucket driven from synchronous code (the verifier's get/list are sync)."""
-
-    def __init__(self, bucket: Bucket) -> None:
-        self.bucket = bucket
-        self._loop = asyncio.new_event_loop()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._loop.run_until_complete(coro)
-
-    def list(self, prefix: str = "") -> list[tuple[str, int]]:
-        async def collect() -> list[tuple[str, int]]:
-            return [item async for item in self.bucket.list(prefix)]
-
-        return self.run(collect())
-
-    def get(self, name: str, limit: int) -> bytes | None:
-        """At most `limit` bytes of `name` (the operator chooses how large an object is)."""
-        return self.run(self.bucket.get_range(name, 0, limit))
-
-    def sha256(self, name: str, limit: int) -> tuple[str, int] | None:
-        """SHA-256 and length of the first `limit` bytes of `name`, read in CHUNK pieces."""
-        h, n = hashlib.sha256(), 0
-        while n < limit:
-            want = min(limit, n + CHUNK) - n
-            data = self.run(self.bucket.get_range(name, n, n + want))
-            if data is None:
-                return None if n == 0 else (h.hexdigest(), n)
-            h.update(data)
-            n += len(data)
-            if len(data) < want:  # the end of the object
-                break
-        return h.hexdigest(), n
-
-    def close(self) -> None:
-        self.run(self.bucket.close())
-        self._loop.close()
 
 
 @dataclass
@@ -185,14 +143,25 @@ class Owner:
         return state, bucket if isinstance(bucket, str) else None
 
     def _save_state(self, path: Path, state: VerifierState) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        data = {**json.loads(state.to_json()), "bucket": self.bucket_url}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "w") as out:
-            out.write(json.dumps(data, sort_keys=True) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+        _write_json(path, {**json.loads(state.to_json()), "bucket": self.bucket_url})
+
+    def _chain_guess(self, path: Path) -> list[str]:
+        """The segment ids of the chain verified last time in this bucket, newest first: what
+        the next walk will most likely read, in its order (only a guess: see sync_bucket)."""
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []  # none yet, or unreadable: the walk reads one segment at a time
+        if not isinstance(data, dict) or data.get("bucket") != self.bucket_url:
+            return []
+        ids = data.get("segments")
+        if not isinstance(ids, list):
+            return []
+        return [i for i in ids if isinstance(i, str) and _OBJECT_ID.match(i)]
+
+    def _save_chain_guess(self, path: Path, ids: dict[int, str]) -> None:
+        newest_first = [ids[seq] for seq in sorted(ids, reverse=True)]
+        _write_json(path, {"bucket": self.bucket_url, "segments": newest_first})
 
     def verify(self, bridge_id: str, deep: bool) -> BridgeView:
         layout = BucketLayout(bridge_id)
@@ -224,23 +193,28 @@ class Owner:
         if not objects and state is not None:
             gone = self._gone(state, state_path)
             return BridgeView(bridge_id, layout, gone, state_path, self.identity_file)
-        report = ManifestVerifier(
-            self.identities,
-            head_id=head_id,
-            list=lambda: objects,
-            pinned_key=pin,
-            state=state,
-            # Manifest objects only; the verifier refuses anything this large.
-            get=lambda oid: self.bucket.get(f"{layout.root}/{oid}", MAX_MANIFEST_OBJECT + 1),
-            hasher=lambda oid, limit: self.bucket.sha256(f"{layout.root}/{oid}", limit),
-            deep=deep,
-        ).verify()
+        chain_path = self.state_dir / f"{bridge_id}.chain"
+        listed = {oid for oid, _ in objects}
+        guess = [f"{layout.root}/{oid}" for oid in self._chain_guess(chain_path) if oid in listed]
+        # Manifest objects only; the verifier refuses anything this large.
+        with self.bucket.readahead(guess, MAX_MANIFEST_OBJECT + 1) as segments:
+            report = ManifestVerifier(
+                self.identities,
+                head_id=head_id,
+                list=lambda: objects,
+                pinned_key=pin,
+                state=state,
+                get=lambda oid: segments.get(f"{layout.root}/{oid}"),
+                hasher=lambda oid, limit: self.bucket.sha256(f"{layout.root}/{oid}", limit),
+                deep=deep,
+            ).verify()
         if report.state is not None:
             if state is None:
                 report.notices.append(
                     f"bridge {bridge_id}: pinned key {report.state.bridge_key} in {state_path}"
                 )
             self._save_state(state_path, report.state)
+            self._save_chain_guess(chain_path, report.segment_ids)
         warnings = [self.change_line(c) for c in report.new_recipient_changes]
         return BridgeView(bridge_id, layout, report, state_path, self.identity_file, warnings)
 
@@ -313,6 +287,17 @@ class Owner:
             )
         if h.hexdigest() != sha256:
             raise OwnerError(f"{label}: object {name}: SHA-256 mismatch (swapped or altered)")
+
+
+def _write_json(path: Path, data: object) -> None:
+    """Atomically, mode 0600 (mkstemp's), in a 0700 folder: the owner's state is private."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(data, sort_keys=True) + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
 
 
 def report_problems(views: list[BridgeView], strict: bool) -> None:
