@@ -50,6 +50,11 @@ T = TypeVar("T")
 MAX_MANIFEST_OBJECT = 16 << 20
 NOT_RECIPIENT = "cannot decrypt (none of these identities is one of its recipients)"
 Lister = Callable[[], Iterable[tuple[str, int]]]
+#: on_walk(report): the clips of the newest segments walked so far, while the walk goes on.
+WalkListener = Callable[[Report], None]
+#: Seconds between two on_walk calls: short at first (the newest events are what an owner looks
+#: at first), then longer, as each call replays everything walked so far.
+FIRST_WALK_REPORT_S, MAX_WALK_REPORT_S = 0.15, 1.0
 
 
 class ManifestVerifier:
@@ -68,6 +73,7 @@ class ManifestVerifier:
         deep: bool = True,
         clock: Callable[[], float] = time.time,
         hasher: Hasher | None = None,
+        on_walk: WalkListener | None = None,
     ) -> None:
         self._ids = [as_identity(i) for i in identities]
         self._head_id = head_id
@@ -85,6 +91,8 @@ class ManifestVerifier:
         self._deep = deep
         self._clock = clock
         self._listing: dict[str, int] = {}
+        self._on_walk = on_walk
+        self._messages: dict[int, bytes] = {}  # each segment's signed message, built once
 
     def verify(self) -> Report:
         r = Report(verified_seq=self._state.seq if self._state else None)
@@ -153,10 +161,17 @@ class ManifestVerifier:
 
     def _walk(self, head: Head, r: Report) -> tuple[dict[int, Segment], dict[int, str], bool]:
         """Segments from the head back to 0 through `prev_segment` (seq strictly decreasing,
-        so this ends); complete=False if the walk stopped early."""
+        so this ends); complete=False if the walk stopped early.
+
+        Each segment's hash is checked against the one after it as it is read, so on_walk is
+        told only of segments that chain to the head (with a pinned key, whose signature was
+        checked before the walk, that makes them authentic; signatures are checked after)."""
         segments: dict[int, Segment] = {}
         ids: dict[int, str] = {}
         seq, sid = head.seq, head.segment
+        expected, linked = head.hash, True
+        interval = FIRST_WALK_REPORT_S
+        report_at = time.monotonic() + interval
         while True:
             seg, why = self._load(sid, decode_segment)
             if seg is None:
@@ -172,9 +187,24 @@ class ManifestVerifier:
                 ))
                 return segments, ids, False
             segments[seq], ids[seq] = seg, sid
+            self._messages[seq] = message = seg.message()
+            linked = linked and hashlib.sha256(message).digest() == expected
+            expected = seg.prev
+            if self._on_walk is not None and linked and time.monotonic() >= report_at:
+                self._on_walk(self._walked(head, segments, ids))
+                interval = min(2 * interval, MAX_WALK_REPORT_S)
+                report_at = time.monotonic() + interval
             if seq == 0 or seg.prev_segment is None:
                 return segments, ids, True
             seq, sid = seq - 1, seg.prev_segment
+
+    def _walked(self, head: Head, segments: dict[int, Segment], ids: dict[int, str]) -> Report:
+        """The clips of the segments walked so far (a shallow replay: a share or deletion of
+        something older than them is not resolved yet, and their problems mean nothing)."""
+        partial = Report(head=head, segment_ids=dict(ids))
+        self._replay(segments, partial)
+        partial.problems, partial.notices = [], []
+        return partial
 
     def _key(self, segments: dict[int, Segment], r: Report) -> BridgePublicKey | None:
         init = segments[0].entries[0] if 0 in segments else None
@@ -217,7 +247,7 @@ class ManifestVerifier:
         valid = set()
         hashes: dict[int, bytes] = {}  # each segment's message is built once (it is costly)
         for seq in sorted(segments):
-            message = segments[seq].message()
+            message = self._messages.get(seq) or segments[seq].message()
             hashes[seq] = hashlib.sha256(message).digest()  # = Segment.hash()
             if key.verify(segments[seq].sig, message):
                 valid.add(seq)

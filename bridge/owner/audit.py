@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +164,11 @@ class Owner:
         newest_first = [ids[seq] for seq in sorted(ids, reverse=True)]
         _write_json(path, {"bucket": self.bucket_url, "segments": newest_first})
 
-    def verify(self, bridge_id: str, deep: bool) -> BridgeView:
+    def verify(
+        self, bridge_id: str, deep: bool, on_walk: Callable[[BridgeView], None] | None = None
+    ) -> BridgeView:
+        """The bridge's manifest verified; `on_walk` is given views of the newest segments
+        while the walk goes on (ManifestVerifier's on_walk), for a page that shows them early."""
         layout = BucketLayout(bridge_id)
         head_id = layout.object_id(layout.well_known_name(HEAD))
         assert head_id is not None
@@ -207,6 +212,9 @@ class Owner:
                 get=lambda oid: segments.get(f"{layout.root}/{oid}"),
                 hasher=lambda oid, limit: self.bucket.sha256(f"{layout.root}/{oid}", limit),
                 deep=deep,
+                on_walk=None if on_walk is None else lambda partial: on_walk(BridgeView(
+                    bridge_id, layout, partial, state_path, self.identity_file
+                )),
             ).verify()
         if report.state is not None:
             if state is None:

@@ -100,6 +100,8 @@ def _key(e: Event) -> tuple[int, str]:
 class Library:
     owner: OwnerThread
     state: str = "loading"  # loading | ready | error
+    #: While the first load walks the chain: the events of the segments verified so far.
+    early: bool = False
     error: dict[str, str] | None = None
     progress: dict[str, Any] = field(default_factory=dict)
     views: list[BridgeView] = field(default_factory=list)
@@ -121,12 +123,21 @@ class Library:
     async def _load(self) -> None:
         self.state, self.error = "loading", None
         owner = self.owner.owner
+        loop = asyncio.get_running_loop()
+        first = not self.views  # a refresh keeps showing the last load until it is done
         try:
             ids = await self.owner.run(_bridges, owner)
-            views = []
+            views: list[BridgeView] = []
             for n, bid in enumerate(ids):
                 self.progress = {"done": n, "total": len(ids), "what": "bridges verified"}
-                views.append(await self.owner.run(owner.verify, bid, False))
+                on_walk = None
+                if first:
+                    done = list(views)
+
+                    def on_walk(v: BridgeView, done: list[BridgeView] = done, n: int = n) -> None:
+                        loop.call_soon_threadsafe(self._walked, done, v, n, len(ids))
+
+                views.append(await self.owner.run(owner.verify, bid, False, on_walk))
             self.progress = {"done": len(ids), "total": len(ids), "what": "bridges verified"}
         except (OwnerError, BucketError, OSError) as exc:
             self._fail(exc)
@@ -136,7 +147,7 @@ class Library:
             self._fail(exc)
             return
         self._index(views)
-        self.state = "ready"
+        self.state, self.early = "ready", False
         if views and all(v.report.not_recipient for v in views):
             self.state = "error"
             self.error = {
@@ -146,17 +157,35 @@ class Library:
             }
         log.info("review: %d bridge(s), %d event(s)", len(views), len(self.newest_first))
 
+    def _walked(self, done: list[BridgeView], walking: BridgeView, n: int, total: int) -> None:
+        """Part of the first load: the bridges verified, and the newest segments of the one
+        being walked. Only events whose first part was reached are shown: an event's later
+        parts, shares and deletions are in newer segments, so those events are whole."""
+        if self.state != "loading":
+            return  # the load ended (or failed) before this was delivered
+        report = walking.report
+        seqs = (report.head.seq + 1) if report.head else 0
+        self.progress = {"done": n, "total": total, "what": "bridges verified",
+                         "segments": len(report.segment_ids), "of_segments": seqs}  # fmt: skip
+        self._index([*done, walking], whole_only=True)
+        self.early = True
+
     def _fail(self, exc: BaseException) -> None:
+        if self.early:  # what the walk had shown is not known to be whole any more
+            self.newest_first, self.by_id, self.early = [], {}, False
         kind = "bucket-unreachable" if isinstance(exc, BucketError | OSError) else "error"
         kind = "no-bucket" if isinstance(exc, NoBucket) else kind
         self.state = "error"
         self.error = {"kind": kind, "message": str(exc) or type(exc).__name__}
         log.warning("review: cannot load the manifest: %s", exc)
 
-    def _index(self, views: list[BridgeView]) -> None:
+    def _index(self, views: list[BridgeView], whole_only: bool = False) -> None:
         live = [e for v in views for e in events(v) if not e.deleted]
+        if whole_only:
+            live = [e for e in live if e.parts[0].part == 0]
+        else:
+            self.views = views  # the verdicts shown: never a partial walk's
         live.sort(key=_key, reverse=True)
-        self.views = views
         self.newest_first = live
         self.by_id = {p.id: e for e in live for p in e.parts}
         self.cameras = sorted({e.camera for e in live})  # the filters' choices, once per load
@@ -185,6 +214,7 @@ class Library:
             "cameras": self.cameras,
             "subjects": self.subjects,
             "total": len(self.newest_first),
+            "early": self.early,  # the first load goes on: these are the newest verified so far
             # Events that match the filters (all pages): "N of M" on the page.
             "matched": (
                 len(self.newest_first)
@@ -196,6 +226,7 @@ class Library:
     def status(self) -> dict[str, Any]:
         return {
             "state": self.state,
+            "early": self.early,
             "progress": self.progress,
             "error": self.error,
             "bridges": [self._bridge_json(v) for v in self.views],

@@ -191,9 +191,16 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+def _still_verifying() -> web.Response:
+    # Acting on an event needs the whole manifest verified (the proofs name its state).
+    return _error(409, "loading", "the manifest is still being verified: try again when it is done")
+
+
 @routes.post("/api/events/{id}/share")
 async def share(request: web.Request) -> web.Response:
     event = _event(request)
+    if request.app[LIBRARY].early:
+        return _still_verifying()
     body = await _json_body(request)
     recipient = body.get("recipient")
     if not isinstance(recipient, str):
@@ -204,5 +211,7 @@ async def share(request: web.Request) -> web.Response:
 @routes.post("/api/events/{id}/delete")
 async def delete(request: web.Request) -> web.Response:
     event = _event(request)
+    if request.app[LIBRARY].early:
+        return _still_verifying()
     await _json_body(request)
     return await request.app[ACTIONS].delete(event)

@@ -7,9 +7,9 @@
 
 import { ApiError, eventsPath, getJSON, postJSON, sleep } from "./api.js";
 import { DeleteDialog, ShareDialog } from "./actions.js";
-import { $, show, toast } from "./dom.js";
+import { $, el, icon, show, toast } from "./dom.js";
 import { Filters } from "./filters.js";
-import { count } from "./format.js";
+import { count, figure } from "./format.js";
 import { Player } from "./player.js";
 import { Timeline } from "./timeline.js";
 import { renderTrust } from "./trust.js";
@@ -126,19 +126,33 @@ function failure(err) {
 // ---- the manifest: /api/status ---------------------------------------------------------------
 
 /** Polls /api/status until it is not loading; `full`: the big progress panel, else the thin
- *  bar in the top bar (the timeline stays while it re-reads). `status.polls`: how many asks. */
-async function whenLoaded(full) {
-  const bar = full ? $("loading-bar") : $("busy");
-  show(full ? $("loading") : $("busy"), true);
+ *  bar in the top bar (the timeline stays while it re-reads). `status.polls`: how many asks.
+ *  `onEarly`: called once if the first load has events to show before it ends (the newest,
+ *  whole as far as the walk down the manifest has verified); the thin bar stays meanwhile. */
+async function whenLoaded(full, onEarly = null) {
+  let big = full;
+  show(big ? $("loading") : $("busy"), true);
   try {
     for (let polls = 1; ; polls += 1) {
       const status = await getJSON("/api/status");
       if (status.state !== "loading") return { ...status, polls };
+      if (onEarly && status.early && status.events > 0) {
+        big = false;
+        show($("loading"), false);
+        show($("busy"), true);
+        onEarly(status);
+        onEarly = null;
+      }
+      const bar = big ? $("loading-bar") : $("busy");
       const p = status.progress || {};
-      if (p.total) {
-        bar.max = p.total;
-        bar.value = p.done;
-        if (full) $("loading-what").textContent = `Verifying the manifest: ${p.done} of ${count(p.total, "bridge")}…`;
+      const [done, total, what] = p.of_segments
+        ? [p.segments, p.of_segments, "segment"] : [p.done, p.total, "bridge"];
+      if (total) {
+        bar.max = total;
+        bar.value = done;
+        const text = `Verifying the manifest: ${figure(done)} of ${count(total, what)}…`;
+        if (big) $("loading-what").textContent = text;
+        else if (status.early) verifying(text);
       } else {
         bar.removeAttribute("value");
       }
@@ -148,6 +162,12 @@ async function whenLoaded(full) {
     show($("loading"), false);
     show($("busy"), false);
   }
+}
+
+/** While the first load goes on under the newest events: where it is, in the verdict's place. */
+function verifying(text) {
+  $("trust").replaceChildren(el("span", { class: "pill muted", id: "verifying" },
+    icon("lock"), el("span", { text })));
 }
 
 /** Shows the verdict; false when there is nothing to list (an error state is shown). */
@@ -170,10 +190,16 @@ async function start() {
   // usual case: the app reads it as it starts), that saves a round trip before the first cards.
   const early = getJSON(eventsPath(filters, null, PAGE)).catch(() => null);
   let status;
+  let shownEarly = null; // the newest events, shown while the rest of the manifest is verified
   try {
-    status = await whenLoaded(true);
+    status = await whenLoaded(true, () => { shownEarly = firstPage(); });
   } catch (err) {
     failure(err);
+    return;
+  }
+  if (shownEarly) {
+    await shownEarly;
+    if (apply(status)) await reloadList(true);
     return;
   }
   // Used only if the manifest was read before it was asked for (same number of events).
@@ -242,7 +268,7 @@ function shown(page) {
   filters.render(page);
   if (!timeline.size) message(filters.size ? "no-match" : "empty");
   else hideMessage();
-  show($("end"), timeline.size > 0 && !list.next);
+  show($("end"), ready && timeline.size > 0 && !list.next);
   $("end").textContent = timeline.size ? "That is all of them." : "";
 }
 
@@ -294,8 +320,9 @@ async function morePages() {
 }
 
 /** Reads again at least as many events as were on the page and swaps them in where the page
- *  was scrolled to (after a refresh, a share, a delete). */
-async function reloadList() {
+ *  was scrolled to (after a refresh, a share, a delete). `keep`: the cards shown stay when the
+ *  same events come first, in the same order (the end of a first load shown early). */
+async function reloadList(keep = false) {
   const req = newRequest();
   const want = Math.max(timeline.size, PAGE);
   const y = window.scrollY;
@@ -310,7 +337,8 @@ async function reloadList() {
       events.push(...page.events);
       cursor = page.next;
     } while (cursor && events.length < want);
-    timeline.reset();
+    const same = keep && timeline.events.every((e, i) => events[i] && events[i].id === e.id);
+    if (!same) timeline.reset();
     timeline.append(events);
     list.next = page.next;
     shown(page);

@@ -53,9 +53,10 @@ export class Filters {
       this.row($("f-subjects"), page.subjects, this.subjects, subjectIcon, subjectName);
     }
     const n = this.size;
+    const where = page.early ? "so far, verifying the rest" : "in the bucket";
     $("summary").textContent = n
-      ? `${count(page.total, "event")} in the bucket · showing those that match`
-      : `${count(page.total, "event")} in the bucket`;
+      ? `${count(page.total, "event")} ${where} · showing those that match`
+      : `${count(page.total, "event")} ${where}`;
     show($("f-clear"), n > 0);
     $("f-count").textContent = String(n);
     show($("f-count"), n > 0);

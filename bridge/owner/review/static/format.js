@@ -66,6 +66,7 @@ export function bytes(n) {
 }
 
 export const count = (n, one, many = `${one}s`) => `${number.format(n)} ${n === 1 ? one : many}`;
+export const figure = (n) => number.format(n);
 
 /** age1qyqszqgp…3t3cx3: enough to recognise a key (the whole of it goes in a title). */
 export function shortKey(key, head = 12, tail = 6) {
