@@ -141,6 +141,12 @@ def test_the_page_shows_the_newest_events_before_the_verdict(
         assert re.fullmatch(r"Verifying the manifest: [\d,]+ of 3,000 segments…", early["text"])
         assert "so far, verifying the rest" in page.text("#summary")
         page.page.screenshot(path=str(artifacts / "early-cards.png"))
+        # No action before the whole manifest is verified (the walk takes seconds: still on).
+        event_id = page.page.locator(".card").first.get_attribute("data-id")
+        refused = app.request(f"/api/events/{event_id}/delete", method="POST", body={},
+                              headers={"Origin": app.base})  # fmt: skip
+        assert app.status()["state"] == "loading"
+        assert refused.status == 409 and refused.json()["kind"] == "loading", refused
         page.until("() => document.querySelector('#trust .pill.ok')", timeout=60)
         assert page.page.locator("#verifying").count() == 0
         page.until("() => document.querySelectorAll('.card').length >= 60")
