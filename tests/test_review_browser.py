@@ -257,6 +257,8 @@ def test_filters_requery_and_say_when_nothing_matches(
         page.page.get_by_role("button", name="Person", exact=True).click()
         page.until("() => document.querySelectorAll('.card').length === 1")
         assert "subject=person" in page.page.url
+        page.until("() => document.getElementById('summary').textContent.startsWith('Showing')")
+        assert page.text("#summary") == "Showing 1 of 1 event in the bucket"
         page.page.get_by_role("button", name="All", exact=True).nth(1).click()
         page.until("() => !location.hash.includes('subject')")
 

@@ -3,7 +3,7 @@
 // them. A change asks the server again (app.js); nothing is filtered in the page.
 
 import { $, el, icon, show } from "./dom.js";
-import { count, dayStart, subjectIcon, subjectName } from "./format.js";
+import { count, dayStart, figure, subjectIcon, subjectName } from "./format.js";
 
 const DATE = /^\d{4}-\d{2}-\d{2}$/;
 
@@ -55,7 +55,7 @@ export class Filters {
     const n = this.size;
     const where = page.early ? "so far, verifying the rest" : "in the bucket";
     $("summary").textContent = n
-      ? `${count(page.total, "event")} ${where} · showing those that match`
+      ? `Showing ${figure(page.matched)} of ${count(page.total, "event")} ${where}`
       : `${count(page.total, "event")} ${where}`;
     show($("f-clear"), n > 0);
     $("f-count").textContent = String(n);
