@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bridge.config import ConfigError, TableReader
+from bridge.config_reader import ConfigError, TableReader
 from bridge.detect.settings import (
     COCO_SUBJECTS,
     SUBJECTS,

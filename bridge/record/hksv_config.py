@@ -19,10 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from bridge.config import TableReader
+from bridge.config_reader import TableReader
 
 TRIGGERS = ("subjects", "motion")
 
@@ -37,8 +35,6 @@ class HksvConfig:
 
 def parse_camera_hksv(path: Path, prefix: str, cam: TableReader) -> HksvConfig:
     """Read `hksv` (a boolean or a table) from one [[cameras]] table."""
-    from bridge.config import TableReader
-
     raw = cam.get("hksv", (bool, dict), True)
     if isinstance(raw, bool):
         return HksvConfig(enabled=raw)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from bridge.config import ConfigError, TableReader, config_path
+from bridge.config_reader import ConfigError, TableReader, config_path
 
 BUCKET_SCHEMES = ("file", "s3", "gs", "gcs", "az", "azure")
 _RECIPIENT = re.compile(r"^age1[02-9ac-hj-np-z]{58}$")
