@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -121,26 +122,77 @@ def the_event(app: ReviewApp) -> dict[str, Any]:
     return biggest
 
 
-def expected_video(rec: Recorded, event_id: str, bridge_id: str) -> tuple[bytes, list[int]]:
-    """The event as docs/review.md §4 joins it, from `age -d` of each part; and each part's
-    ciphertext size."""
+def expected_video(
+    rec: Recorded, app: ReviewApp, event: dict[str, Any]
+) -> tuple[bytes, list[int]]:
+    """The event as docs/review.md §4 joins it, from `age -d` of each part: part 0's ftyp +
+    moov, the app's `sidx` (checked here against what FFmpeg reads in each part), then every
+    part after its ftyp + moov; and each part's ciphertext size."""
     listing = subprocess.run(
         [*CLIPS, "list", "--json", "--identity", str(rec.owner_key),
          "--config", str(rec.bridge.config), "--state-dir", str(rec.work / "cli-state")],
         capture_output=True, text=True, check=True, env=ENV,
     )  # fmt: skip
-    (clip,) = [c for c in json.loads(listing.stdout) if c["id"] == event_id]
-    plains = [age_d(rec.owner_key, rec.bucket / bridge_id / p["id"]) for p in clip["parts"]]
+    (clip,) = [c for c in json.loads(listing.stdout) if c["id"] == event["id"]]
+    root = rec.bucket / event["bridge_id"]
+    plains = [age_d(rec.owner_key, root / p["id"]) for p in clip["parts"]]
     skip = header_length(plains[0])
     assert all(p[:skip] == plains[0][:skip] for p in plains)  # the same ftyp + moov
-    joined = plains[0] + b"".join(p[skip:] for p in plains[1:])
+    sidx = served_index(app, event["id"], skip)
+    check_index(sidx, plains, skip, clip["parts"])
+    joined = plains[0][:skip] + sidx + plains[0][skip:] + b"".join(p[skip:] for p in plains[1:])
     return joined, [p["size"] for p in clip["parts"]]
+
+
+class ReadSpy(BytesIO):
+    """A file whose furthest byte read is recorded."""
+
+    furthest = 0
+
+    def read(self, n: int | None = -1, /) -> bytes:
+        data = super().read(n)
+        self.furthest = max(self.furthest, self.tell())
+        return data
+
+
+def served_index(app: ReviewApp, event_id: str, at: int) -> bytes:
+    head = app.get(f"/api/events/{event_id}/video", headers={"Range": f"bytes={at}-{at + 7}"})
+    size, kind = struct.unpack(">I4s", head.body)
+    assert kind == b"sidx", kind
+    return app.get(
+        f"/api/events/{event_id}/video", headers={"Range": f"bytes={at}-{at + size - 1}"}
+    ).body
+
+
+def check_index(sidx: bytes, plains: list[bytes], skip: int, parts: list[dict]) -> None:
+    """One reference per part: its bytes after the head, starting on a keyframe, lasting until
+    the next part's first video packet (FFmpeg's decode times), the last as the manifest says."""
+    version, track_id, timescale, earliest, first_offset, count = struct.unpack_from(
+        ">B3xIIQQ2xH", sidx, 8
+    )
+    assert (version, first_offset, count) == (1, 0, len(plains))
+    refs = [struct.unpack_from(">III", sidx, 40 + 12 * i) for i in range(count)]
+    firsts = []
+    for plain in plains:
+        with av.open(BytesIO(plain)) as container:
+            stream = container.streams.video[0]
+            assert (stream.id, stream.time_base.denominator) == (track_id, timescale)
+            packet = next(p for p in container.demux(stream) if p.dts is not None)
+            assert packet.is_keyframe
+            firsts.append(packet.dts)
+    assert earliest == firsts[0]
+    for i, (size, duration, sap) in enumerate(refs):
+        assert size == len(plains[i]) - skip and sap == 0x9000_0000
+        if i + 1 < len(plains):
+            assert duration == firsts[i + 1] - firsts[i]
+        else:
+            assert duration == (parts[i]["end_ms"] - parts[i]["start_ms"]) * timescale // 1000
 
 
 @pytest.fixture(scope="module")
 def video(rec: Recorded, app: ReviewApp) -> tuple[dict[str, Any], bytes]:
     event = the_event(app)
-    joined, _ = expected_video(rec, event["id"], event["bridge_id"])
+    joined, _ = expected_video(rec, app, event)
     return event, joined
 
 
@@ -208,6 +260,13 @@ def test_the_whole_video_is_the_parts_joined_and_plays(
         frames = sum(1 for _ in container.decode(video=0))
     assert kinds == {"video", "audio"}
     assert frames >= 15 * (event["duration_s"] - 1)  # every part's pictures, not just part 0's
+    # The index lets FFmpeg (Chromium's demuxer for <video src>) start from the first fragment:
+    # without it, it reads every box of the file before the first picture.
+    spy = ReadSpy(answer.body)
+    with av.open(spy) as container:
+        next(container.decode(video=0))
+        assert container.duration / 1e6 >= event["duration_s"] - 1
+    assert 0 < spy.furthest < len(joined) / 3, (spy.furthest, len(joined))
     head = app.request(f"/api/events/{event['id']}/video", method="HEAD")
     assert head.status == 200 and int(head.headers["Content-Length"]) == len(joined)
     assert head.body == b""

@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import itertools
 import logging
 import struct
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from bridge.owner.review.mp4index import first_decode_time, sidx_box, video_track
 from bridge.store.bucket import Bucket
 from crypto.age import AgeError
 from crypto.age_keys import X25519Identity
@@ -89,6 +91,7 @@ class PartSpec:
     name: str  # full object name in the bucket
     size: int  # ciphertext bytes, as the manifest records them
     sha256: str
+    duration_ms: int = 0  # the manifest's end - start: the last part's length in the index
 
 
 class PartReader:
@@ -247,7 +250,10 @@ class EventVideo:
             raise ValueError("an event without parts")
         self.parts = parts
         self.head = b""  # part 0's ftyp + moov: every later part must start with them
-        self.segments: list[tuple[int, PartReader, int, int]] = []  # (at, part, start, end)
+        self.index = b""  # the sidx served after the head (mp4index.py), if one could be made
+        # (at, source, start, end): the event's bytes from `at` are source[start:end], a part's
+        # plaintext or the index's bytes.
+        self.segments: list[tuple[int, PartReader | bytes, int, int]] = []
         self.size = 0
         self._checked: set[int] = set()  # later parts whose head was compared
 
@@ -264,31 +270,74 @@ class EventVideo:
                 first.spec.oid,
             )  # fmt: skip
         self.head = start[:n]
+        self._checked.add(id(first))
+        self.index = await self._make_index(start) if n else b""
+        pieces: list[tuple[PartReader | bytes, int, int]] = []
+        if self.index:
+            pieces += [(first, 0, n), (self.index, 0, len(self.index))]
+            pieces.append((first, n, first.plaintext_size))
+        else:
+            pieces.append((first, 0, first.plaintext_size))
+        pieces += [(part, n, part.plaintext_size) for part in self.parts[1:]]
         at = 0
-        for i, part in enumerate(self.parts):
-            skip = 0 if i == 0 else n
-            self.segments.append((at, part, skip, part.plaintext_size))
-            at += part.plaintext_size - skip
+        for source, lo, hi in pieces:
+            self.segments.append((at, source, lo, hi))
+            at += hi - lo
         self.size = at
+
+    async def _make_index(self, start: bytes) -> bytes:
+        """The sidx for these parts, or b"" when their first fragments do not say their times
+        (then the player reads the whole event first, as it did before the index)."""
+        track = video_track(self.head)
+        if track is None:
+            return b""
+        later = await asyncio.gather(*(self._first_chunk(p) for p in self.parts[1:]))
+        n = len(self.head)
+        times = [first_decode_time(chunk, n, track.track_id) for chunk in [start, *later]]
+        if any(t is None for t in times):
+            return b""
+        starts = [t for t in times if t is not None]
+        last = self.parts[-1].spec.duration_ms * track.timescale // 1000
+        durations = [b - a for a, b in itertools.pairwise(starts)] + [last]
+        sizes = [p.plaintext_size - n for p in self.parts]
+        try:
+            return sidx_box(track, starts[0], list(zip(sizes, durations, strict=True)))
+        except ValueError:  # parts out of order in time, or a part with nothing after its head
+            return b""
+
+    async def _first_chunk(self, part: PartReader) -> bytes:
+        """A later part's first chunk, its head checked against part 0's."""
+        data = b"".join([piece async for piece in part.read(0, PREFIX * 16)])
+        if data[: len(self.head)] != self.head:
+            raise self._not_this_event(part)
+        self._checked.add(id(part))
+        return data
 
     async def read(self, start: int, end: int) -> AsyncGenerator[bytes, None]:
         """The event's bytes [start, end)."""
-        for at, part, lo, hi in self.segments:
+        for at, source, lo, hi in self.segments:
             length = hi - lo
             if at + length <= start or at >= end:
                 continue
-            if at != 0 and id(part) not in self._checked:
-                await self._check_head(part)
             a = lo + max(0, start - at)
             b = lo + min(length, end - at)
-            async for piece in part.read(a, b):
+            if isinstance(source, bytes):
+                yield source[a:b]
+                continue
+            if at != 0 and id(source) not in self._checked:
+                await self._check_head(source)
+            async for piece in source.read(a, b):
                 yield piece
 
     async def _check_head(self, part: PartReader) -> None:
         got = b"".join([piece async for piece in part.read(0, len(self.head))])
         if got != self.head:
-            raise MediaError(
-                "forged", f"object {part.spec.oid} is not a part of this event (its moov differs)",
-                part.spec.oid,
-            )  # fmt: skip
+            raise self._not_this_event(part)
         self._checked.add(id(part))
+
+    @staticmethod
+    def _not_this_event(part: PartReader) -> MediaError:
+        return MediaError(
+            "forged", f"object {part.spec.oid} is not a part of this event (its moov differs)",
+            part.spec.oid,
+        )  # fmt: skip

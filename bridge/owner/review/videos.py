@@ -62,7 +62,10 @@ class Videos:
 
     async def _make(self, event: Event) -> EventVideo:
         root = event.view.layout.root
-        specs = [PartSpec(p.id, f"{root}/{p.id}", p.size, p.sha256) for p in event.live]
+        specs = [
+            PartSpec(p.id, f"{root}/{p.id}", p.size, p.sha256, max(0, p.end_ms - p.start_ms))
+            for p in event.live
+        ]
         parts = [PartReader(self.bucket, s, self.identities, self.cache, self) for s in specs]
         video = EventVideo(parts)
         await video.open()
