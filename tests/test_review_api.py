@@ -156,37 +156,52 @@ class ReadSpy(BytesIO):
 
 
 def served_index(app: ReviewApp, event_id: str, at: int) -> bytes:
-    head = app.get(f"/api/events/{event_id}/video", headers={"Range": f"bytes={at}-{at + 7}"})
-    size, kind = struct.unpack(">I4s", head.body)
-    assert kind == b"sidx", kind
-    return app.get(
-        f"/api/events/{event_id}/video", headers={"Range": f"bytes={at}-{at + size - 1}"}
-    ).body
+    """The `sidx` boxes the app serves right after the head."""
+    boxes = b""
+    while True:
+        url, start = f"/api/events/{event_id}/video", at + len(boxes)
+        size, kind = struct.unpack(">I4s", app.get(url, headers={
+            "Range": f"bytes={start}-{start + 7}"}).body)  # fmt: skip
+        if kind != b"sidx":
+            assert boxes, kind
+            return boxes
+        boxes += app.get(url, headers={"Range": f"bytes={start}-{start + size - 1}"}).body
 
 
-def check_index(sidx: bytes, plains: list[bytes], skip: int, parts: list[dict]) -> None:
-    """One reference per part: its bytes after the head, starting on a keyframe, lasting until
-    the next part's first video packet (FFmpeg's decode times), the last as the manifest says."""
-    version, track_id, timescale, earliest, first_offset, count = struct.unpack_from(
-        ">B3xIIQQ2xH", sidx, 8
-    )
-    assert (version, first_offset, count) == (1, 0, len(plains))
-    refs = [struct.unpack_from(">III", sidx, 40 + 12 * i) for i in range(count)]
-    firsts = []
+def check_index(boxes: bytes, plains: list[bytes], skip: int, parts: list[dict]) -> None:
+    """A sidx per track, one reference per part: its bytes after the head, starting on a
+    keyframe, lasting until the track's first packet in the next part (FFmpeg's decode times),
+    the last as the manifest says; every box points at the first part's first fragment."""
+    firsts: dict[int, list[int]] = {}  # track id -> its first dts in each part
+    bases: dict[int, int] = {}
     for plain in plains:
         with av.open(BytesIO(plain)) as container:
-            stream = container.streams.video[0]
-            assert (stream.id, stream.time_base.denominator) == (track_id, timescale)
-            packet = next(p for p in container.demux(stream) if p.dts is not None)
-            assert packet.is_keyframe
-            firsts.append(packet.dts)
-    assert earliest == firsts[0]
-    for i, (size, duration, sap) in enumerate(refs):
-        assert size == len(plains[i]) - skip and sap == 0x9000_0000
-        if i + 1 < len(plains):
-            assert duration == firsts[i + 1] - firsts[i]
-        else:
-            assert duration == (parts[i]["end_ms"] - parts[i]["start_ms"]) * timescale // 1000
+            for stream in container.streams:
+                packet = next(p for p in container.demux(stream) if p.dts is not None)
+                assert packet.is_keyframe or stream.type == "audio"
+                firsts.setdefault(stream.id, []).append(packet.dts)
+                bases[stream.id] = stream.time_base.denominator
+                container.seek(0)
+    pos, seen = 0, []
+    while pos < len(boxes):
+        size = struct.unpack_from(">I", boxes, pos)[0]
+        version, track_id, timescale, earliest, first_offset, count = struct.unpack_from(
+            ">B3xIIQQ2xH", boxes, pos + 8
+        )
+        assert (version, count) == (1, len(plains))
+        assert first_offset == len(boxes) - pos - size  # to the first fragment
+        assert timescale == bases[track_id] and earliest == firsts[track_id][0]
+        for i in range(count):
+            ref_size, duration, sap = struct.unpack_from(">III", boxes, pos + 40 + 12 * i)
+            assert ref_size == len(plains[i]) - skip and sap == 0x9000_0000
+            if i + 1 < len(plains):
+                assert duration == firsts[track_id][i + 1] - firsts[track_id][i]
+            else:
+                ms = parts[i]["end_ms"] - parts[i]["start_ms"]
+                assert duration == ms * timescale // 1000
+        seen.append(track_id)
+        pos += size
+    assert sorted(seen) == sorted(firsts)  # video and sound
 
 
 @pytest.fixture(scope="module")

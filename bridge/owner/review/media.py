@@ -32,7 +32,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from bridge.owner.review.mp4index import first_decode_time, sidx_box, video_track
+from bridge.owner.review.mp4index import first_decode_time, segment_index, tracks
 from bridge.store.bucket import Bucket
 from crypto.age import AgeError
 from crypto.age_keys import X25519Identity
@@ -286,22 +286,26 @@ class EventVideo:
         self.size = at
 
     async def _make_index(self, start: bytes) -> bytes:
-        """The sidx for these parts, or b"" when their first fragments do not say their times
-        (then the player reads the whole event first, as it did before the index)."""
-        track = video_track(self.head)
-        if track is None:
+        """The sidx boxes for these parts (mp4index.py), or b"" when their first fragments do
+        not say the video's times (then the player reads the whole event first, as before)."""
+        found = tracks(self.head)
+        if not any(t.handler == b"vide" for t in found):
             return b""
         later = await asyncio.gather(*(self._first_chunk(p) for p in self.parts[1:]))
-        n = len(self.head)
-        times = [first_decode_time(chunk, n, track.track_id) for chunk in [start, *later]]
-        if any(t is None for t in times):
-            return b""
-        starts = [t for t in times if t is not None]
-        last = self.parts[-1].spec.duration_ms * track.timescale // 1000
-        durations = [b - a for a, b in itertools.pairwise(starts)] + [last]
-        sizes = [p.plaintext_size - n for p in self.parts]
+        n, firsts = len(self.head), [start, *later]
+        last_ms = self.parts[-1].spec.duration_ms
+        indexed = []
+        for track in found:
+            times = [first_decode_time(chunk, n, track.track_id) for chunk in firsts]
+            starts = [t for t in times if t is not None]
+            if len(starts) < len(times):
+                if track.handler == b"vide":
+                    return b""
+                continue  # a track a part lacks: the others are still indexed
+            durations = [b - a for a, b in itertools.pairwise(starts)]
+            indexed.append((track, starts[0], [*durations, last_ms * track.timescale // 1000]))
         try:
-            return sidx_box(track, starts[0], list(zip(sizes, durations, strict=True)))
+            return segment_index(indexed, [p.plaintext_size - n for p in self.parts])
         except ValueError:  # parts out of order in time, or a part with nothing after its head
             return b""
 

@@ -7,9 +7,13 @@ for the whole event to be fetched and decrypted. A Segment Index Box (ISO/IEC 14
 placed after the `moov` whose references reach the end of the file tells it the fragments'
 places and times; it then reads from the first fragment on (docs/review.md §4).
 
-One reference per part: its bytes after the `ftyp`+`moov` (each part starts on a keyframe,
-clip-format.md §8), its duration from the first video `tfdt` of the next part, and for the last
-part from the manifest's times (no later part says where it ends).
+One `sidx` per track (video and sound), one reference per part in each: the part's bytes after
+its `ftyp`+`moov` (each part starts on a keyframe, clip-format.md §8), its duration from the
+track's first `tfdt` in the next part, and for the last part from the manifest's times (no later
+part says where it ends). A track without an index makes Chromium's seeks slow: measured, a
+seek past the buffered range took 2.3 s with the video's index alone, 0.3-0.6 s with both.
+The boxes follow one another; each one's first_offset skips those after it, so all of them
+point at the first part's first fragment.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ SAP_KEYFRAME = 0x9000_0000  # starts_with_SAP = 1, SAP_type = 1, SAP_delta_time 
 
 
 @dataclass(frozen=True, slots=True)
-class VideoTrack:
+class Track:
     track_id: int
     timescale: int
+    handler: bytes  # b"vide", b"soun", …
 
 
 def _boxes(buf: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -57,11 +62,12 @@ def _full_box_field(buf: bytes, pos: int, size: int, v0: int, v1: int) -> int | 
     return int(struct.unpack_from(">I", buf, at)[0])
 
 
-def video_track(head: bytes) -> VideoTrack | None:
-    """The first video track of `head` (an `ftyp` and a `moov`), or None."""
+def tracks(head: bytes) -> list[Track]:
+    """The tracks of `head` (an `ftyp` and a `moov`), in their order."""
     moov = _child(head, 0, len(head), b"moov")
     if moov is None:
-        return None
+        return []
+    found = []
     for kind, pos, size in _boxes(head, moov[0] + 8, moov[0] + moov[1]):
         if kind != b"trak":
             continue
@@ -71,13 +77,13 @@ def video_track(head: bytes) -> VideoTrack | None:
             continue
         hdlr = _child(head, mdia[0] + 8, sum(mdia), b"hdlr")
         mdhd = _child(head, mdia[0] + 8, sum(mdia), b"mdhd")
-        if hdlr is None or mdhd is None or head[hdlr[0] + 16 : hdlr[0] + 20] != b"vide":
+        if hdlr is None or mdhd is None or hdlr[1] < 24:
             continue
         track_id = _full_box_field(head, *tkhd, 8, 16)  # after creation + modification times
         timescale = _full_box_field(head, *mdhd, 8, 16)
         if track_id and timescale:
-            return VideoTrack(track_id, timescale)
-    return None
+            found.append(Track(track_id, timescale, head[hdlr[0] + 16 : hdlr[0] + 20]))
+    return found
 
 
 def first_decode_time(plain: bytes, start: int, track_id: int) -> int | None:
@@ -102,16 +108,29 @@ def first_decode_time(plain: bytes, start: int, track_id: int) -> int | None:
     return None
 
 
-def sidx_box(track: VideoTrack, earliest: int, references: list[tuple[int, int]]) -> bytes:
-    """A version-1 `sidx` for `references` [(bytes, duration in the track's timescale)], the
-    first starting right after the box (first_offset 0) at `earliest`."""
-    if not references:
-        raise ValueError("a sidx needs at least one reference")
-    body = bytearray(struct.pack(
-        ">B3xIIQQHH", 1, track.track_id, track.timescale, earliest, 0, 0, len(references)
-    ))
-    for size, duration in references:
-        if not 0 < size <= MAX_REFERENCE or not 0 <= duration < 1 << 32:
-            raise ValueError(f"a sidx reference of {size} bytes, {duration} ticks")
-        body += struct.pack(">III", size, duration, SAP_KEYFRAME)
-    return struct.pack(">I4s", 8 + len(body), b"sidx") + bytes(body)
+def segment_index(indexed: list[tuple[Track, int, list[int]]], sizes: list[int]) -> bytes:
+    """The `sidx` boxes, one per (track, earliest time, durations of each part), all of them
+    referencing parts of `sizes` bytes that start right after the last box."""
+    if not indexed or not sizes:
+        raise ValueError("an index needs a track and a part")
+    bodies = []
+    for track, earliest, durations in indexed:
+        if len(durations) != len(sizes):
+            raise ValueError("a duration per part")
+        body = bytearray(struct.pack(
+            ">B3xIIQ", 1, track.track_id, track.timescale, earliest
+        ))  # fmt: skip
+        for size, duration in zip(sizes, durations, strict=True):
+            if not 0 < size <= MAX_REFERENCE or not 0 <= duration < 1 << 32:
+                raise ValueError(f"a sidx reference of {size} bytes, {duration} ticks")
+            body += struct.pack(">III", size, duration, SAP_KEYFRAME)
+        bodies.append(body)
+    # Box i: 8 header + 16 (version..earliest) + 8 first_offset + 4 (reserved, count) + refs.
+    lengths = [8 + len(b) + 12 for b in bodies]
+    out = bytearray()
+    for i, body in enumerate(bodies):
+        first_offset = sum(lengths[i + 1 :])
+        count = len(sizes)
+        box = body[:20] + struct.pack(">QHH", first_offset, 0, count) + body[20:]
+        out += struct.pack(">I4s", 8 + len(box), b"sidx") + box
+    return bytes(out)
