@@ -6,10 +6,11 @@ range covers, in one ranged GET per run of chunks (crypto/age_random.py does the
 and the authentication). Before it serves any byte of a part it authenticates the part's final
 chunk, as age's DecryptReaderAt does, so a part cut short fails at once instead of at its end.
 
-`EventVideo` is the event as one MP4: all of part 0, then each later part after its `ftyp` and
-`moov` (byte-identical in every part, clip-format.md §8; checked when a part is first read).
-Its length is known from the parts' headers and one chunk of part 0, so a seek to the middle
-costs the headers and the chunks around it.
+`EventVideo` is the event as one MP4: part 0's `ftyp` and `moov`, an index for players
+(mp4index.py), the rest of part 0, then each later part after its `ftyp` and `moov`
+(byte-identical in every part, clip-format.md §8; checked as a part's first chunk is read).
+Its layout is known from the parts' headers and first chunks, so a seek to the middle costs
+those and the chunks around it.
 
 Trust: a chunk is authenticated under its part's file key, but anyone can encrypt a file to
 the owner's public key; what ties a part to the manifest is its SHA-256, which needs the whole
