@@ -96,14 +96,14 @@ def first_decode_time(plain: bytes, start: int, track_id: int) -> int | None:
                 continue
             tfhd = _child(plain, traf + 8, traf + traf_size, b"tfhd")
             tfdt = _child(plain, traf + 8, traf + traf_size, b"tfdt")
-            if tfhd is None or tfdt is None or tfhd[1] < 16:
+            if tfhd is None or tfdt is None or tfhd[1] < 16 or tfdt[1] < 16:
                 continue
             if struct.unpack_from(">I", plain, tfhd[0] + 12)[0] != track_id:
                 continue
-            if plain[tfdt[0] + 8] == 1 and tfdt[1] >= 20:
-                return int(struct.unpack_from(">Q", plain, tfdt[0] + 12)[0])
-            if tfdt[1] >= 16:
+            if plain[tfdt[0] + 8] != 1:
                 return int(struct.unpack_from(">I", plain, tfdt[0] + 12)[0])
+            if tfdt[1] >= 20:
+                return int(struct.unpack_from(">Q", plain, tfdt[0] + 12)[0])
         return None  # the first moof has no time for this track
     return None
 
