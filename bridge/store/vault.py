@@ -200,7 +200,10 @@ class ClipVault(Deletions):
             log.error("cannot log %d manifest entr%s: %s", len(entries or ()),
                       "y" if len(entries or ()) == 1 else "ies", exc)
             raise
-        index = dump_index(self._index)  # a snapshot, taken on the loop
+        # A snapshot taken on the loop (a shallow copy: entries are immutable), encoded in the
+        # thread: with ~17,000 retained objects json.dumps takes ~64 ms, a stall of the loop
+        # (live view, HAP) on every part sealed; the copy takes 0.3 ms.
+        index = dict(self._index)
         try:
             await asyncio.to_thread(self._commit, out, before, index, releasing)
         except BaseException as exc:
@@ -243,7 +246,7 @@ class ClipVault(Deletions):
         self,
         out: ManifestOutput,
         before: ManifestState | None,
-        index: str,
+        index: dict[str, Live],
         release: list[SpoolItem],
     ) -> None:
         """Spool the segment held back from upload, save the state, then release the segment
@@ -261,7 +264,7 @@ class ClipVault(Deletions):
                 self.spool.discard(item)
             raise
         try:
-            write_private(self._index_path, index)
+            write_private(self._index_path, dump_index(index))
         except OSError as exc:  # retention's own bookkeeping: the next append saves it again
             log.warning("cannot save the retention index yet: %s", exc)
         self.spool.unhold(*([item] if item is not None else []), *release)
