@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,11 +30,13 @@ class Slow:
         self._get = bucket.get_range
         self.delay = delay
         self.calls: Counter[str] = Counter()
+        self.order: list[tuple[str, str]] = []  # ("start" | "end", name), as they happened
         self.in_flight = self.most_in_flight = 0
         bucket.get_range = self.get_range  # type: ignore[method-assign]
 
     async def get_range(self, name: str, start: int, end: int) -> bytes | None:
         self.calls[name] += 1
+        self.order.append(("start", name))
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -41,6 +44,7 @@ class Slow:
             return await self._get(name, start, end)
         finally:
             self.in_flight -= 1
+            self.order.append(("end", name))
 
 
 def write_bucket(bridge: Bridge, root: Path) -> None:
@@ -131,6 +135,24 @@ def test_a_wrong_guess_changes_no_result(tmp_path: Path, recorded: Bridge) -> No
     without, walk = verify(tmp_path, recorded)
     assert with_guess == without and with_guess, with_guess
     assert walk.most_in_flight == 1
+
+
+def test_a_large_object_at_a_guessed_id_is_not_fetched_ahead(
+    tmp_path: Path, recorded: Bridge
+) -> None:
+    """The operator chooses object sizes: swapping a guessed segment for a large object must
+    not make the walk hold a window of them. It is fetched only when the walk asks for it."""
+    assert verify(tmp_path, recorded)[0] == []
+    target = recorded.history[20].segment_id
+    newer = recorded.history[21].segment_id
+    assert target is not None and newer is not None
+    recorded.bucket[target] = os.urandom(2 << 20)
+    problems, walk = verify(tmp_path, recorded)
+    assert problems == ["segment 20: cannot decrypt (not an age file)"]
+    big, before = f"{BRIDGE_ID}/{target}", f"{BRIDGE_ID}/{newer}"
+    # Asked for only once the walk had read the segment that points at it.
+    assert walk.order.index(("start", big)) > walk.order.index(("end", before))
+    assert walk.most_in_flight > 1  # the rest was still read ahead
 
 
 @pytest.mark.parametrize("text", [

@@ -21,7 +21,7 @@ from pathlib import Path
 import platformdirs
 
 from bridge.config import Config, ConfigError, ConfigNotFound, find_config, load_config
-from bridge.owner.sync_bucket import CHUNK, SyncBucket
+from bridge.owner.sync_bucket import CHUNK, READAHEAD_MAX_OBJECT, SyncBucket
 from bridge.store.bucket import BucketLayout, open_bucket
 from crypto.age_keys import X25519Identity, load_identities
 from crypto.manifest_format import FormatError
@@ -199,8 +199,10 @@ class Owner:
             gone = self._gone(state, state_path)
             return BridgeView(bridge_id, layout, gone, state_path, self.identity_file)
         chain_path = self.state_dir / f"{bridge_id}.chain"
-        listed = {oid for oid, _ in objects}
-        guess = [f"{layout.root}/{oid}" for oid in self._chain_guess(chain_path) if oid in listed]
+        # Only what the listing says is segment-sized is fetched ahead: the operator sets object
+        # sizes, and a window of large objects held at once would be theirs to choose.
+        small = {oid for oid, size in objects if size <= READAHEAD_MAX_OBJECT}
+        guess = [f"{layout.root}/{oid}" for oid in self._chain_guess(chain_path) if oid in small]
         # Manifest objects only; the verifier refuses anything this large.
         with self.bucket.readahead(guess, MAX_MANIFEST_OBJECT + 1) as segments:
             report = ManifestVerifier(

@@ -19,6 +19,8 @@ from bridge.store.bucket import Bucket
 T = TypeVar("T")
 CHUNK = 4 << 20
 READAHEAD = 32  # GETs in flight ahead of the walk: ~1 ms each on S3, a few KiB each
+#: Larger objects are never fetched ahead (segments are a few KiB): 32 MiB held at most.
+READAHEAD_MAX_OBJECT = 1 << 20
 
 
 class SyncBucket:
@@ -82,7 +84,6 @@ class Readahead:
         self._window = max(1, window)
         self._started = 0  # names [0, _started) have been started (or skipped)
         self._tasks: dict[str, asyncio.Task[bytes | None]] = {}
-        self.hits = 0  # asks answered by a GET started ahead
 
     def get(self, name: str) -> bytes | None:
         i = self._at.get(name)
@@ -92,7 +93,6 @@ class Readahead:
         task = self._tasks.pop(name, None)
         if task is None:  # asked twice, or its task was dropped as passed
             return self._sync.get(name, self._limit)
-        self.hits += task.done()
         return self._sync.run(self._wait(task))
 
     def _start_until(self, end: int) -> None:
